@@ -1,0 +1,189 @@
+"""Cross-field checks that run after structuring, reported in the same ``@ $.path`` form.
+
+These are the mistakes a schema alone cannot see: a rule pointing at an outbound that
+does not exist, two listeners on one port, a rule with no condition (which v2ray rejects
+with "this rule has no effective fields"), half of a username/password pair.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+from .errors import BadValue, ConfigError
+from .schema import Config, DnsConfig, HttpOutbound, PolicyConfig, SocksOutbound
+from .values import HostPort, check_domain_entry, parse_ip
+
+MAX_MARK = 0xFFFFFFFF
+# Tables 253 (default), 254 (main) and 255 (local) belong to the kernel; 0 is "unspecified".
+RESERVED_ROUTE_TABLES = {0, 253, 254, 255}
+_IFNAME = re.compile(r"[A-Za-z0-9_.@:+-]{1,15}\*?")
+DNS_SCHEMES = {"tcp": 53, "tls": 853, "https": 443, "udp": 53}
+
+
+def check_config(cfg: Config) -> list[ConfigError]:
+    return [
+        *_check_inbounds(cfg),
+        *_check_outbounds(cfg),
+        *_check_rules(cfg),
+        *_check_dns(cfg.dns, {ob.tag for ob in cfg.outbounds}),
+        *_check_firewall(cfg),
+        *_check_policy(cfg.policy),
+    ]
+
+
+def _duplicates(values: list[str]) -> set[str]:
+    return {v for v, n in Counter(values).items() if n > 1}
+
+
+def _check_mark(mark: int, path: str) -> Iterator[ConfigError]:
+    if not 0 <= mark <= MAX_MARK:
+        yield ConfigError(f"mark {mark} out of range 0-{MAX_MARK}", path)
+
+
+def _check_inbounds(cfg: Config) -> Iterator[ConfigError]:
+    if not cfg.inbounds:
+        yield ConfigError("at least one inbound is required", "$.inbounds")
+    dup = _duplicates([ib.tag for ib in cfg.inbounds])
+    seen: dict[tuple[int, str], int] = {}
+    for i, ib in enumerate(cfg.inbounds):
+        path = f"$.inbounds[{i}]"
+        if ib.tag in dup:
+            yield ConfigError(f"duplicate inbound tag {ib.tag!r}", f"{path}.tag")
+        if not 1 <= ib.port <= 65535:
+            yield ConfigError(f"port {ib.port} out of range 1-65535", f"{path}.port")
+        if not ib.network:
+            yield ConfigError("network must name tcp and/or udp", f"{path}.network")
+        yield from _check_mark(ib.mark, f"{path}.mark")
+        # Both "::" and "0.0.0.0" listeners cover every address: any two collide.
+        for net in ib.network:
+            other = seen.setdefault((ib.port, net), i)
+            if other != i:
+                yield ConfigError(
+                    f"{net} port {ib.port} is already used by $.inbounds[{other}]", f"{path}.port"
+                )
+
+
+def _check_outbounds(cfg: Config) -> Iterator[ConfigError]:
+    if not cfg.outbounds:
+        yield ConfigError("at least one outbound is required", "$.outbounds")
+    dup = _duplicates([ob.tag for ob in cfg.outbounds])
+    for i, ob in enumerate(cfg.outbounds):
+        path = f"$.outbounds[{i}]"
+        if ob.tag in dup:
+            yield ConfigError(f"duplicate outbound tag {ob.tag!r}", f"{path}.tag")
+        if hasattr(ob, "mark"):
+            yield from _check_mark(ob.mark, f"{path}.mark")
+        if isinstance(ob, SocksOutbound | HttpOutbound) and (ob.username is None) != (
+            ob.password is None
+        ):
+            yield ConfigError("username and password go together", path)
+
+
+def _check_rules(cfg: Config) -> Iterator[ConfigError]:
+    outbound_tags = {ob.tag for ob in cfg.outbounds}
+    inbound_tags = {ib.tag for ib in cfg.inbounds} | {cfg.dns.tag}
+    for i, rule in enumerate(cfg.routing.rules):
+        path = f"$.routing.rules[{i}]"
+        if not rule.has_condition():
+            yield ConfigError("rule has no condition (it would match everything)", path)
+        if rule.outbound not in outbound_tags:
+            yield ConfigError(f"unknown outbound tag {rule.outbound!r}", f"{path}.outbound")
+        for j, tag in enumerate(rule.inbound_tag):
+            if tag not in inbound_tags:
+                yield ConfigError(f"unknown inbound tag {tag!r}", f"{path}.inbound_tag[{j}]")
+
+
+def parse_dns_address(address: str) -> tuple[str, HostPort, str]:
+    """``(scheme, host:port, path)`` of a DNS server address; raises BadValue."""
+    if "://" not in address:
+        return "udp", HostPort.parse(address, default_port=53), ""
+    parts = urlsplit(address)
+    if parts.scheme not in DNS_SCHEMES:
+        raise BadValue(
+            f"unknown DNS server scheme {parts.scheme!r}: expected an IP, tcp://, tls:// "
+            "or https://"
+        )
+    try:
+        port = parts.port or DNS_SCHEMES[parts.scheme]
+    except ValueError:
+        raise BadValue(f"bad port in DNS server address {address!r}") from None
+    if not parts.hostname:
+        raise BadValue(f"no host in DNS server address {address!r}")
+    if parts.scheme != "https" and parts.path not in ("", "/"):
+        raise BadValue(f"a path only makes sense for https:// DNS servers: {address!r}")
+    if parts.scheme in {"udp", "tcp"}:
+        parse_ip(parts.hostname)  # a plain DNS server named by host name cannot bootstrap
+    return parts.scheme, HostPort(parts.hostname, port), parts.path or "/dns-query"
+
+
+def _check_dns(dns: DnsConfig, outbound_tags: set[str]) -> Iterator[ConfigError]:
+    for i, server in enumerate(dns.servers):
+        path = f"$.dns.servers[{i}]"
+        try:
+            parse_dns_address(server.address)
+        except BadValue as exc:
+            yield ConfigError(str(exc), f"{path}.address")
+        if server.outbound is not None and server.outbound not in outbound_tags:
+            yield ConfigError(f"unknown outbound tag {server.outbound!r}", f"{path}.outbound")
+        if server.timeout.seconds <= 0:
+            yield ConfigError("timeout must be positive", f"{path}.timeout")
+    for key, values in dns.hosts.items():
+        path = f"$.dns.hosts[{key!r}]"
+        try:
+            check_domain_entry(key)
+        except BadValue as exc:
+            yield ConfigError(str(exc), path)
+        if not values:
+            yield ConfigError("a hosts entry needs at least one address or name", path)
+        for value in values:
+            if not _is_ip(value) and not re.fullmatch(r"[A-Za-z0-9.-]+", value):
+                yield ConfigError(f"{value!r} is neither an IP address nor a host name", path)
+    if dns.cache_size < 0:
+        yield ConfigError("cache_size must not be negative", "$.dns.cache_size")
+    if dns.min_ttl > dns.max_ttl:
+        yield ConfigError("min_ttl is larger than max_ttl", "$.dns.min_ttl")
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        parse_ip(value)
+    except BadValue:
+        return False
+    return True
+
+
+def _check_firewall(cfg: Config) -> Iterator[ConfigError]:
+    fw = cfg.firewall
+    if not 1 <= fw.fwmark <= MAX_MARK:
+        yield ConfigError(f"fwmark {fw.fwmark} out of range 1-{MAX_MARK}", "$.firewall.fwmark")
+    proxy_marks = {getattr(ob, "mark", 0) for ob in cfg.outbounds} - {0}
+    if fw.fwmark in proxy_marks:
+        yield ConfigError(
+            f"fwmark {fw.fwmark} equals an outbound mark: the proxy's own traffic would be "
+            "diverted back into it",
+            "$.firewall.fwmark",
+        )
+    if fw.route_table in RESERVED_ROUTE_TABLES or not 1 <= fw.route_table <= MAX_MARK:
+        yield ConfigError(
+            f"route_table {fw.route_table} is reserved or out of range (use e.g. 100)",
+            "$.firewall.route_table",
+        )
+    for i, name in enumerate(fw.lan_interfaces):
+        if not _IFNAME.fullmatch(name):
+            yield ConfigError(f"bad interface name {name!r}", f"$.firewall.lan_interfaces[{i}]")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,63}", fw.table):
+        yield ConfigError(f"bad nftables table name {fw.table!r}", "$.firewall.table")
+
+
+def _check_policy(policy: PolicyConfig) -> Iterator[ConfigError]:
+    for name in ("handshake", "conn_idle", "uplink_only", "downlink_only", "udp_idle"):
+        if getattr(policy, name).seconds <= 0:
+            yield ConfigError(f"{name} must be positive", f"$.policy.{name}")
+    if policy.buffer_size < 1024:
+        yield ConfigError("buffer_size must be at least 1024 bytes", "$.policy.buffer_size")
+    for name in ("max_connections", "max_udp_sessions"):
+        if getattr(policy, name) < 1:
+            yield ConfigError(f"{name} must be at least 1", f"$.policy.{name}")
