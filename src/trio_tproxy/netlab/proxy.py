@@ -1,0 +1,75 @@
+"""trio-tproxy as a process in a lab namespace: start, wait until ready, read its log, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trio_tproxy.netlab.namespace import Netns
+
+READY_MARK = "ready:"
+_POLL = 0.02
+
+
+class ProxyProcess:
+    """``trio-tproxy run CONFIG`` inside ``netns``; its stderr (the log) goes to a file."""
+
+    def __init__(self, netns: Netns, config_text: str, name: str = "proxy") -> None:
+        self.netns = netns
+        self.config_path = netns.workdir / f"{name}.toml"
+        self.config_path.write_text(config_text)
+        self.log_path = netns.workdir / f"{name}.log"
+        self._log = self.log_path.open("w")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = netns.popen(
+            [sys.executable, "-m", "trio_tproxy", "run", str(self.config_path)],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=Path.cwd(), env=env,
+        )  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def access_lines(self) -> list[str]:
+        return [line for line in self.log().splitlines() if "trio_tproxy.access:" in line]
+
+    def wait_for(self, text: str, timeout: float = 10.0, count: int = 1) -> str:
+        """Wait until ``text`` occurs ``count`` times in the log; return the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log()
+            if log.count(text) >= count:
+                return log
+            if self.process.poll() is not None:
+                raise RuntimeError(f"trio-tproxy exited with {self.process.returncode}:\n{log}")
+            time.sleep(_POLL)
+        raise TimeoutError(f"{text!r} x{count} not in the trio-tproxy log after {timeout}s:\n"
+                           f"{self.log()}")  # fmt: skip
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        self.wait_for(READY_MARK, timeout)
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; returns the exit code (SIGKILL if it does not stop)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+        return self.process.returncode
