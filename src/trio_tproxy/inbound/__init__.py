@@ -1,0 +1,1 @@
+"""Inbounds: the transparent listeners (tproxy, redirect) and their socket options."""
