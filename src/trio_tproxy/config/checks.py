@@ -38,11 +38,6 @@ def _duplicates(values: list[str]) -> set[str]:
     return {v for v, n in Counter(values).items() if n > 1}
 
 
-def _check_mark(mark: int, path: str) -> Iterator[ConfigError]:
-    if not 0 <= mark <= MAX_MARK:
-        yield ConfigError(f"mark {mark} out of range 0-{MAX_MARK}", path)
-
-
 def _check_inbounds(cfg: Config) -> Iterator[ConfigError]:
     if not cfg.inbounds:
         yield ConfigError("at least one inbound is required", "$.inbounds")
@@ -52,11 +47,8 @@ def _check_inbounds(cfg: Config) -> Iterator[ConfigError]:
         path = f"$.inbounds[{i}]"
         if ib.tag in dup:
             yield ConfigError(f"duplicate inbound tag {ib.tag!r}", f"{path}.tag")
-        if not 1 <= ib.port <= 65535:
-            yield ConfigError(f"port {ib.port} out of range 1-65535", f"{path}.port")
         if not ib.network:
             yield ConfigError("network must name tcp and/or udp", f"{path}.network")
-        yield from _check_mark(ib.mark, f"{path}.mark")
         # Both "::" and "0.0.0.0" listeners cover every address: any two collide.
         for net in ib.network:
             other = seen.setdefault((ib.port, net), i)
@@ -74,8 +66,6 @@ def _check_outbounds(cfg: Config) -> Iterator[ConfigError]:
         path = f"$.outbounds[{i}]"
         if ob.tag in dup:
             yield ConfigError(f"duplicate outbound tag {ob.tag!r}", f"{path}.tag")
-        if hasattr(ob, "mark"):
-            yield from _check_mark(ob.mark, f"{path}.mark")
         if isinstance(ob, SocksOutbound | HttpOutbound) and (ob.username is None) != (
             ob.password is None
         ):

@@ -43,6 +43,18 @@ def _text(check: Callable[[str], object]) -> Callable[[Any, type], str]:
     return structure
 
 
+def _ranged(low: int, high: int, what: str) -> Callable[[Any, type], int]:
+    strict_int = _strict(int)
+
+    def structure(value: Any, _: type) -> int:
+        number: int = strict_int(value, int)
+        if not low <= number <= high:
+            raise BadValue(f"{what} {number} out of range {low}-{high}")
+        return number
+
+    return structure
+
+
 def _check_tag(value: str) -> None:
     if not value.strip():
         raise BadValue("tags must not be empty")
@@ -111,6 +123,8 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(schema.IpEntry, _text(check_ip_entry))
     conv.register_structure_hook(schema.IpAddressText, _text(parse_ip))
     conv.register_structure_hook(schema.Tag, _text(_check_tag))
+    conv.register_structure_hook(schema.Port, _ranged(1, 65535, "port"))
+    conv.register_structure_hook(schema.Mark, _ranged(0, 0xFFFFFFFF, "mark"))
     conv.register_structure_hook_func(_is_literal, _literal_hook)
     conv.register_structure_hook_factory(_is_tuple_of, _tuple_hook_factory(conv))
     conv.register_structure_hook(

@@ -22,11 +22,13 @@ class BadValue(ValueError):
 
 @attrs.frozen
 class ConfigError:
+    """One problem; ``path`` is None for problems of the file as a whole (unreadable)."""
+
     message: str
-    path: str = "$"
+    path: str | None = "$"
 
     def __str__(self) -> str:
-        return f"{self.message} @ {self.path}"
+        return self.message if self.path is None else f"{self.message} @ {self.path}"
 
 
 class ConfigErrors(Exception):
@@ -37,5 +39,5 @@ class ConfigErrors(Exception):
         super().__init__("\n".join(str(e) for e in self.errors))
 
     @classmethod
-    def single(cls, message: str, path: str = "$") -> ConfigErrors:
+    def single(cls, message: str, path: str | None = "$") -> ConfigErrors:
         return cls([ConfigError(message, path)])

@@ -40,7 +40,7 @@ def load_config(path: str | Path) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigErrors.single(f"config file not found: {path}") from None
+        raise ConfigErrors.single(f"config file not found: {path}", None) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigErrors.single(f"cannot read config file {path}: {exc}") from None
+        raise ConfigErrors.single(f"cannot read config file {path}: {exc}", None) from None
     return parse_config_text(text)

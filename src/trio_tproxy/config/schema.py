@@ -19,6 +19,8 @@ DomainEntry = NewType("DomainEntry", str)  # full: domain: keyword: regexp: geos
 IpEntry = NewType("IpEntry", str)  # CIDR, IP, geoip:CC, geoip:!CC, geoip:private
 IpAddressText = NewType("IpAddressText", str)  # a single IP literal
 Tag = NewType("Tag", str)  # non-empty identifier of an inbound/outbound
+Port = NewType("Port", int)  # 1-65535
+Mark = NewType("Mark", int)  # a 32-bit firewall mark, 0 = none
 
 Network = Literal["tcp", "udp"]
 Protocol = Literal["http", "tls", "quic", "bittorrent", "dns"]
@@ -50,10 +52,10 @@ class SniffingConfig:
 class TproxyInbound:
     TYPE: ClassVar[str] = "tproxy"
     tag: Tag
-    port: int
+    port: Port
     listen: IpAddressText = IpAddressText("::")
     network: tuple[Network, ...] = ("tcp", "udp")
-    mark: int = 0
+    mark: Mark = Mark(0)
     sniffing: SniffingConfig = SniffingConfig()
 
 
@@ -61,10 +63,10 @@ class TproxyInbound:
 class RedirectInbound:
     TYPE: ClassVar[str] = "redirect"
     tag: Tag
-    port: int
+    port: Port
     listen: IpAddressText = IpAddressText("::")
     network: tuple[Literal["tcp"], ...] = ("tcp",)
-    mark: int = 0
+    mark: Mark = Mark(0)
     sniffing: SniffingConfig = SniffingConfig()
 
 
@@ -78,7 +80,7 @@ DomainStrategyOut = Literal["as_is", "use_ip", "use_ipv4", "use_ipv6"]
 class DirectOutbound:
     TYPE: ClassVar[str] = "direct"
     tag: Tag
-    mark: int = 0
+    mark: Mark = Mark(0)
     domain_strategy: DomainStrategyOut = "as_is"
 
 
@@ -89,7 +91,7 @@ class SocksOutbound:
     server: HostPort
     username: str | None = None
     password: str | None = None
-    mark: int = 0
+    mark: Mark = Mark(0)
 
 
 @attrs.frozen
@@ -99,7 +101,7 @@ class HttpOutbound:
     server: HostPort
     username: str | None = None
     password: str | None = None
-    mark: int = 0
+    mark: Mark = Mark(0)
 
 
 @attrs.frozen
@@ -113,7 +115,7 @@ class BlockOutbound:
 class DnsOutbound:
     TYPE: ClassVar[str] = "dns"
     tag: Tag
-    mark: int = 0
+    mark: Mark = Mark(0)
 
 
 Outbound = DirectOutbound | SocksOutbound | HttpOutbound | BlockOutbound | DnsOutbound

@@ -68,7 +68,8 @@ class PortRanges:
                 lo = int(lo_text)
                 hi = int(hi_text) if sep else lo
             except ValueError:
-                raise BadValue(f"bad port range {part.strip()!r} in {value!r}") from None
+                where = "" if part.strip() == value.strip() else f" in {value!r}"
+                raise BadValue(f"bad port range {part.strip()!r}{where}") from None
             if not (0 <= lo <= 65535 and 0 <= hi <= 65535) or lo > hi:
                 raise BadValue(f"bad port range {part.strip()!r}: ports are 0-65535, low-high")
             ranges.append((lo, hi))
