@@ -1,0 +1,125 @@
+"""The gateway process: the only owner of the nursery tree.
+
+Lifetimes nest as hypercorn's trio worker does: process > flows > listeners. On
+SIGTERM/SIGINT the listeners are cancelled and closed first (no new flows), then the
+flows nursery gets a deadline of ``policy.grace`` to drain before it is cancelled.
+SIGHUP reloads the configuration: new flows use the new runtime, established flows keep
+the one they started with; a bad new config is logged and the old one keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from .config import ConfigErrors, Inbound, load_config
+from .inbound.sockopt import SockAddr, set_reset_on_close
+from .inbound.tcp import accept_loop, open_tcp_listener
+from .limits import check_connection_budget, raise_nofile_limit
+from .outbound import UnavailableOutbound
+from .runtime import Runtime
+from .session import handle_tcp
+
+log = logging.getLogger("trio_tproxy.app")
+
+
+class Gateway:
+    def __init__(self, config_path: Path, runtime: Runtime) -> None:
+        self.config_path = config_path
+        self.runtime = runtime
+        self.active_flows = 0
+        self._over_limit_logged = False
+
+    def _handler(
+        self, inbound: Inbound
+    ) -> Callable[[socket.socket, SockAddr, SockAddr], Awaitable[None]]:
+        async def on_connection(conn: socket.socket, src: SockAddr, dst: SockAddr) -> None:
+            rt = self.runtime
+            if self.active_flows >= rt.config.policy.max_connections:
+                if not self._over_limit_logged:
+                    log.warning(
+                        "connection limit reached (policy.max_connections = %d): "
+                        "refusing new flows until some end",
+                        rt.config.policy.max_connections,
+                    )
+                    self._over_limit_logged = True
+                set_reset_on_close(conn)
+                conn.close()
+                return
+            self._over_limit_logged = False
+            self.active_flows += 1
+            try:
+                await handle_tcp(rt, inbound, conn, src, dst)
+            finally:
+                self.active_flows -= 1
+
+        return on_connection
+
+    def reload(self) -> None:
+        try:
+            runtime = Runtime.build(load_config(self.config_path))
+        except ConfigErrors as exc:
+            log.error("reload rejected, keeping the running configuration:")
+            for error in exc.errors:
+                log.error("  %s", error)
+            return
+        if runtime.config.inbounds != self.runtime.config.inbounds:
+            log.warning("inbound changes take effect on restart; other changes applied")
+        self.runtime = runtime
+        log.info("configuration reloaded from %s", self.config_path)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.runtime.config
+        nofile = raise_nofile_limit()
+        check_connection_budget(cfg.policy.max_connections, nofile)
+        for ob in self.runtime.outbounds.values():
+            if isinstance(ob, UnavailableOutbound):
+                log.warning("outbound %r (%s) is not implemented yet: flows routed to it are "
+                            "refused", ob.tag, ob.kind)  # fmt: skip
+        tcp_inbounds = [ib for ib in cfg.inbounds if "tcp" in ib.network]
+        for ib in cfg.inbounds:
+            if "udp" in ib.network:
+                log.warning("inbound %r: UDP is not implemented yet; only TCP is served", ib.tag)
+        listeners = []
+        try:
+            for ib in tcp_inbounds:
+                listeners.append((ib, open_tcp_listener(ib)))
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                async with trio.open_nursery() as flows:
+                    async with trio.open_nursery() as accepting:
+                        for ib, sock in listeners:
+                            accepting.start_soon(accept_loop, sock, ib, self._handler(ib), flows)
+                        log.info("ready: %s", ", ".join(
+                            f"{ib.tag} ({ib.TYPE}) on tcp {_where(ib)}" for ib, _ in listeners
+                        ))  # fmt: skip
+                        task_status.started()
+                        async for signum in sigs:
+                            if signum == signal.SIGHUP:
+                                self.reload()
+                                continue
+                            break
+                        accepting.cancel_scope.cancel()
+                    _close_listeners(listeners)
+                    grace = self.runtime.config.policy.grace.seconds
+                    log.info("stopping: no new flows; %d active flow(s) get %gs to finish",
+                             self.active_flows, grace)  # fmt: skip
+                    flows.cancel_scope.deadline = trio.current_time() + grace
+            log.info("stopped")
+        finally:
+            _close_listeners(listeners)
+
+
+def _where(ib: Inbound) -> str:
+    return f"[{ib.listen}]:{ib.port}" if ":" in ib.listen else f"{ib.listen}:{ib.port}"
+
+
+def _close_listeners(listeners: list[tuple[Inbound, socket.socket]]) -> None:
+    for _, sock in listeners:
+        if sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()

@@ -1,0 +1,85 @@
+"""Geodata: geosite lists (domain-list-community files) and GeoIP (a MaxMind DB).
+
+:class:`GeoData` is what compilation takes. It loads lazily: a geosite list is read when
+a rule names it (with its includes), and the MaxMind DB is opened only when an entry
+names a country; ``geoip:private`` is built in and needs no database. One ``GeoData``
+serves one compilation (a reload makes a new one, so edited files are seen).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+
+from ..config.schema import GeodataConfig
+from .build import BuildStats, GeodataBuildError, build_country_mmdb
+from .geoip import CountryDB, GeoipError, Ranges, private_ranges
+from .geosite import GeositeError, GeositeLoader, GeositeRule
+
+__all__ = [
+    "BuildStats", "CountryDB", "GeoData", "GeodataBuildError", "GeoipError", "GeositeError",
+    "GeositeRule", "Ranges", "build_country_mmdb",
+]  # fmt: skip
+
+
+class GeoData:
+    def __init__(self, rules_dir: Path, geoip_path: Path) -> None:
+        self.rules_dir = rules_dir
+        self.geoip_path = geoip_path
+        self._sites = GeositeLoader(rules_dir)
+        self._db: CountryDB | None = None
+        self._countries: dict[str, tuple[Ranges, Ranges]] = {}
+
+    @classmethod
+    def load(cls, cfg: GeodataConfig, base_dir: Path | None = None) -> GeoData:
+        """Relative paths in the configuration are taken relative to ``base_dir``
+        (e.g. the configuration file's directory); ``None`` = the working directory."""
+        base = base_dir or Path()
+        return cls(base / cfg.rules_dir, base / cfg.geoip)
+
+    def geosite(self, name: str) -> tuple[GeositeRule, ...]:
+        """All rules of list ``name`` (case-insensitive), includes flattened.
+
+        Raises :class:`GeositeError` (missing list or include, cycle, bad lines).
+        """
+        return self._sites.resolve(name)
+
+    def _database(self) -> CountryDB:
+        if self._db is None:
+            if not self.geoip_path.exists():
+                raise GeoipError(
+                    f"GeoIP database {self.geoip_path} not found; build one with "
+                    "`trio-tproxy geodata build /usr/share/tor/geoip /usr/share/tor/geoip6 "
+                    f"-o {self.geoip_path}` (Debian package tor-geoipdb)"
+                )
+            self._db = CountryDB(self.geoip_path)
+        return self._db
+
+    def prefetch_countries(self, codes: Collection[str]) -> None:
+        """Extract several countries in one pass over the database (raises GeoipError)."""
+        wanted = {c.upper() for c in codes if c.lower() != "private"} - set(self._countries)
+        if not wanted:
+            return
+        db = self._database()
+        known = db.countries()
+        self._countries.update(db.extract(wanted & known))
+
+    def country_ranges(self, code: str) -> tuple[Ranges, Ranges]:
+        """IPv4 and IPv6 ranges of a country code, or of ``private``.
+
+        Raises :class:`GeoipError` if the database is missing or has no such country
+        (like v2ray, an unknown code is an error: ``geoip:uk`` is a typo for ``gb``).
+        """
+        if code.lower() == "private":
+            return private_ranges()
+        code = code.upper()
+        if code not in self._countries:
+            db = self._database()
+            if code not in db.countries():
+                raise GeoipError(f"country {code!r} is not in {self.geoip_path}")
+            self.prefetch_countries([code])
+        return self._countries[code]
+
+    def lookup_country(self, ip: str) -> str | None:
+        """One address's country (for ``match`` output); raises GeoipError without a DB."""
+        return self._database().lookup(ip)

@@ -1,0 +1,19 @@
+"""Logging setup for the process (library modules only ever get their own logger)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(level: str) -> None:
+    root = logging.getLogger("trio_tproxy")
+    if not any(getattr(h, "_trio_tproxy", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(FORMAT))
+        handler._trio_tproxy = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.propagate = False
+    root.setLevel(level.upper())

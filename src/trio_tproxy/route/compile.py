@@ -1,0 +1,202 @@
+"""Configuration entries -> matchers and rules, once per (re)load.
+
+Errors are collected over the whole configuration and raised together as
+:class:`~trio_tproxy.config.ConfigErrors` with the path of the entry at fault, e.g.
+``no list 'nosuch' (no file rules/nosuch) @ $.routing.rules[2].domain[0]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+
+from ..config.errors import BadValue, ConfigError, ConfigErrors
+from ..config.schema import Config, RuleConfig
+from ..config.values import parse_cidr
+from ..geo import GeoData, GeoipError, GeositeError, GeositeRule
+from .conditions import (
+    Condition,
+    DomainCondition,
+    InboundTagCondition,
+    IpCondition,
+    NetworkCondition,
+    PortCondition,
+    ProtocolCondition,
+    SourceCondition,
+)  # fmt: skip
+from .domain import DomainIndexBuilder, DomainMatcher
+from .engine import Router, Rule
+from .facts import normalize_domain
+from .ipset import IpSet
+
+__all__ = ["build_domain_matcher", "build_ip_set", "compile_router", "geoip_codes"]
+
+_NO_ATTRS: frozenset[str] = frozenset()
+
+
+def _inline(kind: str, value: str) -> GeositeRule:
+    return GeositeRule(kind, value, _NO_ATTRS, "", 0)  # type: ignore[arg-type]
+
+
+def _geosite_rules(spec: str, geo: GeoData) -> tuple[GeositeRule, ...]:
+    """``NAME@attr@-attr``: the list's rules carrying every attr and no -attr."""
+    name, *attrs_ = spec.split("@")
+    rules = geo.geosite(name)
+    with_attrs = {a.lower() for a in attrs_ if not a.startswith("-")}
+    without = {a[1:].lower() for a in attrs_ if a.startswith("-")}
+    if not attrs_:
+        return rules
+    return tuple(r for r in rules if with_attrs <= r.attrs and not without & r.attrs)
+
+
+def _entry_rules(entry: str, geo: GeoData) -> tuple[GeositeRule, ...]:
+    """One ``domain`` entry in v2ray syntax; raises BadValue, GeositeError."""
+    prefix, sep, value = entry.partition(":")
+    kind = prefix.lower() if sep else ""
+    if kind == "geosite":
+        return _geosite_rules(value, geo)
+    if kind in ("full", "domain"):
+        return (_inline(kind, normalize_domain(value)),)
+    if kind == "keyword":
+        return (_inline("keyword", value.lower()),)
+    if kind == "regexp":
+        return (_inline("regexp", value),)
+    if kind == "dotless":  # v2ray: dotless:S is the regexp ^[^.]*S[^.]*$ (S without dots)
+        if "." in value:
+            raise BadValue(f"dotless:{value}: the substring must not contain a dot")
+        return (_inline("regexp", f"^[^.]*{value}[^.]*$"),)
+    if sep:
+        raise BadValue(f"unknown domain entry prefix in {entry!r}")
+    return (_inline("keyword", entry.lower()),)  # no prefix: substring, as in v2ray
+
+
+def _add_entries(
+    builder: DomainIndexBuilder, group: int, entries: Sequence[str], geo: GeoData, path: str
+) -> list[ConfigError]:
+    errors: list[ConfigError] = []
+    for i, entry in enumerate(entries):
+        where = f"{path}[{i}]"
+        try:
+            for rule in _entry_rules(entry, geo):
+                builder.add(group, rule, entry)
+        except GeositeError as exc:
+            errors.extend(ConfigError(f"{entry}: {p}", where) for p in exc.problems)
+        except (BadValue, re.error) as exc:
+            errors.append(ConfigError(f"{entry}: {exc}", where))
+    return errors
+
+
+def build_domain_matcher(
+    entries: Sequence[str], geo: GeoData, path: str, cache_size: int = 0
+) -> DomainMatcher:
+    """A matcher for one list of domain entries (DNS ``domains``, sniffing exclusions).
+
+    ``path`` is the entries' JSON path, e.g. ``$.dns.servers[0].domains``. Raises
+    ConfigErrors.
+    """
+    builder = DomainIndexBuilder()
+    group = builder.new_group()
+    errors = _add_entries(builder, group, entries, geo, path)
+    if errors:
+        raise ConfigErrors(errors)
+    return DomainMatcher(builder.build(cache_size), group, tuple(entries))
+
+
+def _ip_entry(entry: str, geo: GeoData) -> IpSet:
+    lowered = entry.lower()
+    if lowered.startswith("geoip:"):
+        code = lowered[len("geoip:") :]
+        inverse = code.startswith("!")
+        v4, v6 = geo.country_ranges(code.removeprefix("!"))
+        found = IpSet(v4, v6)
+        return found.complement() if inverse else found
+    net = parse_cidr(entry)
+    return IpSet.from_networks([str(net)])
+
+
+def _ip_parts(
+    entries: Sequence[str], geo: GeoData, path: str
+) -> tuple[tuple[tuple[str, IpSet], ...], list[ConfigError]]:
+    parts, errors = [], []
+    for i, entry in enumerate(entries):
+        try:
+            parts.append((entry, _ip_entry(entry, geo)))
+        except (GeoipError, BadValue) as exc:
+            errors.append(ConfigError(str(exc), f"{path}[{i}]"))
+    return tuple(parts), errors
+
+
+def build_ip_set(entries: Sequence[str], geo: GeoData, path: str) -> IpSet:
+    """One set for a list of ip entries (DNS ``expect_ips``, firewall bypass); raises
+    ConfigErrors."""
+    parts, errors = _ip_parts(entries, geo, path)
+    if errors:
+        raise ConfigErrors(errors)
+    return IpSet().union(*(s for _, s in parts))
+
+
+def geoip_codes(entries: Sequence[str]) -> set[str]:
+    """Country codes named by ip entries (for :meth:`GeoData.prefetch_countries`)."""
+    return {
+        e.lower()[len("geoip:") :].removeprefix("!")
+        for e in entries
+        if e.lower().startswith("geoip:")
+    }
+
+
+def _rule_conditions(
+    rule: RuleConfig, path: str, domains: DomainMatcher | None, geo: GeoData
+) -> Iterator[Condition | ConfigError]:
+    if rule.network:
+        yield NetworkCondition(frozenset(rule.network))
+    if rule.port is not None:
+        yield PortCondition(rule.port, "port")
+    if rule.source_port is not None:
+        yield PortCondition(rule.source_port, "source_port")
+    if rule.inbound_tag:
+        yield InboundTagCondition(tuple(rule.inbound_tag))
+    if rule.protocol:
+        yield ProtocolCondition(tuple(rule.protocol))
+    if rule.source:
+        parts, errors = _ip_parts(rule.source, geo, f"{path}.source")
+        yield from errors
+        yield SourceCondition(IpSet().union(*(s for _, s in parts)), parts)
+    if domains is not None:
+        yield DomainCondition(domains)
+    if rule.ip:  # last: under ip_on_demand it is the one that may need a DNS lookup
+        parts, errors = _ip_parts(rule.ip, geo, f"{path}.ip")
+        yield from errors
+        yield IpCondition(IpSet().union(*(s for _, s in parts)), parts)
+
+
+def compile_router(cfg: Config, geo: GeoData, *, cache_size: int = 0) -> Router:
+    """Compile ``cfg.routing`` once; raises ConfigErrors naming every bad entry."""
+    rules_cfg = cfg.routing.rules
+    with contextlib.suppress(GeoipError):  # reported at each entry that needs the database
+        geo.prefetch_countries({c for r in rules_cfg for c in geoip_codes([*r.ip, *r.source])})
+    builder = DomainIndexBuilder()
+    errors: list[ConfigError] = []
+    groups: list[int | None] = []
+    for i, rule in enumerate(rules_cfg):
+        if rule.domain:
+            new = builder.new_group()
+            path = f"$.routing.rules[{i}].domain"
+            errors += _add_entries(builder, new, rule.domain, geo, path)
+            groups.append(new)
+        else:
+            groups.append(None)
+    index = builder.build(cache_size)
+    rules: list[Rule] = []
+    for i, (rule, group) in enumerate(zip(rules_cfg, groups, strict=True)):
+        matcher = None if group is None else DomainMatcher(index, group, tuple(rule.domain))
+        conditions: list[Condition] = []
+        for item in _rule_conditions(rule, f"$.routing.rules[{i}]", matcher, geo):
+            if isinstance(item, ConfigError):
+                errors.append(item)
+            else:
+                conditions.append(item)
+        rules.append(Rule(i, rule.outbound, tuple(conditions)))
+    if errors:
+        raise ConfigErrors(errors)
+    return Router(tuple(rules), cfg.outbounds[0].tag, cfg.routing.domain_strategy, index)
