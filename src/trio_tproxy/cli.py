@@ -63,6 +63,59 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_match(args: argparse.Namespace) -> int:
+    import ipaddress
+    import json
+
+    from .route import FlowFacts, NeedIps, parse_target, render_json, render_text
+    from .runtime import Runtime
+
+    try:
+        cfg = load_config(args.config)
+        runtime = Runtime.build(cfg)
+        source = ipaddress.ip_address(args.source) if args.source else None
+    except ConfigErrors as exc:
+        _print_errors(exc)
+        return 1
+    except ValueError as exc:
+        print(f"error: --source: {exc}", file=sys.stderr)
+        return 2
+    dst_ip, domain = parse_target(args.target)
+    if dst_ip is None and not domain:
+        print(f"error: {args.target!r} is neither an IP address nor a domain", file=sys.stderr)
+        return 2
+    facts = FlowFacts(
+        network=args.network, dst_ip=dst_ip, dst_port=args.port, domain=domain,
+        src_ip=source, inbound_tag=args.inbound or cfg.inbounds[0].tag,
+        protocol="http1" if args.protocol == "http" else args.protocol,
+    )  # fmt: skip
+    resolved = None
+    if args.resolve and domain and isinstance(runtime.router.decide(facts), NeedIps):
+        resolved = trio.run(runtime.resolver.resolve, domain)
+    explanation = runtime.router.explain(facts, resolved)
+    if args.json:
+        print(json.dumps(render_json(explanation), indent=2))
+    else:
+        print(render_text(explanation))
+    return 0
+
+
+def cmd_geodata_build(args: argparse.Namespace) -> int:
+    from .geo.build import GeodataBuildError, build_country_mmdb
+
+    try:
+        stats = build_country_mmdb([Path(s) for s in args.sources], Path(args.output))
+    except GeodataBuildError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.output}: {stats}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trio-tproxy",
@@ -84,6 +137,35 @@ def build_parser() -> argparse.ArgumentParser:
                            "geodata; print every error as 'message @ $.path'.")  # fmt: skip
     check.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="config file (TOML)")
     check.set_defaults(func=cmd_check)
+
+    match = sub.add_parser("match", help="which outbound and rule a domain or IP would get",
+                           description="Offline rule test: prints the chosen outbound, the rule "
+                           "that matched (or 'default') and why.")  # fmt: skip
+    match.add_argument("target", help="a domain or an IP address")
+    match.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
+    match.add_argument("--port", type=int, default=443, help="destination port (default 443)")
+    match.add_argument("--network", choices=("tcp", "udp"), default="tcp")
+    match.add_argument("--protocol", choices=("http", "tls", "quic", "bittorrent", "dns"),
+                       help="the sniffed protocol")  # fmt: skip
+    match.add_argument("--source", help="the client's IP address")
+    match.add_argument("--inbound", help="inbound tag (default: the first inbound)")
+    match.add_argument("--resolve", action="store_true",
+                       help="let IP rules see the domain's addresses, as domain_strategy would")
+    match.add_argument("--json", action="store_true", help="one JSON object")
+    match.set_defaults(func=cmd_match)
+
+    geodata = sub.add_parser("geodata", help="build GeoIP data",
+                             description="GeoIP data for geoip:CC rules.")  # fmt: skip
+    geodata_sub = geodata.add_subparsers(dest="geodata_command", required=True, metavar="ACTION")
+    build = geodata_sub.add_parser(
+        "build", help="build a country MaxMind DB from IP-range lists",
+        description="Build a country MaxMind DB from Tor/IPFire geoip and geoip6 files (as "
+        "shipped by Debian's tor-geoipdb: /usr/share/tor/geoip, /usr/share/tor/geoip6) or "
+        "'cidr,cc' CSV files.",
+    )  # fmt: skip
+    build.add_argument("sources", nargs="+", metavar="SOURCE")
+    build.add_argument("-o", "--output", required=True, metavar="FILE")
+    build.set_defaults(func=cmd_geodata_build)
     return parser
 
 
