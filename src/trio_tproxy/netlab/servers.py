@@ -41,9 +41,10 @@ http {{
     scgi_temp_path {work}/scgi;
     default_type application/octet-stream;
     server {{
-        listen {port};
-        listen [::]:{port} ipv6only=on;
+        listen {port}{ssl};
+        listen [::]:{port}{ssl} ipv6only=on;
         root {root};
+        {tls}
     }}
 }}
 """
@@ -84,14 +85,41 @@ def _parse_log_line(line: str) -> AccessLogEntry:
     )
 
 
-def start_http_server(netns: Netns, root_dir: Path, port: int = 80) -> HttpServer:
-    """nginx serving root_dir on 0.0.0.0:port and [::]:port; returns once listening."""
+@attrs.frozen
+class TestCertificate:
+    """A self-signed certificate for some names; clients trust it with ``--cacert path``."""
+
+    path: Path
+    key: Path
+
+
+def make_certificate(workdir: Path, names: tuple[str, ...]) -> TestCertificate:
+    """A self-signed certificate (its own CA) valid for ``names``, made by openssl."""
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    san = ",".join(f"DNS:{name}" for name in names)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "2", "-subj", f"/CN={names[0]}", "-addext", f"subjectAltName={san}",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return TestCertificate(cert, key)
+
+
+def start_http_server(
+    netns: Netns, root_dir: Path, port: int = 80, *, tls: TestCertificate | None = None
+) -> HttpServer:
+    """nginx serving root_dir on 0.0.0.0:port and [::]:port (HTTPS with ``tls``);
+    returns once listening."""
     work = netns.workdir / f"nginx-{port}"
     work.mkdir()
     conf = work / "nginx.conf"
-    conf.write_text(
-        _NGINX_CONF.format(work=work, port=port, root=root_dir.resolve(), log_format=_LOG_FORMAT)
-    )
+    tls_conf = f"ssl_certificate {tls.path}; ssl_certificate_key {tls.key};" if tls else ""
+    text = _NGINX_CONF.format(
+        work=work, port=port, root=root_dir.resolve(), log_format=_LOG_FORMAT,
+        ssl=" ssl" if tls else "", tls=tls_conf,
+    )  # fmt: skip
+    conf.write_text(text)
     # -e: the early error log, before the config is read (else /var/log/nginx/...).
     argv = ["nginx", "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")]
     process = netns.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
