@@ -105,34 +105,55 @@ def references() -> dict[str, Callable[[], object]]:
     return refs
 
 
-def rate(call: Callable[[], object], runs: int, seconds: float) -> float:
-    timer = timeit.Timer(call)
-    number, elapsed = timer.autorange()
-    number = max(1, int(number * seconds / max(elapsed, 1e-9)))
-    return statistics.median(number / timer.timeit(number) for _ in range(runs))
+def calibrate(call: Callable[[], object], seconds: float) -> int:
+    number, elapsed = timeit.Timer(call).autorange()
+    return max(1, int(number * seconds / max(elapsed, 1e-9)))
+
+
+def measure(
+    named_calls: list[tuple[str, Callable[[], object]]], runs: int, seconds: float
+) -> dict[str, list[float]]:
+    """Rates per run, cases interleaved round by round: this VM's speed drifts by 2x
+    over seconds, and interleaving lets each round's reference see the same drift."""
+    numbers = {name: calibrate(call, seconds) for name, call in named_calls}
+    rates: dict[str, list[float]] = {name: [] for name, _ in named_calls}
+    for _ in range(runs):
+        for name, call in named_calls:
+            number = numbers[name]
+            rates[name].append(number / timeit.Timer(call).timeit(number))
+    return rates
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=0.3)
+    parser.add_argument("--seconds", type=float, default=0.2)
     args = parser.parse_args()
 
     for label, call, _ in cases():
         assert isinstance(call(), Sniffed), label
-    ref_rates = {name: rate(call, args.runs, args.seconds) for name, call in references().items()}
-    print(f"median of {args.runs} runs; references: "
-          + ", ".join(f"{name} {value:,.0f}/s" for name, value in ref_rates.items()))  # fmt: skip
+    refs = references()
+    named = [(f"ref:{name}", call) for name, call in refs.items()]
+    named += [(label, call) for label, call, _ in cases()]
+    rates = measure(named, args.runs, args.seconds)
+    ref_rates = {name: rates[f"ref:{name}"] for name in refs}
+    summary = ", ".join(f"{name} {statistics.median(v):,.0f}/s" for name, v in ref_rates.items())
+    print(f"median of {args.runs} interleaved runs; references: {summary}")
     ref_cols = "".join(f" {'vs ' + name:>11}" for name in ref_rates)
     print(f"{'case':44} {'flows/s':>10} {'us/flow':>8} {'target':>9} {'':4}{ref_cols}")
     failed = 0
-    for label, call, target in cases():
-        value = rate(call, args.runs, args.seconds)
+    for label, _, target in cases():
+        value = statistics.median(rates[label])
         verdict = "" if not target else ("ok" if value >= target else "SLOW")
         failed += verdict == "SLOW"
-        ratios = "".join(f" {value / ref:>11.4f}" for ref in ref_rates.values())
+        # Ratio per round, then the median: the reference saw that round's machine.
+        ratios = "".join(
+            f" {statistics.median(c / r for c, r in zip(rates[label], ref, strict=True)):>11.4f}"
+            for ref in ref_rates.values()
+        )
         target_text = f"{target:,}" if target else "-"
-        print(f"{label:44} {value:>10,.0f} {1e6 / value:>8.1f} {target_text:>9} {verdict:4}{ratios}")
+        figures = f"{value:>10,.0f} {1e6 / value:>8.1f} {target_text:>9} {verdict:4}"
+        print(f"{label:44} {figures}{ratios}")
     return 1 if failed else 0
 
 

@@ -11,8 +11,8 @@ from sniff_corpus import load, load_flow
 from trio_tproxy.sniff import (
     NEED_MORE,
     NOT_THIS,
-    SniffOutcome,
     Sniffed,
+    SniffOutcome,
     sniff_bittorrent,
     sniff_datagrams,
     sniff_dht,
@@ -49,8 +49,12 @@ def test_bittorrent_handshake(data: bytes, expected: SniffOutcome) -> None:
 # -- uTP -------------------------------------------------------------------------------------
 
 
-def utp(type_version: int, extension: int = 0, extensions: bytes = b"", payload: bytes = b"") -> bytes:
-    header = bytes((type_version, extension)) + b"\x12\x34" + RNG.randbytes(12) + b"\x00\x01\x00\x00"
+def utp(
+    type_version: int, extension: int = 0, extensions: bytes = b"", payload: bytes = b""
+) -> bytes:
+    header = (
+        bytes((type_version, extension)) + b"\x12\x34" + RNG.randbytes(12) + b"\x00\x01\x00\x00"
+    )
     return header + extensions + payload
 
 
@@ -87,11 +91,16 @@ def test_utp(datagram: bytes, expected: SniffOutcome) -> None:
         (b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe", BITTORRENT),
         (b"d1:rd2:id20:mnopqrstuvwxyz123456e1:t2:aa1:y1:re", BITTORRENT),
         (b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee", BITTORRENT),
-        (b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e"
-         b"1:q9:find_node1:t2:aa1:y1:qe", BITTORRENT),  # fmt: skip
+        (
+            b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e"
+            b"1:q9:find_node1:t2:aa1:y1:qe",
+            BITTORRENT,
+        ),
         # BEP 42 replies start with "ip"; unsorted keys are tolerated
-        (b"d2:ip6:\x01\x02\x03\x04\x05\x061:rd2:id20:mnopqrstuvwxyz123456e1:t2:aa1:y1:re",
-         BITTORRENT),  # fmt: skip
+        (
+            b"d2:ip6:\x01\x02\x03\x04\x05\x061:rd2:id20:mnopqrstuvwxyz123456e1:t2:aa1:y1:re",
+            BITTORRENT,
+        ),
         (b"d1:y1:q1:t2:aa1:q4:ping1:ad2:id20:abcdefghij0123456789ee", BITTORRENT),
         # not KRPC
         (b"d8:announce35:http://tracker.example/announce4:infod4:name1:xee", NOT_THIS),
@@ -138,8 +147,10 @@ def with_counts(packet: bytes, qd: int, an: int, ns: int, ar: int) -> bytes:
         (query("1.0.0.127.in-addr.arpa", "PTR"), Sniffed("dns", "1.0.0.127.in-addr.arpa")),
         (with_flags(query(), 0x01, 0x20), Sniffed("dns", "example.com")),  # RD, AD
         (with_counts(query(), 1, 0, 0, 1) + bytes(11), Sniffed("dns", "example.com")),  # OPT
-        (b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03a.b\x00\x00\x01\x00\x01",
-         Sniffed("dns", None)),  # a "." inside a label  # fmt: skip
+        (
+            b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03a.b\x00\x00\x01\x00\x01",
+            Sniffed("dns", None),
+        ),  # a "." inside a label
         (with_flags(query(), 0x81, 0x80), NOT_THIS),  # a response
         (with_flags(query(), 0x28), NOT_THIS),  # opcode UPDATE
         (with_flags(query(), 0x01, 0x03), NOT_THIS),  # RCODE set

@@ -12,18 +12,25 @@ from sniff_corpus import (
     FLOW_SNIFFERS,
     QUIC_FLOWS,
     STREAM_SNIFFERS,
+    STREAMS,
     all_payloads,
     is_outcome,
+    load,
     load_flow,
 )
 
 from trio_tproxy.sniff import (
-    SniffOutcome,
+    NEED_MORE,
+    NOT_THIS,
+    STREAM_MAX_PEEK,
     Sniffed,
+    SniffOutcome,
     parse_client_hello,
     quic,
+    sniff_bittorrent,
     sniff_dns,
     sniff_http,
+    sniff_stream,
     sniff_tls,
     to_domain,
 )
@@ -161,3 +168,49 @@ def test_nothing_beyond_max_peek_matters(data: bytes, tail: bytes, which: int) -
     padded = (data * (max_peek // len(data) + 1))[:max_peek]
     assert len(padded) == max_peek
     assert sniffer(padded + tail) == sniffer(padded)
+
+
+# -- fast paths agree with the straightforward definitions ------------------------------------
+
+
+def reference_sniff_stream(data: bytes) -> SniffOutcome:
+    """The combinator as the contract states it: ask every TCP sniffer."""
+    outcomes = [sniffer(data) for sniffer in (sniff_http, sniff_tls, sniff_bittorrent)]
+    for outcome in outcomes:
+        if isinstance(outcome, Sniffed):
+            return outcome
+    if NEED_MORE in outcomes and len(data) < STREAM_MAX_PEEK:
+        return NEED_MORE
+    return NOT_THIS
+
+
+STREAM_PAYLOADS = [load(name) for name in STREAMS]
+
+
+@FUZZ
+@given(st.one_of(mutated(STREAM_PAYLOADS), st.binary(max_size=64)))
+def test_sniff_stream_dispatch_matches_the_contract(data: bytes) -> None:
+    assert sniff_stream(data) == reference_sniff_stream(data)
+
+
+HTTP_REQUESTS = [
+    load("http_curl"),
+    b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n",
+    b"post /x HTTP/1.0\nAccept: */*\nHOST:b.example:80\n\n",
+    b"OPTIONS * HTTP/1.1\r\nX: y\r\n\r\nHost: c.example\r\n",
+    b"GET / HTTP/1.1\r\nHost: [::1]:80\r\nHost: b.example\r\n\r\n",
+    b"GET / HTTP/1.1\r\nhost:\ta.example :80 \r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: 1\r\nHOST: A.Example.:8080\t\r\nHost: z\r\n\r\n",
+]
+
+
+@FUZZ
+@given(mutated(HTTP_REQUESTS))
+def test_http_fast_path_matches_step_by_step(data: bytes) -> None:
+    assert sniff_http(data) == http_module._sniff_step_by_step(data[: http_module.MAX_PEEK])
+
+
+@FUZZ
+@given(mutated([load("tls_curl"), load("tls_chrome_pq")]))
+def test_tls_fast_path_matches_reassembly(data: bytes) -> None:
+    assert sniff_tls(data) == tls_module._reassemble_and_parse(data[: tls_module.MAX_PEEK])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trio_tproxy.sniff import NEED_MORE, NOT_THIS, SniffOutcome, Sniffed, sniff_http
+from trio_tproxy.sniff import NEED_MORE, NOT_THIS, Sniffed, SniffOutcome, sniff_http
 from trio_tproxy.sniff.http import MAX_PEEK
 
 
@@ -23,12 +23,16 @@ def http1(domain: str | None) -> Sniffed:
         (b"PUT / HTTP/1.1\nHost: example.com\n\n", http1("example.com")),  # bare LF
         (b"DELETE / HTTP/1.1\r\nHost: example.com.\r\n\r\n", http1("example.com")),
         (b"OPTIONS * HTTP/1.1\r\nHost: example.com\r\n\r\n", http1("example.com")),
-        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
-         http1("example.com")),  # fmt: skip
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            http1("example.com"),
+        ),
         (b"PATCH / HTTP/1.1\r\nHost: example.com\r\n\r\n", http1("example.com")),
         (b"TRACE / HTTP/1.1\r\nHost: example.com\r\n\r\n", http1("example.com")),
-        (b"GET / HTTP/1.1\r\nUser-Agent: x\r\nAccept: */*\r\nHost: b\xc3\xbccher.example\r\n\r\n",
-         http1("xn--bcher-kva.example")),  # fmt: skip
+        (
+            b"GET / HTTP/1.1\r\nUser-Agent: x\r\nAccept: */*\r\nHost: b\xc3\xbccher.example\r\n\r\n",
+            http1("xn--bcher-kva.example"),
+        ),
         # IP literals and junk: it is HTTP, there is just no domain
         (b"GET / HTTP/1.1\r\nHost: 192.0.2.1\r\n\r\n", http1(None)),
         (b"GET / HTTP/1.1\r\nHost: 192.0.2.1:80\r\n\r\n", http1(None)),

@@ -29,7 +29,9 @@ def alpn(*protocols: bytes) -> bytes:
 
 
 def client_hello_body(*extensions: bytes, with_extensions: bool = True) -> bytes:
-    body = b"\x03\x03" + bytes(32) + b"\x20" + bytes(32) + u16(4) + b"\x13\x01\x13\x02" + b"\x01\x00"
+    body = (
+        b"\x03\x03" + bytes(32) + b"\x20" + bytes(32) + u16(4) + b"\x13\x01\x13\x02" + b"\x01\x00"
+    )
     if with_extensions:
         joined = b"".join(extensions)
         body += u16(len(joined)) + joined
@@ -53,12 +55,18 @@ GREASE_EXT_2 = extension(0xFAFA, b"\x00")
     [
         ((sni(b"example.com"),), Sniffed("tls", "example.com")),
         ((sni(b"Example.COM."),), Sniffed("tls", "example.com")),
-        ((GREASE_EXT, sni(b"a.example"), GREASE_EXT_2, alpn(b"h2")),
-         Sniffed("tls", "a.example", ("h2",))),  # fmt: skip
-        ((alpn(b"\x1a\x1a", b"h2", b"http/1.1"), sni(b"a.example")),
-         Sniffed("tls", "a.example", ("h2", "http/1.1"))),  # GREASE ALPN dropped  # fmt: skip
-        ((extension(0xFE0D, bytes(200)), sni(b"public.example")),  # ECH: outer SNI
-         Sniffed("tls", "public.example")),  # fmt: skip
+        (
+            (GREASE_EXT, sni(b"a.example"), GREASE_EXT_2, alpn(b"h2")),
+            Sniffed("tls", "a.example", ("h2",)),
+        ),
+        (
+            (alpn(b"\x1a\x1a", b"h2", b"http/1.1"), sni(b"a.example")),
+            Sniffed("tls", "a.example", ("h2", "http/1.1")),
+        ),  # GREASE ALPN dropped
+        (
+            (extension(0xFE0D, bytes(200)), sni(b"public.example")),  # ECH: outer SNI
+            Sniffed("tls", "public.example"),
+        ),
         ((extension(0x11EC, bytes(1216)), sni(b"pq.example")), Sniffed("tls", "pq.example")),
         ((sni(b"192.0.2.1"),), Sniffed("tls", None)),
         ((sni(b"under_score.example"),), Sniffed("tls", None)),
@@ -130,9 +138,17 @@ def test_data_after_hello_is_ignored() -> None:
 
 @pytest.mark.parametrize(
     "prefix",
-    [b"", b"\x16", b"\x16\x03", b"\x16\x03\x01", b"\x16\x03\x01\x02", b"\x16\x03\x01\x02\x00",
-     b"\x16\x03\x01\x02\x00\x01", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc"],
-)  # fmt: skip
+    [
+        b"",
+        b"\x16",
+        b"\x16\x03",
+        b"\x16\x03\x01",
+        b"\x16\x03\x01\x02",
+        b"\x16\x03\x01\x02\x00",
+        b"\x16\x03\x01\x02\x00\x01",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc",
+    ],
+)
 def test_valid_prefixes_need_more(prefix: bytes) -> None:
     assert sniff_tls(prefix) is NEED_MORE
 

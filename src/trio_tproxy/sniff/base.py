@@ -100,6 +100,7 @@ def to_domain(raw: str | bytes) -> str | None:
     something a resolver may read as one (``127.1``); no TLD is numeric, so it gives
     ``None``: the caller must not "override" an address with an address.
     """
+    name: str | None
     if raw.isascii():
         name = (raw.decode("ascii") if isinstance(raw, bytes) else raw).lower()
     else:

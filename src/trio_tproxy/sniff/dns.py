@@ -48,12 +48,7 @@ def sniff_dns(datagram: bytes) -> SniffOutcome:
     if low_flags & _FLAG_Z or low_flags & 0x0F:  # reserved bit, RCODE
         return NOT_THIS
     questions, answers, authority, additional = _COUNTS.unpack_from(packet, 4)
-    if (
-        questions == 0
-        or answers != 0
-        or authority > _MAX_AUTHORITY
-        or additional > _MAX_ADDITIONAL
-    ):
+    if questions == 0 or answers != 0 or authority > _MAX_AUTHORITY or additional > _MAX_ADDITIONAL:
         return NOT_THIS
 
     labels: list[bytes] = []

@@ -120,15 +120,18 @@ def _walk_frames(payload: bytes, crypto: dict[int, bytes]) -> None:
                 length, pos = read_varint(payload, pos)
             if offset < 0 or length < 0 or pos + length > end:
                 return
-            if length and offset + length <= MAX_CRYPTO_OFFSET:
-                if len(crypto.get(offset, b"")) < length:
-                    crypto[offset] = payload[pos : pos + length]
+            if (
+                length
+                and offset + length <= MAX_CRYPTO_OFFSET
+                and len(crypto.get(offset, b"")) < length
+            ):
+                crypto[offset] = payload[pos : pos + length]
             pos += length
         elif frame_type == FRAME_PADDING:
             pos = _skip_padding(payload, pos)
         elif frame_type == FRAME_PING:
             pos += 1
-        elif frame_type == FRAME_ACK or frame_type == FRAME_ACK_ECN:
+        elif frame_type in (FRAME_ACK, FRAME_ACK_ECN):
             pos = _skip_ack(payload, pos + 1, ecn=frame_type == FRAME_ACK_ECN)
         elif frame_type == FRAME_CONNECTION_CLOSE:
             pos = _skip_connection_close(payload, pos + 1)

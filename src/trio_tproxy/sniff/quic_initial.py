@@ -170,18 +170,14 @@ def _open(
     sample_start = pn_offset + SAMPLE_OFFSET
     if sample_start + SAMPLE_LEN > packet_end:
         return None
-    mask = keys.header_protection.update(
-        datagram[sample_start : sample_start + SAMPLE_LEN]
-    )
+    mask = keys.header_protection.update(datagram[sample_start : sample_start + SAMPLE_LEN])
     first = datagram[start] ^ (mask[0] & 0x0F)
     pn_len = (first & 0x03) + 1
     packet_number = int.from_bytes(datagram[pn_offset : pn_offset + pn_len], "big") ^ (
         int.from_bytes(mask[1 : 1 + pn_len], "big")
     )
     header = (
-        bytes((first,))
-        + datagram[start + 1 : pn_offset]
-        + packet_number.to_bytes(pn_len, "big")
+        bytes((first,)) + datagram[start + 1 : pn_offset] + packet_number.to_bytes(pn_len, "big")
     )
     # A client's Initial packet numbers start at 0 and stay tiny, so the truncated
     # number is the full one (RFC 9000 §17.1 decoding against largest acked = none).

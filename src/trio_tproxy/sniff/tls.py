@@ -197,7 +197,7 @@ def _extensions_start(body: bytes) -> int:
     end = len(body)
     if end < MIN_CLIENT_HELLO or body[0] != 3:
         return _INVALID
-    pos = 34  # legacy_version(2) + random(32)
+    pos: int = 34  # legacy_version(2) + random(32)
     session_id_len = body[pos]
     if session_id_len > 32:
         return _INVALID
@@ -213,7 +213,10 @@ def _extensions_start(body: bytes) -> int:
     pos += 1 + body[pos]
     if pos == end:
         return end
-    if pos + 2 > end or pos + 2 + _U16.unpack_from(body, pos)[0] != end:
+    if pos + 2 > end:
+        return _INVALID
+    (extensions_len,) = _U16.unpack_from(body, pos)
+    if pos + 2 + extensions_len != end:
         return _INVALID
     return pos + 2
 
