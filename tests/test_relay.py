@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from trio_tproxy.relay import BufferPool, RelayTimeouts, relay, send_all
+from trio_tproxy.splice import PipePool
 
 Pairs = Callable[[], tuple[socket.socket, socket.socket]]
 
@@ -36,7 +37,9 @@ def relay_setup(tcp_pairs: Pairs) -> tuple[socket.socket, socket.socket, socket.
     return client, proxy_client, proxy_upstream, server
 
 
-async def test_both_directions_with_half_close(tcp_pairs: Pairs) -> None:
+@pytest.mark.parametrize("splice", [False, True], ids=["userspace", "splice"])
+async def test_both_directions_with_half_close(tcp_pairs: Pairs, splice: bool) -> None:
+    pipes = PipePool(4) if splice else None
     client, pc, pu, server = relay_setup(tcp_pairs)
     request = os.urandom(3_000_000)
     response = os.urandom(5_000_000)
@@ -61,10 +64,37 @@ async def test_both_directions_with_half_close(tcp_pairs: Pairs) -> None:
         nursery.start_soon(run, "client", client_side)
         nursery.start_soon(run, "server", server_side)
         stats = await relay(pc, pu, RelayTimeouts(idle=30, uplink_only=5, downlink_only=5),
-                            BufferPool(65536))  # fmt: skip
+                            BufferPool(65536, pipes=pipes))  # fmt: skip
     assert hashlib.sha256(results["server"]).digest() == hashlib.sha256(request).digest()
     assert hashlib.sha256(results["client"]).digest() == hashlib.sha256(response).digest()
     assert (stats.up, stats.down, stats.outcome) == (len(request), len(response), "done")
+    if pipes is not None:  # the directions went zero-copy (one after the other here:
+        # the uplink's pipe, empty, was reused by the downlink) and gave it back
+        assert (pipes.in_use, len(pipes._idle)) == (0, 1)
+        pipes.close()
+
+
+async def test_splice_pool_exhausted_falls_back_to_userspace(tcp_pairs: Pairs) -> None:
+    pipes = PipePool(0)
+    client, pc, pu, server = relay_setup(tcp_pairs)
+    data = os.urandom(1_000_000)
+
+    async def send_then_close() -> None:
+        await send_all(client, data)
+        client.shutdown(socket.SHUT_WR)
+
+    received: list[bytes] = []
+
+    async def receive() -> None:
+        received.append(await recv_until_eof(server))
+        server.shutdown(socket.SHUT_WR)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_then_close)
+        nursery.start_soon(receive)
+        stats = await relay(pc, pu, RelayTimeouts(idle=30), BufferPool(4096, pipes=pipes))
+    assert received == [data]
+    assert stats.up == len(data)
 
 
 async def test_idle_timeout(tcp_pairs: Pairs, autojump_clock: trio.testing.MockClock) -> None:

@@ -14,6 +14,8 @@ log = logging.getLogger("trio_tproxy.limits")
 
 FDS_PER_FLOW = 2
 FD_RESERVE = 64  # listeners, DNS sockets, log files, the event loop's own
+FDS_PER_PIPE = 2
+MAX_PIPES = 1024  # bulk flows at once with zero-copy; beyond that, userspace copying
 
 
 def raise_nofile_limit() -> int:
@@ -35,3 +37,15 @@ def check_connection_budget(max_connections: int, nofile: int) -> None:
             "about %d flows fit; beyond that new connections wait in the kernel queue",
             max_connections, need, nofile, max(0, (nofile - FD_RESERVE) // FDS_PER_FLOW),
         )  # fmt: skip
+
+
+def pipe_budget(max_connections: int) -> int:
+    """How many splice pipes fit beside ``max_connections`` flows in the open-file limit.
+
+    Uses the hard limit: ``run`` raises the soft limit to it before serving.
+    """
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return MAX_PIPES
+    spare = hard - FD_RESERVE - max_connections * FDS_PER_FLOW
+    return max(0, min(MAX_PIPES, spare // FDS_PER_PIPE))

@@ -12,13 +12,15 @@ the remaining direction must show activity every ``downlink_only``; once the ser
 finished, every ``uplink_only``. A half-close is passed on: EOF from one side becomes
 ``shutdown(SHUT_WR)`` towards the other, and the other direction keeps flowing.
 
-The seam for a zero-copy path is :data:`Copier`: a function that moves one direction
-until EOF. ``copy_userspace`` is the portable one; a splice(2) copier can take its place
-per flow without touching the timer, half-close or accounting logic.
+The seam for the zero-copy path is :data:`Copier`: a function that moves one direction
+until EOF. ``copy_adaptive`` (the default) starts in userspace and moves a direction
+that has carried ``SPLICE_AFTER`` bytes to splice(2) (splice.py), without touching the
+timer, half-close or accounting logic; ``copy_userspace`` is the portable one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -26,14 +28,21 @@ import attrs
 import trio
 
 from .inbound.sockopt import set_reset_on_close
+from .splice import PipePool, SpliceUnsupported, splice_until_eof
+
+# A direction switches to splice(2) once it has carried this much: short exchanges
+# (most flows) never pay for a pipe; bulk transfers get zero-copy within a few chunks.
+SPLICE_AFTER = 256 * 1024
 
 
 class BufferPool:
-    """Reusable receive buffers; at most ``keep`` idle ones are retained."""
+    """Reusable receive buffers (at most ``keep`` idle ones retained), and the splice
+    pipes that replace them for bulk transfers (``pipes=None``: userspace only)."""
 
-    def __init__(self, size: int, keep: int = 64) -> None:
+    def __init__(self, size: int, keep: int = 64, pipes: PipePool | None = None) -> None:
         self.size = size
         self.keep = keep
+        self.pipes = pipes
         self._free: list[bytearray] = []
 
     def acquire(self) -> bytearray:
@@ -89,7 +98,7 @@ class Activity:
 
 
 Copier = Callable[[socket.socket, socket.socket, BufferPool, Activity, Callable[[int], None]],
-                  Awaitable[None]]  # fmt: skip
+                  Awaitable[object]]  # fmt: skip
 
 
 async def send_all(sock: socket.socket, data: bytes | bytearray | memoryview) -> None:
@@ -103,15 +112,43 @@ async def send_all(sock: socket.socket, data: bytes | bytearray | memoryview) ->
         view = view[sent:]
 
 
-async def copy_userspace(
+async def copy_adaptive(
     src: socket.socket,
     dst: socket.socket,
     pool: BufferPool,
     activity: Activity,
     count: Callable[[int], None],
 ) -> None:
-    """Move bytes from ``src`` to ``dst`` until EOF; OSError means a side broke."""
-    while True:
+    """Userspace copying first; splice(2) once the direction proved to be bulk."""
+    moved = await copy_userspace(src, dst, pool, activity, count, limit=SPLICE_AFTER)
+    if moved < SPLICE_AFTER:
+        return  # EOF came first
+    pipe = pool.pipes.acquire() if pool.pipes is not None else None
+    if pipe is not None and pool.pipes is not None:
+
+        def on_chunk(n: int) -> None:
+            count(n)
+            activity.touch()
+
+        with contextlib.suppress(SpliceUnsupported):
+            await splice_until_eof(src, dst, pool.pipes, pipe, on_chunk)
+            return
+    await copy_userspace(src, dst, pool, activity, count)
+
+
+async def copy_userspace(
+    src: socket.socket,
+    dst: socket.socket,
+    pool: BufferPool,
+    activity: Activity,
+    count: Callable[[int], None],
+    *,
+    limit: int | None = None,
+) -> int:
+    """Move bytes from ``src`` to ``dst`` until EOF (or ``limit`` bytes, then return
+    how many moved, at least ``limit``); OSError means a side broke."""
+    moved = 0
+    while limit is None or moved < limit:
         buf = pool.acquire()
         try:
             try:
@@ -123,13 +160,15 @@ async def copy_userspace(
         finally:
             pool.release(buf)
         if n == 0:
-            return
+            return moved
         if n < 0:
             await trio.lowlevel.wait_readable(src)
             continue
+        moved += n
         count(n)
         activity.touch()
         await trio.lowlevel.checkpoint()  # fairness: a fast flow must not starve the rest
+    return moved
 
 
 async def relay(
@@ -138,7 +177,7 @@ async def relay(
     timeouts: RelayTimeouts,
     pool: BufferPool,
     *,
-    copier: Copier = copy_userspace,
+    copier: Copier = copy_adaptive,
     stats: RelayStats | None = None,
 ) -> RelayStats:
     """Relay both directions until both ended, the timer fired, or a side broke.
