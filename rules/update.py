@@ -25,7 +25,8 @@ KEEP = {"README.md", "LICENSE", "update.py"}
 
 
 def _parse_all(data: Path) -> dict[str, GeositeFile]:
-    parsed, problems = {}, []
+    parsed: dict[str, GeositeFile] = {}
+    problems: list[str] = []
     for path in sorted(data.iterdir()):
         if path.is_file():
             try:

@@ -154,7 +154,7 @@ def parse_cidr(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 
 GEOIP_CODE = re.compile(r"[A-Za-z]{2}|private")
-GEOSITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!._-]*(@-?[A-Za-z0-9_!-]+)*")
+GEOSITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!_-]*(@-?[A-Za-z0-9_!-]+)*")
 DOMAIN_PREFIXES = ("full:", "domain:", "keyword:", "regexp:", "geosite:", "dotless:")
 
 

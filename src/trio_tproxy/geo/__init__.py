@@ -23,10 +23,10 @@ __all__ = [
 
 
 class GeoData:
-    def __init__(self, rules_dir: Path, geoip_path: Path) -> None:
-        self.rules_dir = rules_dir
-        self.geoip_path = geoip_path
-        self._sites = GeositeLoader(rules_dir)
+    def __init__(self, rules_dir: str | Path, geoip_path: str | Path) -> None:
+        self.rules_dir = Path(rules_dir)
+        self.geoip_path = Path(geoip_path)
+        self._sites = GeositeLoader(self.rules_dir)
         self._db: CountryDB | None = None
         self._countries: dict[str, tuple[Ranges, Ranges]] = {}
 

@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -62,31 +62,28 @@ class BuildStats:
         )
 
 
-@attrs.frozen
-class _Range:
+class _Range(NamedTuple):  # a named tuple: a full Tor file makes 660,000 of these
     version: int
     low: int
     high: int
     country: str
-    where: str
+    where: str  # "file:line", for overlap errors
 
 
-_HEXTET = re.compile(r"[0-9A-Fa-f]{1,4}")
+_PLAIN_IPV6 = re.compile(r"(?:[0-9A-Fa-f]{1,4}|:)(?::[0-9A-Fa-f]{0,4}){1,8}")
 
 
 def _fast_ipv6(text: str) -> int | None:
-    """Plain hex IPv6 (no embedded IPv4), 15x faster than ipaddress; None = use that."""
+    """Plain hex IPv6 (no embedded IPv4) ~10x faster than ipaddress; None = ask that."""
+    if not _PLAIN_IPV6.fullmatch(text):
+        return None
     head, sep, tail = text.partition("::")
     parts = head.split(":") if head else []
     rest = tail.split(":") if tail else []
-    if "::" in tail or "." in text or not all(_HEXTET.fullmatch(p) for p in (*parts, *rest)):
+    missing = 8 - len(parts) - len(rest)
+    if "::" in tail or "" in parts or "" in rest or (missing < 1 if sep else missing != 0):
         return None
-    if (sep and len(parts) + len(rest) > 7) or (not sep and len(parts) != 8):
-        return None
-    value = 0
-    for p in (*parts, *["0"] * (8 - len(parts) - len(rest)), *rest):
-        value = (value << 16) | int(p, 16)
-    return value
+    return int("".join(p.zfill(4) for p in (*parts, *["0"] * missing, *rest)), 16)
 
 
 def _parse_address(text: str) -> tuple[int, int]:
@@ -130,7 +127,9 @@ def _read_source(path: Path, problems: list[str]) -> Iterator[_Range]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        fields = [f.strip() for f in line.split(",")]
+        fields = line.split(",")
+        if " " in line or "\t" in line:
+            fields = [f.strip() for f in fields]
         where = f"{path}:{number}"
         if len(fields) not in (2, 3):
             problems.append(f"{where}: expected LOW,HIGH,CC or CIDR,CC")
@@ -157,7 +156,7 @@ def _merge(ranges: list[_Range], problems: list[str]) -> list[_Range]:
             else:
                 merged.append(r)
         elif r.high > last.high:
-            merged[-1] = attrs.evolve(last, high=r.high)
+            merged[-1] = last._replace(high=r.high)
     return merged
 
 

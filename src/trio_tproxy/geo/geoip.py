@@ -4,9 +4,11 @@ Routing never asks the database per flow: at compile time the ranges of the coun
 a configuration names are pulled out of the search tree into sorted integer ranges
 (``route.ipset.IpSet``), and flows are matched by bisection. Lookups go through the
 ``maxminddb`` reader (``country.iso_code``, falling back to ``registered_country`` as
-DB-IP and GeoLite2 both lay out); extraction walks the tree itself, because the
-reader's own iterator builds an ``ipaddress`` network per leaf and takes ~10 s for a
-full country database, against ~1 s here.
+DB-IP and GeoLite2 both lay out). Extraction reads the per-country range index that
+``trio-tproxy geodata build`` stores at the start of the data section (~20 ms for
+``geoip:cn``); any other database has its tree walked here (~1 s of CPU for a full
+country database; the reader's own iterator builds an ``ipaddress`` network per leaf and
+takes ~10 s).
 
 ``geoip:private`` needs no database: :data:`PRIVATE_NETWORKS` are v2fly/geoip's
 ``plugin/special/private.go`` ranges, exactly as listed in reference section 3.
@@ -20,14 +22,12 @@ import zlib
 from array import array
 from collections.abc import Collection, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-import maxminddb
-from maxminddb.decoder import Decoder
 
 __all__ = [
     "PRIVATE_NETWORKS", "RANGE_INDEX_KEY", "CountryDB", "GeoipError", "Ranges", "merge_ranges",
-    "pack_ranges", "private_ranges", "unpack_ranges",
+    "pack_ranges", "private_ranges", "unpack_ranges", "unpack_tree",
 ]  # fmt: skip
 
 Ranges = list[tuple[int, int]]  # sorted, disjoint, closed integer ranges of one family
@@ -44,6 +44,15 @@ _METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
 # in chunks, which no lookup ever reaches (each item stays under readers' 2 MiB limit).
 RANGE_INDEX_KEY = "trio_tproxy_country_ranges"
 _V4_IN_V6_DEPTH = 96
+
+
+def _maxminddb() -> ModuleType:
+    """maxminddb, imported on first use: it pulls in ``socket`` (through importlib.metadata
+    and email.utils), and geo/ must not, for configurations that name no country."""
+    import maxminddb  # noqa: PLC0415
+    import maxminddb.decoder  # noqa: PLC0415
+
+    return maxminddb
 
 
 class GeoipError(Exception):
@@ -113,16 +122,47 @@ def unpack_ranges(blob: bytes, width: int) -> Ranges:
     return list(zip(flat[0::2], flat[1::2], strict=True))
 
 
+def unpack_tree(tree: bytes, node_count: int, record_size: int) -> tuple[array[int], array[int]]:
+    """Left and right records of every node, unpacked at C speed via 32-bit arrays
+    (the inverse of ``mmdb_writer.pack_tree``)."""
+    n = node_count
+    if len(tree) != n * record_size // 4:
+        raise ValueError("search tree size does not match the metadata")
+    view = memoryview(tree)
+    lb, rb = bytearray(4 * n), bytearray(4 * n)
+    if record_size == 32:
+        for i in range(4):
+            lb[i::4], rb[i::4] = view[i::8], view[4 + i :: 8]
+    elif record_size == 24:
+        for i in range(3):
+            lb[1 + i :: 4], rb[1 + i :: 4] = view[i::6], view[3 + i :: 6]
+    elif record_size == 28:
+        for i in range(3):
+            lb[1 + i :: 4], rb[1 + i :: 4] = view[i::7], view[4 + i :: 7]
+        middle = bytes(view[3::7])
+        lb[0::4] = middle.translate(bytes(b >> 4 for b in range(256)))
+        rb[0::4] = middle.translate(bytes(b & 0x0F for b in range(256)))
+    else:
+        raise ValueError(f"unsupported record size {record_size}")
+    left, right = array("I", lb), array("I", rb)
+    if sys.byteorder == "little":
+        left.byteswap()
+        right.byteswap()
+    return left, right
+
+
 class CountryDB:
     """One MaxMind DB file, opened for lookups and range extraction."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        mmdb = _maxminddb()
+        self._invalid: type[Exception] = mmdb.InvalidDatabaseError
         try:
             self._buf = path.read_bytes()
-            self._reader = maxminddb.open_database(str(path), maxminddb.MODE_MEMORY)
+            self._reader = mmdb.open_database(str(path), mmdb.MODE_MEMORY)
             meta = self._reader.metadata()
-        except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
+        except (OSError, ValueError, mmdb.InvalidDatabaseError) as exc:
             raise GeoipError(f"cannot open MaxMind DB {path}: {exc}") from None
         self.node_count: int = meta.node_count
         self.record_size: int = meta.record_size
@@ -144,7 +184,7 @@ class CountryDB:
         if self._codes is None:
             codes: dict[int, str] = {}
             end = self._buf.rfind(_METADATA_MARKER)
-            decoder = Decoder(self._buf, self._tree_size + 16)
+            decoder = _maxminddb().decoder.Decoder(self._buf, self._tree_size + 16)
             offset = self._tree_size + 16
             try:
                 while offset < end:
@@ -155,7 +195,7 @@ class CountryDB:
                     if code is not None:
                         codes[offset - self._tree_size + self.node_count] = code
                     offset = next_offset
-            except (ValueError, IndexError, maxminddb.InvalidDatabaseError) as exc:
+            except (ValueError, IndexError, self._invalid) as exc:
                 raise GeoipError(f"{self.path}: bad data section: {exc}") from None
             self._codes = codes
         return self._codes
@@ -216,29 +256,10 @@ class CountryDB:
         return {code: (merge_ranges(v4), merge_ranges(v6)) for code, (v4, v6) in found.items()}
 
     def _records(self) -> tuple[array[int], array[int]]:
-        """Left and right records of every node, unpacked at C speed via 32-bit arrays."""
-        n, size = self.node_count, self.record_size
-        tree = memoryview(self._buf)[: self._tree_size]
-        lb, rb = bytearray(4 * n), bytearray(4 * n)
-        if size == 32:
-            for i in range(4):
-                lb[i::4], rb[i::4] = tree[i::8], tree[4 + i :: 8]
-        elif size == 24:
-            for i in range(3):
-                lb[1 + i :: 4], rb[1 + i :: 4] = tree[i::6], tree[3 + i :: 6]
-        elif size == 28:
-            for i in range(3):
-                lb[1 + i :: 4], rb[1 + i :: 4] = tree[i::7], tree[4 + i :: 7]
-            middle = bytes(tree[3::7])
-            lb[0::4] = middle.translate(bytes(b >> 4 for b in range(256)))
-            rb[0::4] = middle.translate(bytes(b & 0x0F for b in range(256)))
-        else:
-            raise GeoipError(f"{self.path}: unsupported record size {size}")
-        left, right = array("I", lb), array("I", rb)
-        if sys.byteorder == "little":
-            left.byteswap()
-            right.byteswap()
-        return left, right
+        try:
+            return unpack_tree(self._buf[: self._tree_size], self.node_count, self.record_size)
+        except ValueError as exc:
+            raise GeoipError(f"{self.path}: {exc}") from None
 
     def _walk(
         self,

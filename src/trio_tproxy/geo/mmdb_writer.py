@@ -24,7 +24,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["MmdbWriteError", "Uint", "encode_data", "write_mmdb"]
+__all__ = ["MmdbWriteError", "Uint", "encode_data", "pack_tree", "write_mmdb"]
 
 METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
 DATA_SEPARATOR = bytes(16)
@@ -153,7 +153,7 @@ class _TreeBuilder:
         return record
 
 
-def _pack_tree(left: list[int], right: list[int], record_size: int) -> bytes:
+def pack_tree(left: list[int], right: list[int], record_size: int) -> bytes:
     """Serialise both record lists at C speed through big-endian 32-bit arrays."""
     n = len(left)
     lefts, rights = array("I", left), array("I", right)
@@ -259,7 +259,7 @@ def write_mmdb(
     }
     body = b"".join(
         [
-            _pack_tree(left, right, record_size),
+            pack_tree(left, right, record_size),
             DATA_SEPARATOR,
             data_section,
             METADATA_MARKER,

@@ -3,10 +3,14 @@
 Wiring::
 
     geo = GeoData.load(cfg.geodata, base_dir)
-    router = compile_router(cfg, geo)            # ConfigErrors on bad entries
+    router = compile_router(cfg, geo)            # ConfigErrors on bad entries; drop geo after
     result = router.decide(facts)                # Decision | NeedIps
     if isinstance(result, NeedIps):
         result = router.decide(facts, resolved=await resolve(result.domain))  # () on failure
+
+DNS servers and sniffing exclusions use :func:`build_domain_matcher` (whose
+:meth:`DomainMatcher.best` gives the match class for server ordering) and
+:func:`build_ip_set`.
 """
 
 from __future__ import annotations

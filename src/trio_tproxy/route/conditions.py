@@ -61,8 +61,10 @@ class IpCondition:
     def test(self, facts: FlowFacts, ips: Ips, domain_mask: int) -> bool:
         if ips is None:
             raise Unresolved
-        merged = self.merged
-        return any(ip in merged for ip in ips)
+        for ip in ips:  # noqa: SIM110 - a loop: any() with a generator costs 0.5 us more
+            if ip in self.merged:
+                return True
+        return False
 
     def explain(self, facts: FlowFacts, ips: Ips) -> str:
         for ip in ips or ():

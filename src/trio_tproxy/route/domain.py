@@ -14,8 +14,10 @@ rules pays for one probe sequence, not three:
   suffixes, probed label by label from the right and stopped at the first miss (the
   dict is a flattened suffix trie): two or three probes for most domains;
 * keywords: ``in`` per keyword (configs have a few; domain-list-community has none);
-* regexps: only those whose key (:mod:`.regexkeys`) the domain carries, plus the few
-  without a key.
+* regexps: only the candidates a domain selects (:mod:`.regexkeys`): those keyed by its
+  last label (a TLD, when the regexp has no better literal), those keyed by the first
+  three characters of the label before it, and those whose required literal one
+  combined search finds in it; ~160 regexps cost two dict probes and one search.
 
 Matching says *whether*; :meth:`DomainIndex.best` (the slow path, for ``match``
 explanations and DNS server ordering) says *which* entry matched best, in v2ray's order
@@ -71,13 +73,6 @@ class _Regexp:
     mask: int
     literal: str  # a substring every match contains ("" if none is known): ~40 ns to test
     dotless: bool  # matches only names without a dot (geosite:private's last regexp)
-
-
-_Tables = tuple[dict[str, tuple[_Regexp, ...]] | None, ...]
-
-
-def _freeze(table: dict[str, list[_Regexp]] | None) -> dict[str, tuple[_Regexp, ...]] | None:
-    return None if table is None else {k: tuple(v) for k, v in table.items()}
 
 
 @attrs.define
@@ -140,26 +135,33 @@ class DomainIndex:
                 regexps[value] = regexps.get(value, 0) | bit
         self._keywords = tuple(keywords.items())
         self._regexp_groups = 0
-        keyed: dict[tuple[str, int], dict[str, list[_Regexp]]] = {}
+        tld: dict[str, list[_Regexp]] = {}
+        sld: dict[str, list[_Regexp]] = {}
         unkeyed: list[_Regexp] = []
         for pattern, mask in regexps.items():
             self._regexp_groups |= mask
             key = regexp_key(pattern)
-            literal, dotless = regexp_prefilter(pattern)
-            rx = _Regexp(re.compile(pattern), mask, literal, dotless)
-            if key is None:
+            literals, dotless = regexp_prefilter(pattern)
+            # A literal that says more than the key: ".com" after the key "com" does not.
+            useful = [lit for lit in literals if key is None or lit.strip(".") != key[2]]
+            rx = _Regexp(re.compile(pattern), mask, useful[0] if useful else "", dotless)
+            if key is not None and key[:2] == ("start", 2):
+                sld.setdefault(key[2], []).append(rx)
+            elif key is not None and key[0] == "full" and len(rx.literal) < KEY_LENGTH:
+                tld.setdefault(key[2], []).append(rx)
+            else:  # a TLD with a better literal, deeper labels, no key: the literal gate
                 unkeyed.append(rx)
-            else:
-                kind, number, text = key
-                keyed.setdefault((kind, number), {}).setdefault(text, []).append(rx)
-        self._unkeyed = tuple(unkeyed)
-        self._depth = max((n for _, n in keyed), default=0)
-        # Per label number (1 = last label): the full / start / end tables, or None.
-        self._by_label: tuple[tuple[int, _Tables], ...] = tuple(
-            (n, tuple(_freeze(keyed.get((kind, n))) for kind in ("full", "start", "end")))  # type: ignore[misc]
-            for n in range(1, self._depth + 1)
+        self._tld = {k: tuple(v) for k, v in tld.items()}
+        self._sld = {k: tuple(v) for k, v in sld.items()}
+        # Unkeyed regexps with a literal run only if one combined search finds a literal.
+        self._gated = tuple(rx for rx in unkeyed if rx.literal)
+        self._ungated = tuple(rx for rx in unkeyed if not rx.literal)
+        self._gate = (
+            re.compile("|".join(sorted({re.escape(rx.literal) for rx in self._gated})))
+            if self._gated
+            else None
         )
-        self._keyed_count = sum(len(v) for t in keyed.values() for v in t.values())
+        self._keyed_count = len(regexps) - len(unkeyed)
         self.mask: Callable[[str], int] = (
             lru_cache(maxsize=cache_size)(self._mask) if cache_size > 0 else self._mask
         )
@@ -192,33 +194,21 @@ class DomainIndex:
         for keyword, bits in self._keywords:
             if bits & ~mask and keyword in domain:
                 mask |= bits
-        if self._regexp_groups & ~mask:
-            mask |= self._regexp_mask(domain, mask)
-        return mask
-
-    def _regexp_mask(self, domain: str, mask: int) -> int:
-        labels = domain.rsplit(".", self._depth)
-        found: list[tuple[_Regexp, ...]] = []
-        for number, (full, start, end) in self._by_label:
-            if number > len(labels):
-                break
-            label = labels[-number]
-            if full is not None and (hit := full.get(label)):
-                found.append(hit)
-            if start is not None and (hit := start.get(label[:KEY_LENGTH])):
-                found.append(hit)
-            if end is not None and (hit := end.get(label[-KEY_LENGTH:])):
-                found.append(hit)
-        found.append(self._unkeyed)
-        for candidates in found:
-            for rx in candidates:
-                if (
-                    rx.mask & ~mask
-                    and rx.literal in domain
-                    and not (rx.dotless and "." in domain)
-                    and rx.compiled.search(domain)
-                ):
-                    mask |= rx.mask
+        if not self._regexp_groups & ~mask:
+            return mask
+        # Regexps keyed by the last label, or by the first characters of the one before.
+        last = domain.rfind(".")
+        if hit := self._tld.get(domain[last + 1 :]):
+            mask = _search(hit, domain, mask)
+        if last > 0:
+            start = domain.rfind(".", 0, last) + 1
+            key = domain[start : start + KEY_LENGTH]
+            if last - start >= KEY_LENGTH and (hit := self._sld.get(key)):
+                mask = _search(hit, domain, mask)
+        if self._gate is not None and self._gate.search(domain):
+            mask = _search(self._gated, domain, mask)
+        if self._ungated:
+            mask = _search(self._ungated, domain, mask)
         return mask
 
     def best(self, domain: str, group: int) -> DomainMatch | None:
@@ -248,8 +238,20 @@ class DomainIndex:
             "suffix_keys": len(self._suffix),
             "keywords": len(self._keywords),
             "regexps_keyed": self._keyed_count,
-            "regexps_unkeyed": len(self._unkeyed),
+            "regexps_unkeyed": len(self._gated) + len(self._ungated),
         }
+
+
+def _search(candidates: tuple[_Regexp, ...], domain: str, mask: int) -> int:
+    for rx in candidates:
+        if (
+            rx.mask & ~mask
+            and rx.literal in domain
+            and not (rx.dotless and "." in domain)
+            and rx.compiled.search(domain)
+        ):
+            mask |= rx.mask
+    return mask
 
 
 def _match(kind: MatchKind, pattern: str, origin: _Origin) -> DomainMatch:

@@ -50,10 +50,13 @@ class Router:
     def decide(
         self, facts: FlowFacts, resolved: Sequence[IPAddress] | None = None
     ) -> Decision | NeedIps:
-        found = self.evaluate(facts, resolved)
-        if isinstance(found, NeedIps):
-            return found
-        rule = found[0]
+        if facts.dst_ip is not None:  # the common case, without evaluate()'s bookkeeping
+            rule = self._first(facts, (facts.dst_ip,))
+        else:
+            found = self.evaluate(facts, resolved)
+            if isinstance(found, NeedIps):
+                return found
+            rule = found[0]
         return self._default if rule is None else self._decisions[rule.index]
 
     def evaluate(
@@ -85,10 +88,14 @@ class Router:
         domain = facts.domain
         mask = -1
         for rule in self.rules:
-            if rule.has_domain and mask < 0:
-                mask = 0 if domain is None else self.domains.mask(domain)
-            for condition in rule.conditions:
-                if not condition.test(facts, ips, mask):
+            bit = rule.domain_bit
+            if bit:
+                if mask < 0:
+                    mask = 0 if domain is None else self.domains.mask(domain)
+                if not mask & bit:
+                    continue
+            for test in rule.tests:
+                if not test(facts, ips, mask):
                     break
             else:
                 return rule

@@ -22,11 +22,12 @@ from typing import Literal
 
 __all__ = ["Prefilter", "RegexpKey", "regexp_key", "regexp_prefilter"]
 
-# ("full" | "start" | "end", label number from the right (1 = last label), text)
-# full: that label equals text; start/end: it begins/ends with text (3 characters).
-RegexpKey = tuple[Literal["full", "start", "end"], int, str]
+# ("full", 1, tld): the last label equals tld; ("start", n, abc): label n from the right
+# (n >= 2) begins with the three characters abc.
+RegexpKey = tuple[Literal["full", "start"], int, str]
 KEY_LENGTH = 3
-_QUANTIFIER = re.compile(r"(?:[*+?]|\{\d*(?:,\d*)?\})[?+]?")
+# As sre_parse reads them: "{}" is two literal characters, "{,}" means "*".
+_QUANTIFIER = re.compile(r"(?:[*+?]|\{(?:\d+(?:,\d*)?|,\d*)\})[?+]?")
 _BOUNDARY_GROUPS = frozenset({r"(^|\.)", r"(?:^|\.)", r"(\.|^)", r"(?:\.|^)"})
 _NODOT_ESCAPES = frozenset("dw")
 _ANY_ESCAPES = frozenset("DWsS")  # \s cannot match a dot, but it is never in a domain
@@ -56,10 +57,13 @@ def _class_end(pattern: str, i: int) -> int:
     return j + 1
 
 
-def _class_may_match_dot(body: str) -> bool:
-    if body.startswith("^") or "." in body or any(f"\\{c}" in body for c in "DWSs"):
-        return True
-    return any(ord(a) <= 0x2E <= ord(b) for a, b in re.findall(r"(.)-(.)", body))
+def _may_match_dot(body: str) -> bool:
+    """Whether a class body or group body could match ".": yes unless it is made only of
+    characters, ``\\d``/``\\w`` and classes whose ranges all avoid the dot."""
+    plain = body.replace("\\d", "").replace("\\w", "")
+    if "\\" in plain or "." in plain or "[^" in plain or body.startswith("^"):
+        return True  # an escape we do not model (\x2e, \S, ...), a dot, a negation
+    return any(ord(a) <= 0x2E <= ord(b) for a, b in re.findall(r"(.)-(.)", plain))
 
 
 def _group_end(pattern: str, i: int) -> int:
@@ -86,12 +90,13 @@ def _group_token(text: str) -> _Token | None:
     if text in _BOUNDARY_GROUPS:
         return ("bound",)
     if text.startswith(("(?=", "(?!", "(?<=", "(?<!")):
-        return None  # zero-width: contributes nothing, but breaks literal runs
+        return None  # zero-width: no token; the characters around it stay adjacent
     if text.startswith("(?") and not text.startswith(("(?:", "(?P<")):
         raise _GiveUp  # inline flags change what literals mean
-    body = text[1:-1]
-    may_dot = "." in body or any(f"\\{c}" in body for c in "DWSs") or "[^" in body
-    return ("any",) if may_dot else ("nodot",)
+    body = text[1:-1].removeprefix("?:")
+    if body.startswith("?P<"):
+        body = body[body.index(">") + 1 :]
+    return ("any",) if _may_match_dot(body) else ("nodot",)
 
 
 def _escape_token(c: str) -> _Token | None:
@@ -124,7 +129,7 @@ def _tokens(pattern: str) -> list[_Token]:
             token, i = _escape_token(pattern[i + 1]), i + 2
         elif c == "[":
             end = _class_end(pattern, i)
-            token = ("any",) if _class_may_match_dot(pattern[i + 1 : end - 1]) else ("nodot",)
+            token = ("any",) if _may_match_dot(pattern[i + 1 : end - 1]) else ("nodot",)
             i = end
         elif c == "(":
             end = _group_end(pattern, i)
@@ -165,23 +170,20 @@ def _keys_from_tail(tokens: list[_Token]) -> list[RegexpKey]:
 
 
 def _label_keys(number: int, label: list[_Token], start_known: bool) -> list[RegexpKey]:
+    """The last label is keyed by its whole text (a TLD); others by their first three
+    characters, which keeps the probes per domain at one per label number."""
     text = "".join(t[1] if t[0] == "lit" else "\0" for t in label)
-    if start_known and label and "\0" not in text:
-        return [("full", number, text)]
-    keys: list[RegexpKey] = []
-    prefix, suffix = text.split("\0")[0], text.split("\0")[-1]
-    if start_known and len(prefix) >= KEY_LENGTH:
-        keys.append(("start", number, prefix[:KEY_LENGTH]))
-    if len(suffix) >= KEY_LENGTH:
-        keys.append(("end", number, suffix[-KEY_LENGTH:]))
-    return keys
+    if not start_known:
+        return []
+    if number == 1:
+        return [("full", 1, text)] if label and "\0" not in text else []
+    prefix = text.split("\0")[0]
+    return [("start", number, prefix[:KEY_LENGTH])] if len(prefix) >= KEY_LENGTH else []
 
 
 def _score(key: RegexpKey) -> int:
-    kind, number, text = key
     # The last label is a TLD shared by many regexps: the weakest key there is.
-    base = 10 if number == 1 else 100
-    return base + (50 if kind == "full" else 0) + len(text)
+    return 10 if key[1] == 1 else 100 - key[1]
 
 
 def regexp_key(pattern: str) -> RegexpKey | None:
@@ -196,22 +198,22 @@ def regexp_key(pattern: str) -> RegexpKey | None:
     return max(keys, key=_score) if keys else None
 
 
-# For regexps without a key: (a literal every match contains, or ""; True if the
-# regexp only matches dotless domains, e.g. geosite:private's "^[a-z]...$").
-Prefilter = tuple[str, bool]
+# (literals every match contains, longest first; True if the regexp only matches
+# dotless names, e.g. geosite:private's "^[a-z]...$").
+Prefilter = tuple[tuple[str, ...], bool]
 
 
 def regexp_prefilter(pattern: str) -> Prefilter:
     try:
         tokens = _tokens(pattern)
     except _GiveUp:
-        return "", False
-    best, run = "", ""
-    for token in tokens:
+        return (), False
+    runs, run = [], ""
+    for token in (*tokens, ("any",)):
         if token[0] in ("lit", "dot"):
             run += token[1] if token[0] == "lit" else "."
-            best = max(best, run, key=len)
-        else:
+        elif run:
+            runs.append(run)
             run = ""
     dotless = (
         pattern.startswith("^")
@@ -219,4 +221,4 @@ def regexp_prefilter(pattern: str) -> Prefilter:
         and tokens[-1] == ("end",)
         and all(t[0] in ("lit", "nodot") for t in tokens[1:-1])
     )
-    return best, dotless
+    return tuple(sorted(runs, key=len, reverse=True)), dotless

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 
 from .conditions import Condition, DomainCondition
+from .facts import FlowFacts
 from .ipset import IPAddress
 
 __all__ = ["Decision", "Ips", "NeedIps", "Rule"]
@@ -17,12 +20,19 @@ class Rule:
     index: int
     outbound: str
     conditions: tuple[Condition, ...]
-    has_domain: bool = attrs.field(init=False)
     has_ip: bool = attrs.field(init=False)
+    # The hot path: the rule's domain group bit (0 = no domain condition) is tested
+    # inline against the flow's domain mask; the other conditions' bound ``test``.
+    domain_bit: int = attrs.field(init=False)
+    tests: tuple[Callable[[FlowFacts, Ips | None, int], bool], ...] = attrs.field(init=False)
 
-    @has_domain.default
-    def _has_domain(self) -> bool:
-        return any(isinstance(c, DomainCondition) for c in self.conditions)
+    @domain_bit.default
+    def _domain_bit(self) -> int:
+        return next((c.matcher.bit for c in self.conditions if isinstance(c, DomainCondition)), 0)
+
+    @tests.default
+    def _tests(self) -> tuple[Callable[[FlowFacts, Ips | None, int], bool], ...]:
+        return tuple(c.test for c in self.conditions if not isinstance(c, DomainCondition))
 
     @has_ip.default
     def _has_ip(self) -> bool:
