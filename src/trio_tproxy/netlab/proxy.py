@@ -56,8 +56,17 @@ class ProxyProcess:
     def wait_ready(self, timeout: float = 15.0) -> None:
         self.wait_for(READY_MARK, timeout)
 
-    def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+    def open_fds(self, kind: str = "") -> int:
+        """Open descriptors, or only those whose link starts with ``kind`` ("socket:")."""
+        fd_dir = f"/proc/{self.pid}/fd"
+        count = 0
+        for name in os.listdir(fd_dir):
+            try:
+                if os.readlink(f"{fd_dir}/{name}").startswith(kind):
+                    count += 1
+            except FileNotFoundError:  # closed while we looked
+                continue
+        return count
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
