@@ -86,7 +86,7 @@ def main() -> int:
     with Lab.create(prefix="bench") as lab:
         start_iperf3_server(lab.server, IPERF_PORT)
         plan = DiversionPlan(tproxy_port=PORT, tproxy_udp=False, bypass_v4=(), bypass_v6=(),
-                             proxy_mark=MARK, lan_interfaces=(lab.gateway.lan_if,))  # fmt: skip
+                             proxy_marks=MARK, lan_interfaces=(lab.gateway.lan_if,))  # fmt: skip
         results: dict[tuple[str, int, bool], list[float]] = {}
         for streams in [int(s) for s in args.streams.split(",")]:
             for reverse in (False, True):

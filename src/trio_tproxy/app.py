@@ -18,12 +18,16 @@ from pathlib import Path
 import trio
 
 from .config import ConfigErrors, Inbound, load_config
+from .dns.server import DnsListener, open_dns_listener
+from .firewall.apply import AutoFirewall
 from .inbound.sockopt import SockAddr, set_reset_on_close
 from .inbound.tcp import accept_loop, open_tcp_listener
+from .inbound.udp import open_udp_listener
 from .limits import check_connection_budget, raise_nofile_limit
 from .outbound import UnavailableOutbound
 from .runtime import Runtime
 from .session import handle_tcp
+from .udp.service import UdpService
 
 log = logging.getLogger("trio_tproxy.app")
 
@@ -62,7 +66,9 @@ class Gateway:
 
     def reload(self) -> None:
         try:
-            runtime = Runtime.build(load_config(self.config_path))
+            runtime = Runtime.build(
+                load_config(self.config_path), pipes=self.runtime.flow_context.pool.pipes
+            )
         except ConfigErrors as exc:
             log.error("reload rejected, keeping the running configuration:")
             for error in exc.errors:
@@ -70,6 +76,8 @@ class Gateway:
             return
         if runtime.config.inbounds != self.runtime.config.inbounds:
             log.warning("inbound changes take effect on restart; other changes applied")
+        if runtime.config.dns.listen != self.runtime.config.dns.listen:
+            log.warning("dns.listen changes take effect on restart; other changes applied")
         self.runtime = runtime
         log.info("configuration reloaded from %s", self.config_path)
 
@@ -82,21 +90,35 @@ class Gateway:
                 log.warning("outbound %r (%s) is not implemented yet: flows routed to it are "
                             "refused", ob.tag, ob.kind)  # fmt: skip
         tcp_inbounds = [ib for ib in cfg.inbounds if "tcp" in ib.network]
-        for ib in cfg.inbounds:
-            if "udp" in ib.network:
-                log.warning("inbound %r: UDP is not implemented yet; only TCP is served", ib.tag)
+        udp_inbounds = [ib for ib in cfg.inbounds if "udp" in ib.network]
+        if self.runtime.dns.uses_system_resolver:
+            log.info("dns.servers is empty: names are resolved by the system resolver")
+        firewall = AutoFirewall.prepare(cfg)  # firewall.auto; clears a crashed run's leftovers
         listeners = []
+        dns_listeners: list[DnsListener] = []
+        udp_services: list[UdpService] = []
         try:
             for ib in tcp_inbounds:
                 listeners.append((ib, open_tcp_listener(ib)))
+            for ib in udp_inbounds:
+                udp_services.append(UdpService(ib, open_udp_listener(ib), lambda: self.runtime))
+            dns_listeners += [open_dns_listener(where) for where in cfg.dns.listen]
+            firewall.apply()  # once every listener is bound: diverted packets find one
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
                 async with trio.open_nursery() as flows:
+                    for udp in udp_services:  # UDP sessions drain with the flows
+                        await flows.start(udp.run)
                     async with trio.open_nursery() as accepting:
                         for ib, sock in listeners:
                             accepting.start_soon(accept_loop, sock, ib, self._handler(ib), flows)
-                        log.info("ready: %s", ", ".join(
-                            f"{ib.tag} ({ib.TYPE}) on tcp {_where(ib)}" for ib, _ in listeners
-                        ))  # fmt: skip
+                        for dns in dns_listeners:
+                            accepting.start_soon(dns.serve, lambda: self.runtime.dns)
+                        log.info("ready: %s", ", ".join([
+                            *(f"{ib.tag} ({ib.TYPE}) on tcp {_where(ib)}" for ib, _ in listeners),
+                            *(f"{u.inbound.tag} ({u.inbound.TYPE}) on udp {_where(u.inbound)}"
+                              for u in udp_services),
+                            *(f"dns on udp+tcp {dns.where}" for dns in dns_listeners),
+                        ]))  # fmt: skip
                         task_status.started()
                         async for signum in sigs:
                             if signum == signal.SIGHUP:
@@ -105,6 +127,10 @@ class Gateway:
                             break
                         accepting.cancel_scope.cancel()
                     _close_listeners(listeners)
+                    for udp in udp_services:
+                        udp.drain()
+                    for dns in dns_listeners:
+                        dns.close()
                     grace = self.runtime.config.policy.grace.seconds
                     log.info("stopping: no new flows; %d active flow(s) get %gs to finish",
                              self.active_flows, grace)  # fmt: skip
@@ -112,6 +138,11 @@ class Gateway:
             log.info("stopped")
         finally:
             _close_listeners(listeners)
+            for udp in udp_services:
+                udp.close_listener()
+            for dns in dns_listeners:
+                dns.close()
+            firewall.remove()  # after the drain: established flows needed the rules
 
 
 def _where(ib: Inbound) -> str:

@@ -1,4 +1,4 @@
-"""Command line: run | check | match | geodata.
+"""Command line: run | check | match | geodata | firewall.
 
 Errors a user can cause (bad config, missing file, port in use, missing privileges)
 end in clear lines on stderr and a non-zero exit, never a traceback.
@@ -11,11 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import trio
-
 from . import __version__
 from .config import ConfigErrors, load_config
-from .inbound.sockopt import SocketSetupError
 
 DEFAULT_CONFIG = "conf/main.toml"
 
@@ -26,7 +23,11 @@ def _print_errors(errors: ConfigErrors) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
     from .app import Gateway
+    from .firewall.apply import FirewallError
+    from .inbound.sockopt import SocketSetupError
     from .logs import setup_logging
     from .runtime import Runtime
 
@@ -43,6 +44,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SocketSetupError as exc:
         print(f"error: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except FirewallError as exc:  # firewall.auto
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -52,6 +56,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
         Runtime.build(cfg)
+        if cfg.firewall.auto:  # `run` will apply it: check what it would refuse
+            from .firewall import plan_from_config
+
+            plan_from_config(cfg)
     except ConfigErrors as exc:
         _print_errors(exc)
         return 1
@@ -67,12 +75,14 @@ def cmd_match(args: argparse.Namespace) -> int:
     import ipaddress
     import json
 
-    from .route import FlowFacts, NeedIps, parse_target, render_json, render_text
-    from .runtime import Runtime
+    from .geo import GeoData
+    from .route import FlowFacts, NeedIps, compile_router, parse_target, render_json, render_text
 
     try:
         cfg = load_config(args.config)
-        runtime = Runtime.build(cfg)
+        # Only the router: match answers offline without building outbounds or DNS
+        # (and without importing trio) unless --resolve needs the configured DNS.
+        router = compile_router(cfg, GeoData.load(cfg.geodata))
         source = ipaddress.ip_address(args.source) if args.source else None
     except ConfigErrors as exc:
         _print_errors(exc)
@@ -90,9 +100,18 @@ def cmd_match(args: argparse.Namespace) -> int:
         protocol="http1" if args.protocol == "http" else args.protocol,
     )  # fmt: skip
     resolved = None
-    if args.resolve and domain and isinstance(runtime.router.decide(facts), NeedIps):
+    if args.resolve and domain and isinstance(router.decide(facts), NeedIps):
+        import trio
+
+        from .runtime import Runtime
+
+        try:
+            runtime = Runtime.build(cfg)
+        except ConfigErrors as exc:
+            _print_errors(exc)
+            return 1
         resolved = trio.run(runtime.resolver.resolve, domain)
-    explanation = runtime.router.explain(facts, resolved)
+    explanation = router.explain(facts, resolved)
     if args.json:
         print(json.dumps(render_json(explanation), indent=2))
     else:
@@ -113,6 +132,34 @@ def cmd_geodata_build(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"{args.output}: {stats}")
+    return 0
+
+
+def cmd_firewall(args: argparse.Namespace) -> int:
+    from .firewall import plan_from_config, render_script
+    from .firewall.apply import FirewallError, apply_plan, describe, remove_plan
+
+    if args.iptables and args.action != "print":
+        print("error: --iptables only goes with print (apply and remove use nft)", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config)
+        # remove finds the ruleset by name, fwmark and table: no GeoIP lookups needed
+        plan = plan_from_config(cfg, resolve_bypass=args.action != "remove")
+        if args.action == "print":
+            print(render_script(plan, iptables=args.iptables, source=args.config), end="")
+        elif args.action == "apply":
+            apply_plan(plan)
+            print(f"applied: {describe(plan)}")
+        else:
+            found = remove_plan(plan)
+            print(f"removed: {', '.join(found) or 'nothing was installed'}")
+    except ConfigErrors as exc:
+        _print_errors(exc)
+        return 1
+    except (FirewallError, ValueError) as exc:  # ValueError: what iptables cannot express
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -166,6 +213,27 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("sources", nargs="+", metavar="SOURCE")
     build.add_argument("-o", "--output", required=True, metavar="FILE")
     build.set_defaults(func=cmd_geodata_build)
+
+    firewall = sub.add_parser(
+        "firewall", help="print, apply or remove the rules that divert traffic to the proxy",
+        description="The nftables ruleset and policy routing (IPv4 and IPv6) that divert "
+        "traffic to the configured inbounds, from the [firewall] section. print: a shell "
+        "script (nft, or iptables/ip6tables with --iptables); apply: install it atomically "
+        "(idempotent); remove: take it away without a trace. apply and remove need "
+        "CAP_NET_ADMIN. docs/firewall.md explains every rule.",
+    )  # fmt: skip
+    firewall_sub = firewall.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, what in (
+        ("print", "print the rules as a shell script"),
+        ("apply", "install the rules (atomic, idempotent; needs CAP_NET_ADMIN)"),
+        ("remove", "remove the rules without a trace (needs CAP_NET_ADMIN)"),
+    ):
+        command = firewall_sub.add_parser(action, help=what, description=f"Firewall: {what}.")
+        command.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="config file (TOML)")
+        command.add_argument("--iptables", action="store_true", help=(
+            "iptables/ip6tables commands instead of nft" if action == "print" else argparse.SUPPRESS
+        ))  # fmt: skip
+        command.set_defaults(func=cmd_firewall)
     return parser
 
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 import attrs
 
 from .config import Config, Inbound
+from .dns.service import DnsService
 from .geo import GeoData
+from .limits import pipe_budget
 from .outbound import FlowContext, Outbound, build_outbounds
+from .outbound.dns import DnsOutbound
 from .relay import BufferPool, RelayTimeouts
-from .resolver import Resolver, SystemResolver
+from .resolver import Resolver
 from .route import DomainMatcher, Router, build_domain_matcher, compile_router
 from .sniff import Sniffed
+from .splice import PipePool
+from .udp.limits import UdpLimits
 
 
 @attrs.frozen
@@ -22,10 +27,14 @@ class Runtime:
     flow_context: FlowContext
     own_ports: frozenset[int]
     sniff_excluded: dict[str, DomainMatcher]  # by inbound tag
+    dns: DnsService  # the splitter: also `resolver`, the dns outbound's and dns.listen's
+    udp_limits: UdpLimits  # the UDP session table's (policy.udp_idle, max_udp_sessions, ...)
 
     @classmethod
-    def build(cls, cfg: Config) -> Runtime:
-        """Compile routing and outbounds; raises ConfigErrors (lists, geodata) with paths."""
+    def build(cls, cfg: Config, pipes: PipePool | None = None) -> Runtime:
+        """Compile routing and outbounds; raises ConfigErrors (lists, geodata) with paths.
+
+        ``pipes``: the splice pipe pool to keep (a reload passes the running one)."""
         geo = GeoData.load(cfg.geodata)
         router = compile_router(cfg, geo)
         excluded: dict[str, DomainMatcher] = {
@@ -35,24 +44,38 @@ class Runtime:
             for i, ib in enumerate(cfg.inbounds)
         }
         policy = cfg.policy
+        outbounds = build_outbounds(cfg)
+        # The built-in DNS resolves for everything (routing, outbounds, the dns outbound
+        # and listener); with no dns.servers it asks the system resolver, as v2ray does.
+        dns = DnsService(cfg, geo, router, outbounds)
+        for outbound in outbounds.values():
+            if isinstance(outbound, DnsOutbound):
+                outbound.attach(dns)
+        resolver: Resolver = dns
         ctx = FlowContext(
-            pool=BufferPool(policy.buffer_size),
+            pool=BufferPool(
+                policy.buffer_size,
+                pipes=pipes or PipePool(pipe_budget(policy.max_connections)),
+            ),
             timeouts=RelayTimeouts(
                 idle=policy.conn_idle.seconds,
                 uplink_only=policy.uplink_only.seconds,
                 downlink_only=policy.downlink_only.seconds,
             ),
             handshake_timeout=policy.handshake.seconds,
+            resolver=resolver,  # outbounds resolve through the same resolver as routing
         )
         own_ports = frozenset(ib.port for ib in cfg.inbounds) | {a.port for a in cfg.dns.listen}
         return cls(
             config=cfg,
             router=router,
-            outbounds=build_outbounds(cfg),
-            resolver=SystemResolver(),
+            outbounds=outbounds,
+            resolver=resolver,
             flow_context=ctx,
             own_ports=frozenset(own_ports),
             sniff_excluded=excluded,
+            dns=dns,
+            udp_limits=UdpLimits.from_policy(policy),
         )
 
     def sniff_override(self, inbound: Inbound, sniffed: Sniffed) -> str | None:

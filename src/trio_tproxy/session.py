@@ -107,13 +107,19 @@ async def handle_tcp(
             record.protocol = sniffed.protocol
             record.domain = sniffed.domain
             override = rt.sniff_override(inbound, sniffed)
+        # No domain sniffed, but we resolved this address for a client: route by that
+        # name (sing-box's reverse mapping), as route_only would: ip rules still see the
+        # address, and the outbound dials it.
+        learnt = None
+        if record.domain is None and rt.dns.reverse is not None:
+            learnt = record.domain = rt.dns.reverse.lookup(dst[0])
         # After an override the target is the domain: under as_is, IP rules do not see
         # the original address (v2ray); route_only changes only what the outbound dials.
         facts = FlowFacts(
             network="tcp",
             dst_ip=None if override else dst[0],
             dst_port=dst[1],
-            domain=override,
+            domain=override or learnt,
             src_ip=src[0],
             src_port=src[1],
             inbound_tag=inbound.tag,
@@ -142,15 +148,22 @@ async def handle_tcp(
 
 def _log_access(record: FlowRecord, flow: TcpFlow | None, outcome: str) -> None:
     up, down = (flow.stats.up, flow.stats.down) if flow else (0, 0)
+    log_access(record, "tcp", up, down, outcome)
+
+
+def log_access(
+    record: FlowRecord, network: str, up: int, down: int, outcome: str, *, detail: str = ""
+) -> None:
+    """The access-log line of a TCP connection or a UDP flow (``detail``: datagrams)."""
     d = record.decision
     routed = "-"
     if d is not None:
         routed = f"{d.outbound} ({'default' if d.rule_index is None else f'rule #{d.rule_index}'})"
     access_log.info(
-        "%s -> %s%s %s %s -> %s up=%d down=%d %.3fs %s",
+        "%s -> %s%s %s %s -> %s up=%d down=%d%s %.3fs %s",
         _show(record.src), _show(record.dst),
         f" [{record.domain}]" if record.domain else "",
-        f"tcp/{record.protocol}" if record.protocol else "tcp",
-        record.inbound, routed, up, down,
+        f"{network}/{record.protocol}" if record.protocol else network,
+        record.inbound, routed, up, down, detail,
         trio.current_time() - record.started, outcome,
     )  # fmt: skip

@@ -26,7 +26,8 @@ ECHO, HALFCLOSE, SOURCE, SLOW, BANNER = 9000, 9001, 9002, 9003, 2525
 pytestmark = pytest.mark.netns
 
 
-def proxy_config(*, inbound: str = "tproxy", extra: str = "", policy: str = "") -> str:
+def proxy_config(*, inbound: str = "tproxy", extra: str = "", policy: str = "",
+                 network: tuple[str, ...] = ("tcp",)) -> str:  # fmt: skip
     port = TPROXY_PORT if inbound == "tproxy" else REDIRECT_PORT
     return f"""
 [log]
@@ -35,7 +36,7 @@ level = "debug"
 tag = "{inbound}-in"
 type = "{inbound}"
 port = {port}
-network = ["tcp"]
+network = {json.dumps(list(network))}
 [[outbounds]]
 tag = "direct"
 type = "direct"
@@ -58,7 +59,7 @@ def lab_plan(lab: Lab, *, redirect: bool = False) -> DiversionPlan:
         tproxy_udp=not redirect,
         redirect_port=REDIRECT_PORT if redirect else None,
         bypass_v4=(), bypass_v6=(),
-        proxy_mark=PROXY_MARK,
+        proxy_marks=PROXY_MARK,
         lan_interfaces=(lab.gateway.lan_if,),
     )  # fmt: skip
 

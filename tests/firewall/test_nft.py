@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trio_tproxy.firewall import (
     RESERVED_V4,
@@ -51,7 +53,7 @@ table inet trio_tproxy {
 	chain prerouting {
 		type filter hook prerouting priority mangle; policy accept;
 		meta mark 255 return
-		fib daddr type local return
+		fib daddr type { local, broadcast, multicast } return
 		ip daddr @bypass4 return
 		ip6 daddr @bypass6 return
 		meta l4proto { tcp, udp } socket transparent 1 meta mark set 1 accept
@@ -110,7 +112,7 @@ def test_redirect_only_plan_has_nat_chain_and_no_tproxy() -> None:
     assert "tproxy to" not in text
     assert "chain prerouting" not in text
     assert "type nat hook prerouting priority dstnat; policy accept;" in text
-    assert '\t\tiifname { "lan" } meta l4proto tcp redirect to :8080\n' in text
+    assert '\t\tiifname "lan" meta l4proto tcp redirect to :8080\n' in text
     assert render_ip_rules(plan) == []
     assert render_ip_rules_removal(plan) == []
 
@@ -133,7 +135,7 @@ def test_custom_names_marks_and_priorities() -> None:
         bypass_v6=(),
         table="tp2",
         fwmark=0x10,
-        proxy_mark=0x20,
+        proxy_marks=(0x30, 0x20, 0x30),
         priority_mangle=-140,
         redirect_port=8,
         tproxy_tcp=False,
@@ -143,7 +145,7 @@ def test_custom_names_marks_and_priorities() -> None:
     assert text.startswith("table inet tp2 {}\ndelete table inet tp2\ntable inet tp2 {\n")
     assert "priority -140;" in text
     assert "priority -90;" in text
-    assert "meta mark 32 return" in text
+    assert "meta mark { 32, 48 } return" in text  # sorted, unique
     assert "meta mark set 16 accept" in text
 
 
@@ -182,7 +184,13 @@ def test_ip_rules_cover_both_families() -> None:
         ({"lan_interfaces": ("a-very-long-ifname",)}, "not a valid interface name"),
         ({"table": "1table"}, "nft identifier"),
         ({"fwmark": 0}, "fwmark must be in"),
-        ({"proxy_mark": 1}, "must differ"),
+        ({"proxy_marks": (2, 1)}, "must differ"),
+        ({"proxy_marks": 0}, "proxy_marks: 0 is not in"),
+        ({"local": True, "proxy_marks": ()}, "local mode needs proxy_marks or skip_users"),
+        ({"skip_users": ('root"',)}, "not a user name or uid"),
+        ({"tcp_address": "localhost"}, "tcp_address"),
+        ({"udp_port": 65536}, "udp_port must be in"),
+        ({"lan_interfaces": ("e*th",)}, "not a valid interface name"),
         ({"route_table": 254}, "free table id"),
         ({"redirect_port": 8080}, "both TPROXY'd and REDIRECTed"),
     ],
@@ -209,3 +217,143 @@ def test_generation_imports_no_io() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+LOCAL_PLAN = DiversionPlan(
+    tproxy_port=7892,
+    udp_port=7893,
+    tcp_address="127.0.0.1",
+    bypass_v4=("192.168.0.0/16",),
+    bypass_v6=(),
+    lan_interfaces=("br-lan", "wg*"),
+    local=True,
+    skip_users=("proxy", "1000"),
+    fail_closed=True,
+    ipv6=False,
+    proxy_marks=(255, 2),
+    priority_mangle=-140,
+    table="tp",
+)
+
+LOCAL_CHAINS = """\
+	chain prerouting {
+		type filter hook prerouting priority -140; policy accept;
+		meta mark { 2, 255 } return
+		fib daddr type { local, broadcast, multicast } return
+		ip daddr @bypass4 return
+		ip6 daddr @bypass6 return
+		meta l4proto { tcp, udp } socket transparent 1 meta mark set 1 accept
+		iifname "lo" meta mark 1 meta nfproto ipv4 jump divert
+		iifname { "br-lan", "wg*" } meta nfproto ipv4 jump divert
+	}
+
+	chain divert {
+		meta l4proto tcp tproxy ip to 127.0.0.1:7892 meta mark set 1 accept
+		meta l4proto udp tproxy to :7893 meta mark set 1 accept
+		meta l4proto { tcp, udp } drop
+	}
+
+	chain output {
+		type route hook output priority -140; policy accept;
+		meta mark { 2, 255 } return
+		meta skuid { "proxy", 1000 } return
+		fib daddr type { local, broadcast, multicast } return
+		ip daddr @bypass4 return
+		ip6 daddr @bypass6 return
+		ct direction reply return
+		meta l4proto { tcp, udp } meta nfproto ipv4 meta mark set 1
+	}
+}
+"""
+
+
+def test_local_fail_closed_ipv4_only_plan_renders_exactly() -> None:
+    text = render_nft(LOCAL_PLAN)
+    assert text.endswith(LOCAL_CHAINS)
+    # IPv6 off: no IPv6 policy routing either.
+    assert render_ip_rules(LOCAL_PLAN) == [
+        ["ip", "-4", "rule", "add", "fwmark", "1", "lookup", "100"],
+        ["ip", "-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", "100"],
+    ]
+
+
+def test_local_mode_without_lan_interfaces_needs_no_lo_rule() -> None:
+    plan = DiversionPlan(tproxy_port=1, bypass_v4=(), bypass_v6=(), local=True)
+    text = render_nft(plan)
+    assert '"lo"' not in text
+    assert "\t\tjump divert\n" in text  # every interface, lo included
+    assert "\t\tmeta l4proto { tcp, udp } meta mark set 1\n" in text
+
+
+def test_gateway_mode_has_no_output_chain_and_fails_open_by_default() -> None:
+    text = render_nft(GATEWAY_PLAN)
+    assert "hook output" not in text
+    assert "drop" not in text
+    assert "skuid" not in text
+
+
+def test_ipv6_listener_address_uses_ip6_tproxy() -> None:
+    plan = DiversionPlan(tproxy_port=5, tcp_address="::1", tproxy_udp=False, bypass_v4=(),
+                         bypass_v6=())  # fmt: skip
+    assert "meta l4proto tcp tproxy ip6 to [::1]:5 meta mark set 1 accept" in render_nft(plan)
+
+
+def test_redirect_in_local_mode_adds_a_nat_output_chain() -> None:
+    plan = DiversionPlan(tproxy_port=None, redirect_port=7891, bypass_v4=(), bypass_v6=(),
+                         local=True, skip_users=("nobody",), ipv6=False)  # fmt: skip
+    text = render_nft(plan)
+    nat_output = text[text.index("\tchain nat_output") :]
+    assert nat_output == (
+        "\tchain nat_output {\n"
+        "\t\ttype nat hook output priority -100; policy accept;\n"
+        "\t\tmeta mark 255 return\n"
+        '\t\tmeta skuid "nobody" return\n'
+        "\t\tfib daddr type { local, broadcast, multicast } return\n"
+        "\t\tip daddr @bypass4 return\n"
+        "\t\tip6 daddr @bypass6 return\n"
+        "\t\tmeta nfproto ipv4 meta l4proto tcp redirect to :7891\n"
+        "\t}\n"
+        "}\n"
+    )
+    assert render_ip_rules(plan) == []
+
+
+def test_no_proxy_marks_means_no_mark_rule() -> None:
+    plan = DiversionPlan(tproxy_port=1, bypass_v4=(), bypass_v6=(), proxy_marks=())
+    assert "meta mark return" not in render_nft(plan)
+    assert "meta mark" not in render_nft(plan).split("socket")[0]
+
+
+# What would let a name break out of its place in an nft script or a shell command.
+UNSAFE = set("\"'\\ {};#$`\n\t\r")
+
+
+@given(name=st.one_of(st.text(max_size=20), st.from_regex(r"[\w.:@+*-]{1,17}", fullmatch=True)))
+def test_interface_names_are_refused_or_harmless(name: str) -> None:
+    try:
+        plan = DiversionPlan(tproxy_port=1, bypass_v4=(), bypass_v6=(), lan_interfaces=(name,))
+    except ValueError:
+        return
+    assert not UNSAFE & set(name)
+    assert f'iifname "{name}" jump divert' in render_nft(plan)
+
+
+@given(user=st.one_of(st.text(max_size=40), st.from_regex(r"[\w.$-]{1,34}", fullmatch=True)))
+def test_user_names_are_refused_or_harmless(user: str) -> None:
+    try:
+        plan = DiversionPlan(tproxy_port=1, bypass_v4=(), bypass_v6=(), local=True,
+                             skip_users=(user,))  # fmt: skip
+    except ValueError:
+        return
+    assert not UNSAFE & set(user)
+    assert "meta skuid" in render_nft(plan)
+
+
+@given(table=st.one_of(st.text(max_size=70), st.from_regex(r"[\w-]{1,66}", fullmatch=True)))
+def test_table_names_are_refused_or_harmless(table: str) -> None:
+    try:
+        plan = DiversionPlan(tproxy_port=1, bypass_v4=(), bypass_v6=(), table=table)
+    except ValueError:
+        return
+    assert not UNSAFE & set(table)
+    assert render_nft(plan).startswith(f"table inet {table} {{}}\ndelete table inet {table}\n")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from trio_tproxy.firewall import (
     RESERVED_V4,
@@ -46,6 +48,37 @@ PLANS = {
         lan_interfaces=("lan0",),
         table="other",
         priority_mangle=-140,
+    ),
+    "local-fail-closed": DiversionPlan(
+        tproxy_port=12345,
+        bypass_v4=RESERVED_V4,
+        bypass_v6=RESERVED_V6,
+        lan_interfaces=("br-lan",),
+        local=True,
+        skip_users=("nobody", "0"),
+        fail_closed=True,
+        proxy_marks=(2, 255),
+    ),
+    "ipv4-only-addresses": DiversionPlan(
+        tproxy_port=7892,
+        udp_port=7893,
+        tcp_address="127.0.0.1",
+        udp_address="0.0.0.0",
+        bypass_v4=("192.168.0.0/16",),
+        bypass_v6=(),
+        ipv6=False,
+        fail_closed=True,
+        table="trio-tproxy",
+    ),
+    "redirect-local": DiversionPlan(
+        tproxy_port=12345,
+        tproxy_tcp=False,
+        redirect_port=12346,
+        bypass_v4=(),
+        bypass_v6=(),
+        local=True,
+        proxy_marks=(),
+        skip_users=("nobody",),
     ),
 }
 
@@ -111,9 +144,44 @@ def test_listed_ruleset_keeps_the_rule_order(scratch_ns: Netns) -> None:
     rules = [line.strip() for line in listed.splitlines()[3:-2]]
     assert rules == [
         "meta mark 0x000000ff return",
-        "fib daddr type local return",
+        "fib daddr type { local, broadcast, multicast } return",
         "ip daddr @bypass4 return",
         "ip6 daddr @bypass6 return",
         "meta l4proto { tcp, udp } socket transparent 1 meta mark set 0x00000001 accept",
         'iifname { "br-lan", "wlan*" } jump divert',
     ]
+
+
+NAMES = st.from_regex(r"[A-Za-z0-9_.:@+-]{1,14}\*?", fullmatch=True)
+USERS = st.one_of(st.sampled_from(["root", "nobody", "0", "65534", "4000000000"]))
+PLANS_STRATEGY = st.builds(
+    DiversionPlan,
+    tproxy_port=st.one_of(st.none(), st.integers(1, 65535)),
+    bypass_v4=st.lists(st.ip_addresses(v=4).map(lambda a: f"{a}/32"), max_size=5),
+    bypass_v6=st.lists(st.ip_addresses(v=6).map(lambda a: f"{a}/128"), max_size=5),
+    table=st.from_regex(r"[A-Za-z_][A-Za-z0-9_-]{0,20}", fullmatch=True),
+    tproxy_tcp=st.booleans(),
+    tproxy_udp=st.booleans(),
+    udp_port=st.one_of(st.none(), st.integers(1, 65535)),
+    tcp_address=st.one_of(st.none(), st.sampled_from(["127.0.0.1", "0.0.0.0", "::1"])),
+    fwmark=st.integers(1, 0x7F),
+    route_table=st.integers(1, 252),
+    proxy_marks=st.lists(st.integers(0x80, 0xFFFFFFFF), max_size=3).map(tuple),
+    lan_interfaces=st.lists(NAMES, max_size=3, unique=True).map(tuple),
+    local=st.booleans(),
+    skip_users=st.lists(USERS, max_size=2, unique=True).map(tuple),
+    fail_closed=st.booleans(),
+    ipv6=st.booleans(),
+    priority_mangle=st.integers(-400, 400),
+)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(data=st.data())
+def test_any_valid_plan_is_a_ruleset_nft_accepts(scratch_ns: Netns, data: st.DataObject) -> None:
+    try:
+        plan = data.draw(PLANS_STRATEGY)
+    except ValueError:  # a combination the plan refuses (e.g. local without marks)
+        return
+    scratch_ns.run(["nft", "-c", "-f", "-"], input=render_nft(plan))

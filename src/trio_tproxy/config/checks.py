@@ -70,6 +70,18 @@ def _check_outbounds(cfg: Config) -> Iterator[ConfigError]:
             ob.password is None
         ):
             yield ConfigError("username and password go together", path)
+        yield from _check_credentials(ob, path)
+
+
+def _check_credentials(ob: object, path: str) -> Iterator[ConfigError]:
+    # RFC 1929 gives each field one length octet; RFC 7617 forbids ':' in a Basic user.
+    if isinstance(ob, SocksOutbound):
+        for key in ("username", "password"):
+            value = getattr(ob, key)
+            if value is not None and not 1 <= len(value.encode()) <= 255:
+                yield ConfigError(f"SOCKS5 {key} must be 1-255 bytes (RFC 1929)", f"{path}.{key}")
+    if isinstance(ob, HttpOutbound) and ob.username is not None and ":" in ob.username:
+        yield ConfigError("an HTTP proxy username cannot contain ':'", f"{path}.username")
 
 
 def _check_rules(cfg: Config) -> Iterator[ConfigError]:
@@ -113,9 +125,12 @@ def _check_dns(dns: DnsConfig, outbound_tags: set[str]) -> Iterator[ConfigError]
     for i, server in enumerate(dns.servers):
         path = f"$.dns.servers[{i}]"
         try:
-            parse_dns_address(server.address)
+            scheme = parse_dns_address(server.address)[0]
         except BadValue as exc:
+            scheme = None
             yield ConfigError(str(exc), f"{path}.address")
+        if server.tls_ca is not None and scheme in ("udp", "tcp"):
+            yield ConfigError("tls_ca is for tls:// and https:// servers", f"{path}.tls_ca")
         if server.outbound is not None and server.outbound not in outbound_tags:
             yield ConfigError(f"unknown outbound tag {server.outbound!r}", f"{path}.outbound")
         if server.timeout.seconds <= 0:
@@ -174,6 +189,6 @@ def _check_policy(policy: PolicyConfig) -> Iterator[ConfigError]:
             yield ConfigError(f"{name} must be positive", f"$.policy.{name}")
     if policy.buffer_size < 1024:
         yield ConfigError("buffer_size must be at least 1024 bytes", "$.policy.buffer_size")
-    for name in ("max_connections", "max_udp_sessions"):
+    for name in ("max_connections", "max_udp_sessions", "max_reply_sockets"):
         if getattr(policy, name) < 1:
             yield ConfigError(f"{name} must be at least 1", f"$.policy.{name}")

@@ -164,6 +164,7 @@ class DnsServerConfig:
     skip_fallback: bool = False
     outbound: Tag | None = None
     timeout: Duration = Duration(4.0)
+    tls_ca: str | None = None  # tls://, https://: PEM file of CAs to trust (default: system's)
 
 
 @attrs.frozen
@@ -209,6 +210,7 @@ class PolicyConfig:
     max_connections: int = 4096
     udp_idle: Duration = Duration(120.0)
     max_udp_sessions: int = 4096
+    max_reply_sockets: int = 1024  # transparent sockets answering UDP clients, LRU-reused
 
 
 @attrs.frozen

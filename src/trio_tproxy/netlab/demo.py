@@ -1,20 +1,22 @@
 """``python -m trio_tproxy.netlab.demo``: a sandboxed gateway you can watch.
 
 Builds a LAN in three network namespaces (client -- gateway -- server), diverts the
-client's traffic on the gateway with nftables TPROXY, runs trio-tproxy there, sends real
-curl requests from the client, prints what the client got and trio-tproxy's access log,
-and removes everything again. Touches nothing outside the namespaces it creates.
+client's traffic on the gateway with `trio-tproxy firewall apply` (nftables TPROXY),
+runs trio-tproxy there, sends real curl requests from the client, prints what the client
+got and trio-tproxy's access log, and removes everything again (`trio-tproxy firewall
+remove`). Touches nothing outside the namespaces it creates.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 import tempfile
 from pathlib import Path
 
-from trio_tproxy.firewall.plan import DiversionPlan
 from trio_tproxy.netlab import Lab, requirements_met
+from trio_tproxy.netlab.namespace import CommandError, Netns
 from trio_tproxy.netlab.proxy import ProxyProcess
 from trio_tproxy.netlab.servers import start_http_server
 
@@ -24,6 +26,8 @@ MARK = 255
 
 def demo_config(lab: Lab) -> str:
     blocked_ip = lab.server.extra_ip4[1]
+    lan4 = ipaddress.ip_interface(f"{lab.client.ip4}/24").network
+    lan6 = ipaddress.ip_interface(f"{lab.client.ip6}/64").network
     return f"""
 # The demo gateway's configuration (written by trio_tproxy.netlab.demo).
 [log]
@@ -55,6 +59,12 @@ outbound = "block"
 [[routing.rules]]
 ip = ["{blocked_ip}/32"]
 outbound = "block"
+
+[firewall]                  # what `trio-tproxy firewall apply` installs
+lan_interfaces = ["{lab.gateway.lan_if}"]
+# The sandbox lives in private ranges, which the default bypass (geoip:private) would
+# exempt; here only the LAN itself is left alone.
+bypass = ["{lan4}", "{lan6}"]
 """
 
 
@@ -69,6 +79,15 @@ def requests(lab: Lab) -> list[tuple[str, list[str]]]:
     ]
 
 
+def firewall(gateway: Netns, action: str, config: Path) -> str:
+    """`trio-tproxy firewall ACTION CONFIG` in the gateway namespace; its one-line answer."""
+    argv = [sys.executable, "-m", "trio_tproxy", "firewall", action, str(config)]
+    result = gateway.run(argv, check=False)
+    if result.returncode != 0:
+        raise CommandError(result.returncode, argv, result.stdout, result.stderr)
+    return result.stdout.strip()
+
+
 def run_demo() -> int:
     reason = requirements_met()
     if reason is not None:
@@ -77,13 +96,14 @@ def run_demo() -> int:
     with Lab.create(prefix="demo") as lab, tempfile.TemporaryDirectory() as web:
         Path(web, "index.html").write_text("hello from the server\n")
         start_http_server(lab.server, Path(web), port=80)
-        lab.gateway.install_tproxy(DiversionPlan(
-            tproxy_port=PORT, tproxy_udp=False, bypass_v4=(), bypass_v6=(),
-            proxy_mark=MARK, lan_interfaces=(lab.gateway.lan_if,),
-        ))  # fmt: skip
+        config = demo_config(lab)
+        config_path = lab.gateway.workdir / "demo.toml"
+        config_path.write_text(config)
         print(f"sandbox: client {lab.client.name} ({lab.client.ip4}, {lab.client.ip6})")
-        print(f"         gateway {lab.gateway.name} (TPROXY -> :{PORT}), server {lab.server.name}")
-        proxy = ProxyProcess(lab.gateway, demo_config(lab))
+        print(f"         gateway {lab.gateway.name}, server {lab.server.name}")
+        applied = firewall(lab.gateway, "apply", config_path)
+        print(f"gateway: trio-tproxy firewall apply -> {applied}")
+        proxy = ProxyProcess(lab.gateway, config)
         try:
             proxy.wait_ready()
             print("trio-tproxy is ready in the gateway namespace\n")
@@ -100,7 +120,10 @@ def run_demo() -> int:
                 print("  " + line.split("trio_tproxy.access: ", 1)[1])
         finally:
             code = proxy.stop()
-        print(f"\ntrio-tproxy stopped (exit {code}); removing the sandbox")
+        print(f"\ntrio-tproxy stopped (exit {code})")
+        removed = firewall(lab.gateway, "remove", config_path)
+        print(f"gateway: trio-tproxy firewall remove -> {removed}")
+        print("removing the sandbox")
     return 0
 
 

@@ -8,16 +8,25 @@ from typing import Any
 from ..config import BlockOutbound as BlockConfig
 from ..config import Config
 from ..config import DirectOutbound as DirectConfig
+from ..config import DnsOutbound as DnsConfig
+from ..config import HttpOutbound as HttpConfig
+from ..config import SocksOutbound as SocksConfig
 from .base import FlowContext, Outbound, TcpFlow
 from .block import BlockOutbound
 from .dial import DialError, close_socket, open_tcp
 from .direct import DirectOutbound
+from .dns import DnsOutbound
+from .http import HttpOutbound
+from .socks import SocksOutbound
 
-# socks, http and dns are structured and checked by config/ already; their
-# implementations plug in here (issues 6 and 7).
+# dns is structured and checked by config/ already; its implementation plugs in here
+# (issue 7).
 REGISTRY: dict[type[Any], Callable[[Any], Outbound]] = {
     DirectConfig: DirectOutbound,
     BlockConfig: BlockOutbound,
+    SocksConfig: SocksOutbound,
+    HttpConfig: HttpOutbound,
+    DnsConfig: DnsOutbound,  # attached to the runtime's DNS service by Runtime.build
 }
 
 
@@ -48,6 +57,7 @@ def build_outbounds(cfg: Config) -> dict[str, Outbound]:
 
 
 __all__ = [
-    "BlockOutbound", "DialError", "DirectOutbound", "FlowContext", "Outbound", "TcpFlow",
+    "BlockOutbound", "DialError", "DirectOutbound", "FlowContext", "HttpOutbound", "Outbound",
+    "SocksOutbound", "TcpFlow",
     "UnavailableOutbound", "build_outbounds", "close_socket", "open_tcp",
 ]  # fmt: skip

@@ -5,8 +5,9 @@ from __future__ import annotations
 import trio
 
 from ..config import BlockOutbound as BlockConfig
+from ..inbound.udp import Endpoint
 from ..relay import send_all
-from .base import TcpFlow
+from .base import DatagramSink, TcpFlow, UdpLink, UdpRequest
 
 # Byte for byte what v2ray and Xray send (LF line ends, not CRLF): reference section 4.
 HTTP_403 = (
@@ -31,3 +32,21 @@ class BlockOutbound:
                 return
             flow.stats.down += len(HTTP_403)
             await trio.sleep(HTTP_LINGER)
+
+    async def open_udp(self, request: UdpRequest) -> UdpLink:
+        return DiscardLink()
+
+
+class DiscardLink:
+    """UDP to a blocked destination: every datagram accepted and dropped, no socket."""
+
+    outcome: str | None = "blocked"
+
+    def send(self, payload: memoryview, dst: Endpoint, domain: str | None) -> str | None:
+        return None
+
+    async def receive(self, deliver: DatagramSink) -> None:
+        await trio.sleep_forever()  # returning would end the link and re-route the flow
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,159 @@
+"""The ``dns.listen`` listener: plain DNS over UDP and TCP for LAN clients.
+
+Each listen address gets a UDP socket and a TCP listener, both bound before the gateway
+reports ready (a port in use is one clear error at start). Work is bounded: at most
+:data:`MAX_UDP_INFLIGHT` UDP queries wait for upstreams at once (more are dropped; the
+client retries) and at most :data:`MAX_TCP_CONNECTIONS` TCP clients are served, each
+idle for at most :data:`TCP_IDLE` seconds (RFC 7766 section 6.2.3 asks for seconds).
+
+Answers the cache or ``hosts`` can give are sent from the receive loop itself; only
+queries that need an upstream get a task of their own.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Final
+
+import trio
+
+from ..config.values import HostPort
+from ..inbound.sockopt import SocketSetupError
+from .service import DnsService
+from .stream import serve_dns_stream
+
+log = logging.getLogger("trio_tproxy.dns.server")
+
+__all__ = ["DnsListener", "open_dns_listener"]
+
+MAX_UDP_INFLIGHT: Final = 1024
+# Datagrams handled before yielding to other tasks (fairness under a flood).
+UDP_BATCH: Final = 64
+MAX_TCP_CONNECTIONS: Final = 256
+TCP_IDLE: Final = 10.0
+# Largest DNS message (16-bit length); also the UDP receive size.
+MAX_MESSAGE: Final = 65535
+
+ServiceGetter = Callable[[], DnsService]
+
+
+class DnsListener:
+    def __init__(self, where: HostPort, udp: socket.socket, tcp: socket.socket) -> None:
+        self.where = where
+        # UDP on the plain socket: a cache hit is recvfrom, answer, sendto, without the
+        # two scheduler round trips trio's socket methods add (a third of a hit's cost)
+        self.udp = udp
+        self.tcp = trio.socket.from_stdlib_socket(tcp)
+
+    def close(self) -> None:
+        if self.udp.fileno() >= 0:
+            trio.lowlevel.notify_closing(self.udp)
+            self.udp.close()
+        if self.tcp.fileno() >= 0:
+            self.tcp.close()
+
+    async def serve(self, service: ServiceGetter) -> None:
+        """Answer until cancelled (the reload-aware ``service`` is asked per query)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._serve_udp, service)
+            nursery.start_soon(self._serve_tcp, service)
+
+    def _reply(self, reply: bytes, peer: tuple[object, ...]) -> None:
+        try:
+            self.udp.sendto(reply, peer)
+        except OSError as exc:  # a full send buffer or a vanished client: UDP may drop
+            log.debug("dns: reply to %s dropped: %s", peer, exc)
+
+    async def _serve_udp(self, service: ServiceGetter) -> None:
+        sock = self.udp
+        inflight = 0
+        dropped_logged = False
+
+        async def answer(data: bytes, peer: tuple[object, ...]) -> None:
+            nonlocal inflight
+            try:
+                reply = await service().answer(data, udp=True)
+            finally:
+                inflight -= 1
+            if reply is not None:
+                self._reply(reply, peer)
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                for _ in range(UDP_BATCH):
+                    try:
+                        data, peer = sock.recvfrom(MAX_MESSAGE)
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:  # ICMP errors of earlier replies surface here
+                        log.debug("dns: UDP receive: %s", exc)
+                        continue
+                    quick = service().answer_now(data, udp=True)
+                    if quick is not None:
+                        self._reply(quick, peer)
+                        continue
+                    if inflight >= MAX_UDP_INFLIGHT:
+                        if not dropped_logged:
+                            log.warning("dns: %d queries wait for upstreams; dropping more",
+                                        inflight)  # fmt: skip
+                            dropped_logged = True
+                        continue
+                    dropped_logged = False
+                    inflight += 1
+                    nursery.start_soon(answer, data, peer)
+                else:  # a full batch: let the other tasks run before the next one
+                    await trio.lowlevel.checkpoint()
+                    continue
+                await trio.lowlevel.wait_readable(sock)
+
+    async def _serve_tcp(self, service: ServiceGetter) -> None:
+        limit = trio.CapacityLimiter(MAX_TCP_CONNECTIONS)
+
+        async def client(conn: trio.socket.SocketType) -> None:
+            async with limit:
+                stream = trio.SocketStream(conn)
+                try:
+                    await serve_dns_stream(stream, b"", service, TCP_IDLE)
+                except (trio.BrokenResourceError, OSError) as exc:
+                    log.debug("dns: TCP client: %s", exc)
+                finally:
+                    await trio.aclose_forcefully(stream)
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    conn, _ = await self.tcp.accept()
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE):
+                        await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(client, conn)
+
+
+def open_dns_listener(where: HostPort) -> DnsListener:
+    """Bind UDP and TCP on ``where``; failures become one clear SocketSetupError."""
+    ip = where.ip
+    if ip is None:
+        raise SocketSetupError(errno.EINVAL, f"dns.listen {where}: not an IP address")
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    udp = socket.socket(family, socket.SOCK_DGRAM)
+    tcp = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        for sock in (udp, tcp):
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.setblocking(False)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        udp.bind((str(ip), where.port))
+        tcp.bind((str(ip), where.port))
+        tcp.listen(128)
+    except OSError as exc:
+        udp.close()
+        tcp.close()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        message = f"dns.listen: cannot listen on {where}: {reason}"
+        raise SocketSetupError(exc.errno, message) from None
+    return DnsListener(where, udp, tcp)

@@ -1,0 +1,116 @@
+"""The ``dns`` outbound: DNS flows that routing hijacked (port 53) are answered here.
+
+As v2ray's dns outbound (reference section 4): A/AAAA questions are answered by the
+built-in splitter (same ID, QR=1 RD=1 RA=1, the question echoed), other types are
+forwarded to the server the splitter would choose for the name (v2ray forwards them
+to the flow's destination; here they follow the split, so a hijacked TXT query for a
+foreign name does not leak to the domestic resolver), malformed ones get FORMERR.
+
+TCP carries 2-byte length-prefixed messages (RFC 1035 4.2.2), several per connection;
+the flow ends at the client's EOF or after ``policy.conn_idle`` without a query. UDP:
+each datagram is one query; the reply goes back from the address the client asked
+(the UDP session table sends it), cache hits at once, others from a task of their own,
+at most :data:`MAX_PENDING` per client source.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..config import DnsOutbound as DnsConfig
+from ..dns.stream import serve_dns_stream
+from ..inbound.udp import Endpoint
+from .base import DatagramSink, TcpFlow, UdpLink, UdpRequest
+from .dial import DialError
+
+if TYPE_CHECKING:
+    from ..dns.service import DnsService
+
+log = logging.getLogger("trio_tproxy.outbound.dns")
+
+# Queries of one client source waiting for upstreams; more are dropped (the client's
+# resolver retries), so a flood from one host cannot queue without bound.
+MAX_PENDING = 64
+
+
+class DnsOutbound:
+    def __init__(self, cfg: DnsConfig) -> None:
+        self.tag: str = cfg.tag
+        self.kind = cfg.TYPE
+        self.service: DnsService | None = None
+
+    def attach(self, service: DnsService) -> None:
+        """The runtime's splitter (built after the outbounds, which it dials through)."""
+        self.service = service
+
+    def _service(self) -> DnsService:
+        if self.service is None:
+            raise DialError(0, f"outbound {self.tag!r}: no DNS service attached")
+        return self.service
+
+    async def handle_tcp(self, flow: TcpFlow) -> None:
+        service = self._service()
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(flow.client))
+
+        def count(up: int, down: int) -> None:
+            flow.stats.up += up
+            flow.stats.down += down
+
+        try:
+            answered = await serve_dns_stream(
+                stream, flow.prefix, lambda: service, flow.ctx.timeouts.idle, count
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            flow.stats.outcome = f"dns: client error: {exc}"
+            return
+        flow.stats.outcome = f"dns: {answered} answered"
+
+    async def open_udp(self, request: UdpRequest) -> UdpLink:
+        await trio.lowlevel.checkpoint()
+        return DnsLink(self._service())
+
+
+class DnsLink:
+    """One client source's DNS datagrams, answered by the splitter."""
+
+    outcome: str | None = None
+
+    def __init__(self, service: DnsService) -> None:
+        self._service = service
+        self._send, self._queries = trio.open_memory_channel[tuple[bytes, Endpoint]](MAX_PENDING)
+        self._pending = 0
+
+    def send(self, payload: memoryview, dst: Endpoint, domain: str | None) -> str | None:
+        try:
+            self._send.send_nowait((bytes(payload), dst))
+        except trio.WouldBlock:
+            return f"dns: {MAX_PENDING} queries already wait for upstreams"
+        except trio.ClosedResourceError:
+            return "dns: link closed"
+        return None
+
+    async def receive(self, deliver: DatagramSink) -> None:
+        service = self._service
+
+        async def answer(data: bytes, dst: Endpoint) -> None:
+            try:
+                reply = await service.answer(data, udp=True)
+            finally:
+                self._pending -= 1
+            if reply is not None:
+                deliver(memoryview(reply), dst)
+
+        async with trio.open_nursery() as nursery:
+            async for data, dst in self._queries:
+                quick = service.answer_now(data, udp=True)
+                if quick is not None:
+                    deliver(memoryview(quick), dst)
+                elif self._pending < MAX_PENDING:
+                    self._pending += 1
+                    nursery.start_soon(answer, data, dst)
+
+    def close(self) -> None:
+        self._send.close()

@@ -1,0 +1,143 @@
+"""Upstream UDP sockets: marked, bound to a concrete local address, one per link.
+
+Why a concrete address and never the wildcard: some rulesets let packets for existing
+sockets through before diverting the rest, and tell "ours" by ``socket wildcard 0``
+(hysteria's documented nftables table does). A reply from the remote to a socket bound
+to 0.0.0.0 does not pass that test, gets TPROXY'd back into our own listener, and a
+flow becomes a loop. Bound to the address the route to the first destination would
+use, the socket is found, and its replies are delivered to it.
+
+The address comes from the kernel itself: ``connect()`` on a UDP socket sends nothing
+but runs the route lookup (with our SO_MARK, so policy routing by mark is honoured),
+and ``getsockname()`` then tells the chosen source. The answer is cached briefly:
+sessions to the same remote (a DNS server, a game server) come in bursts.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from typing import Final
+
+import trio
+
+from ..inbound.sockopt import set_mark
+from ..inbound.udp import RCVBUF, Endpoint, set_buffer
+from ..outbound.base import DatagramSink
+from ..outbound.dial import DialError, close_socket
+from . import gso
+
+ROUTE_CACHE_TTL: Final = 5.0  # seconds; a route change is seen by new links this fast
+ROUTE_CACHE_SIZE: Final = 1024
+# The send buffer absorbs a burst handed over in one batch (64 x 64 KiB at most).
+UPSTREAM_SNDBUF: Final = 4 << 20
+RECV_BATCH: Final = 64  # as inbound/udp.py: replies read per wake-up before yielding
+ERROR_PAUSE: Final = 0.01
+
+_route_cache: dict[tuple[int, str, int], tuple[str, float]] = {}
+
+
+def family_of_text(ip: str) -> int:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def route_source(dst: Endpoint, mark: int) -> str:
+    """The local address the kernel would send from towards ``dst`` (OSError if none)."""
+    family = family_of_text(dst[0])
+    key = (family, dst[0], mark)
+    now = time.monotonic()
+    cached = _route_cache.get(key)
+    if cached is not None and cached[1] > now:
+        return cached[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        set_mark(probe, mark)
+        probe.connect(dst)
+        source = str(probe.getsockname()[0])
+    if len(_route_cache) >= ROUTE_CACHE_SIZE:
+        _route_cache.clear()
+    _route_cache[key] = (source, now + ROUTE_CACHE_TTL)
+    return source
+
+
+def open_upstream(first_dst: Endpoint, mark: int) -> socket.socket:
+    """A non-blocking UDP socket with SO_MARK, bound to (route source, ephemeral port).
+
+    Raises DialError with a complete message (no route, no CAP_NET_ADMIN, no ports).
+    """
+    family = family_of_text(first_dst[0])
+    try:
+        source = route_source(first_dst, mark)
+    except OSError as exc:
+        reason = f"cannot reach {_show(first_dst)}: {exc.strerror or exc}"
+        raise DialError(exc.errno or errno.EHOSTUNREACH, reason) from None
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        set_mark(sock, mark)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        set_buffer(sock, socket.SO_RCVBUF, RCVBUF)
+        set_buffer(sock, socket.SO_SNDBUF, UPSTREAM_SNDBUF)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        reason = f"cannot open a UDP socket on {source}: {exc.strerror or exc}"
+        raise DialError(exc.errno or errno.EIO, reason) from None
+    return sock
+
+
+class SocketLink:
+    """A UdpLink over one unconnected upstream socket: datagrams go to each one's own
+    destination, and replies from *any* remote come back (endpoint-independent
+    mapping and filtering: full cone, as Xray's and sing-box's direct outbounds)."""
+
+    outcome: str | None = None
+
+    def __init__(self, sock: socket.socket, buffer: bytearray) -> None:
+        self.sock = sock
+        self._buffer = buffer
+        self._out = gso.Coalescer(sock)
+
+    def send(self, payload: memoryview, dst: Endpoint, domain: str | None) -> str | None:
+        return self._out.send(payload, dst)
+
+    async def receive(self, deliver: DatagramSink) -> None:
+        while True:
+            gso.open_batch()  # the replies delivered below go out together (udp/gso.py)
+            try:
+                outcome = self._read_batch(deliver)
+            finally:
+                gso.close_batch()
+            if outcome == "full":
+                await trio.lowlevel.checkpoint()
+                continue
+            if outcome == "error":
+                if self.sock.fileno() < 0:
+                    return
+                await trio.sleep(ERROR_PAUSE)  # never spin on a broken socket
+                continue
+            try:
+                await trio.lowlevel.wait_readable(self.sock)
+            except (trio.ClosedResourceError, OSError):
+                return
+
+    def _read_batch(self, deliver: DatagramSink) -> str:
+        sock, buffer = self.sock, self._buffer
+        view = memoryview(buffer)
+        for _ in range(RECV_BATCH):
+            try:
+                size, sockaddr = sock.recvfrom_into(buffer)
+            except BlockingIOError:
+                return "empty"
+            except OSError:
+                return "error"
+            deliver(view[:size], (sockaddr[0], sockaddr[1]))
+        return "full"
+
+    def close(self) -> None:
+        close_socket(self.sock)
+
+
+def _show(addr: Endpoint) -> str:
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
