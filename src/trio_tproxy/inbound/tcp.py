@@ -9,7 +9,6 @@ read back with SO_ORIGINAL_DST.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -17,10 +16,9 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ..config import Inbound, RedirectInbound
+from .listen import open_inbound_socket
 from .sockopt import (
     SockAddr,
-    SocketSetupError,
-    family_of,
     redirect_original_dst,
     set_transparent,
     sockaddr_to_addr,
@@ -28,7 +26,6 @@ from .sockopt import (
 
 log = logging.getLogger("trio_tproxy.inbound")
 
-BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 # accept() errors that concern one connection that died in the queue, not the listener
 _TRANSIENT_ACCEPT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN}
 _OUT_OF_FDS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -39,30 +36,12 @@ ConnectionHandler = Callable[[socket.socket, SockAddr, SockAddr], Awaitable[None
 
 def open_tcp_listener(inbound: Inbound) -> socket.socket:
     """Create, bind and listen; every failure becomes one clear SocketSetupError."""
-    ip = ipaddress.ip_address(inbound.listen)
-    family = family_of(ip)
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    where = f"tcp {'[' + str(ip) + ']' if ip.version == 6 else ip}:{inbound.port}"
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            # "::" serves IPv4 too (as ::ffff:a.b.c.d), whatever net.ipv6.bindv6only says
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+
+    def prepare(sock: socket.socket, family: int) -> None:
         if not isinstance(inbound, RedirectInbound):
             set_transparent(sock, family)
-        sock.bind((str(ip), inbound.port))
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
-    except SocketSetupError as exc:
-        sock.close()
-        raise SocketSetupError(exc.errno, f"inbound {inbound.tag!r} ({where}): {exc}") from None
-    except OSError as exc:
-        sock.close()
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        raise SocketSetupError(
-            exc.errno, f"inbound {inbound.tag!r}: cannot listen on {where}: {reason}"
-        ) from None
-    return sock
+
+    return open_inbound_socket(inbound, socket.SOCK_STREAM, prepare)
 
 
 def original_dst_of(inbound: Inbound) -> Callable[[socket.socket], SockAddr]:

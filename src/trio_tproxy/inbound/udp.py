@@ -20,8 +20,6 @@ so a client seen on the dual-stack listener and on an IPv4 reply socket has one 
 
 from __future__ import annotations
 
-import errno
-import ipaddress
 import logging
 import socket
 from collections.abc import Callable
@@ -30,11 +28,10 @@ import trio
 
 from ..config import Inbound
 from ..udp import gso
+from .listen import open_inbound_socket
 from .sockopt import (
     IP_RECVORIGDSTADDR,
     IPV6_RECVORIGDSTADDR,
-    SocketSetupError,
-    family_of,
     set_transparent,
 )
 
@@ -116,29 +113,13 @@ def enable_original_dst(sock: socket.socket, family: int) -> None:
 
 def open_udp_listener(inbound: Inbound) -> socket.socket:
     """Create and bind the transparent UDP socket; failures become one SocketSetupError."""
-    ip = ipaddress.ip_address(inbound.listen)
-    family = family_of(ip)
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    where = f"udp {'[' + str(ip) + ']' if ip.version == 6 else ip}:{inbound.port}"
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+
+    def prepare(sock: socket.socket, family: int) -> None:
         set_transparent(sock, family)
         enable_original_dst(sock, family)
         set_buffer(sock, socket.SO_RCVBUF, RCVBUF)
-        sock.bind((str(ip), inbound.port))
-        sock.setblocking(False)
-    except SocketSetupError as exc:
-        sock.close()
-        raise SocketSetupError(exc.errno, f"inbound {inbound.tag!r} ({where}): {exc}") from None
-    except OSError as exc:
-        sock.close()
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        raise SocketSetupError(
-            exc.errno, f"inbound {inbound.tag!r}: cannot listen on {where}: {reason}"
-        ) from None
-    return sock
+
+    return open_inbound_socket(inbound, socket.SOCK_DGRAM, prepare)
 
 
 async def receive_datagrams(
