@@ -29,6 +29,7 @@ from ..config.schema import Config, Inbound, RedirectInbound, TproxyInbound
 from ..config.values import parse_cidr
 from ..geo import GeoData, GeoipError, Ranges
 from ..geo.geoip import merge_ranges
+from ..route.ipset import complement
 from .plan import USER_NAME, DiversionPlan
 
 _V4_TOP = (1 << 32) - 1
@@ -196,23 +197,12 @@ def _entry_ranges(entry: str, geo: GeoData) -> tuple[Ranges, Ranges]:
         code = entry.lower()[len("geoip:") :]
         v4, v6 = geo.country_ranges(code.removeprefix("!"))
         if code.startswith("!"):
-            return _complement(v4, _V4_TOP), _complement(v6, _V6_TOP)
+            return (complement(merge_ranges(list(v4)), _V4_TOP),
+                    complement(merge_ranges(list(v6)), _V6_TOP))  # fmt: skip
         return list(v4), list(v6)
     net = parse_cidr(entry)
     span = [(int(net.network_address), int(net.broadcast_address))]
     return (span, []) if net.version == 4 else ([], span)
-
-
-def _complement(ranges: Ranges, top: int) -> Ranges:
-    out: Ranges = []
-    at = 0
-    for lo, hi in merge_ranges(list(ranges)):
-        if lo > at:
-            out.append((at, lo - 1))
-        at = hi + 1
-    if at <= top:
-        out.append((at, top))
-    return out
 
 
 def _cidrs(ranges: Iterable[tuple[int, int]], version: int) -> tuple[str, ...]:

@@ -15,16 +15,14 @@ from __future__ import annotations
 import errno
 import socket
 
-import trio
-
 from ..config import HttpOutbound as HttpConfig
 from ..relay import send_all
 from ..resolver import Resolver
 from .base import TcpFlow
-from .dial import DialError, close_socket, ip_literal, open_tcp_host, recv_message
+from .dial import DialError, close_socket, ip_literal, recv_message
 from .http_proto import ConnectResponse, authority, encode_connect, parse_connect_response
 from .socks_proto import Host
-from .tunnel import carry, handshake_timeout
+from .tunnel import carry, open_negotiated
 
 
 class HttpOutbound:
@@ -52,32 +50,18 @@ class HttpOutbound:
         self, host: Host, port: int, *, resolver: Resolver, timeout: float  # noqa: ASYNC109
     ) -> tuple[socket.socket, bytes]:
         """A socket tunnelled to ``host:port``, and any bytes that followed the answer."""
-        sock: socket.socket | None = None
-        with trio.move_on_after(timeout) as scope:
-            try:
-                sock = await open_tcp_host(
-                    self.ip or self.host, self.port,
-                    resolver=resolver, mark=self.mark, timeout=timeout,
-                )  # fmt: skip
-            except DialError as exc:
-                raise DialError(exc.errno, f"{self.peer}: {exc}") from exc
-            try:
-                response, early = await self._connect(sock, host, port)
-            except BaseException:
-                close_socket(sock)
-                raise
-            if not response.opens_tunnel:
-                close_socket(sock)
-                raise DialError(
-                    errno.EACCES if response.status in (403, 407) else errno.ECONNREFUSED,
-                    f"{self.peer}: CONNECT {authority(host, port)} refused: "
-                    f"{response.status} {response.reason}".rstrip(),
-                )
-        if scope.cancelled_caught:
-            if sock is not None:
-                close_socket(sock)
-            raise handshake_timeout(self.peer, timeout)
-        assert sock is not None
+        sock, (response, early) = await open_negotiated(
+            self.peer, (self.ip or self.host, self.port),
+            lambda sock: self._connect(sock, host, port),
+            mark=self.mark, resolver=resolver, timeout=timeout,
+        )  # fmt: skip
+        if not response.opens_tunnel:
+            close_socket(sock)
+            raise DialError(
+                errno.EACCES if response.status in (403, 407) else errno.ECONNREFUSED,
+                f"{self.peer}: CONNECT {authority(host, port)} refused: "
+                f"{response.status} {response.reason}".rstrip(),
+            )
         return sock, early
 
     async def _connect(

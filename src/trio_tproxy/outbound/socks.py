@@ -19,7 +19,6 @@ import ipaddress
 import socket
 
 import attrs
-import trio
 
 from ..config import SocksOutbound as SocksConfig
 from ..inbound.sockopt import IPAddress
@@ -27,9 +26,9 @@ from ..relay import send_all
 from ..resolver import Resolver
 from . import socks_proto as proto
 from .base import TcpFlow, UdpRequest
-from .dial import DialError, close_socket, ip_literal, open_tcp_host, recv_message
+from .dial import DialError, ip_literal, recv_message
 from .socks_udp import SocksUdpLink
-from .tunnel import carry, handshake_timeout
+from .tunnel import carry, open_negotiated
 
 # The errno a failed reply maps to (DialError is an OSError); the text is what counts.
 _REPLY_ERRNO = {
@@ -132,25 +131,11 @@ async def socks_open(
     timeout: float,  # noqa: ASYNC109
 ) -> tuple[socket.socket, proto.Reply, bytes]:
     """Connect to the proxy and negotiate ``command``, all within ``timeout``."""
-    sock: socket.socket | None = None
-    with trio.move_on_after(timeout) as scope:
-        try:
-            sock = await open_tcp_host(
-                server.ip or server.host, server.port,
-                resolver=resolver, mark=server.mark, timeout=timeout,
-            )  # fmt: skip
-        except DialError as exc:
-            raise DialError(exc.errno, f"{server.name}: {exc}") from exc
-        try:
-            reply, rest = await negotiate(sock, server, command, host, port)
-        except BaseException:
-            close_socket(sock)
-            raise
-    if scope.cancelled_caught:
-        if sock is not None:
-            close_socket(sock)
-        raise handshake_timeout(server.name, timeout)
-    assert sock is not None
+    sock, (reply, rest) = await open_negotiated(
+        server.name, (server.ip or server.host, server.port),
+        lambda sock: negotiate(sock, server, command, host, port),
+        mark=server.mark, resolver=resolver, timeout=timeout,
+    )  # fmt: skip
     return sock, reply, rest
 
 

@@ -1,20 +1,58 @@
-"""What the TCP outbounds share once an upstream socket exists: a handshake deadline
-and carrying the flow over it."""
+"""What the proxy outbounds share: dialling the proxy and negotiating within one
+handshake deadline, and carrying the flow over the resulting socket."""
 
 from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
+import trio
+
+from ..inbound.sockopt import IPAddress
 from ..relay import relay, send_all
+from ..resolver import Resolver
 from .base import TcpFlow
-from .dial import DialError, close_socket
+from .dial import DialError, close_socket, open_tcp_host
+
+T = TypeVar("T")
 
 
 def handshake_timeout(peer: str, seconds: float) -> DialError:
     return DialError(
         errno.ETIMEDOUT, f"{peer}: no answer within {seconds:g}s (policy.handshake)"
     )
+
+
+async def open_negotiated(
+    peer: str,
+    proxy: tuple[str | IPAddress, int],
+    negotiate: Callable[[socket.socket], Awaitable[T]],
+    *,
+    mark: int,
+    resolver: Resolver,
+    timeout: float,  # noqa: ASYNC109
+) -> tuple[socket.socket, T]:
+    """Connect to ``proxy`` and run ``negotiate`` on the socket, all within ``timeout``;
+    any failure closes the socket and names ``peer`` in its DialError."""
+    sock: socket.socket | None = None
+    with trio.move_on_after(timeout) as scope:
+        try:
+            sock = await open_tcp_host(*proxy, resolver=resolver, mark=mark, timeout=timeout)
+        except DialError as exc:
+            raise DialError(exc.errno, f"{peer}: {exc}") from exc
+        try:
+            result = await negotiate(sock)
+        except BaseException:
+            close_socket(sock)
+            raise
+    if scope.cancelled_caught:
+        if sock is not None:
+            close_socket(sock)
+        raise handshake_timeout(peer, timeout)
+    assert sock is not None
+    return sock, result
 
 
 async def carry(flow: TcpFlow, upstream: socket.socket, early: bytes = b"") -> None:

@@ -38,9 +38,10 @@ def _normalise(ranges: Iterable[tuple[int, int]]) -> tuple[list[int], list[int]]
     return starts, ends
 
 
-def _complement(starts: list[int], ends: list[int], top: int) -> list[tuple[int, int]]:
+def complement(ranges: Iterable[tuple[int, int]], top: int) -> list[tuple[int, int]]:
+    """The gaps between sorted, non-overlapping ``ranges`` within ``0..top``."""
     out, at = [], 0
-    for lo, hi in zip(starts, ends, strict=True):
+    for lo, hi in ranges:
         if lo > at:
             out.append((at, lo - 1))
         at = hi + 1
@@ -96,8 +97,8 @@ class IpSet:
     def complement(self) -> IpSet:
         """Every address of both families not in this set (``geoip:!cc``)."""
         return IpSet(
-            _complement(self._v4_starts, self._v4_ends, _V4_MAX),
-            _complement(self._v6_starts, self._v6_ends, _V6_MAX),
+            complement(zip(self._v4_starts, self._v4_ends, strict=True), _V4_MAX),
+            complement(zip(self._v6_starts, self._v6_ends, strict=True), _V6_MAX),
         )
 
     @property
