@@ -18,7 +18,6 @@ Needs root; touches only the namespaces it creates. Not collected by pytest.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import statistics
@@ -28,36 +27,27 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common import (
+    IPERF_PORT,
+    MARK,
+    PORT,
+    dokodemo_inbound,
+    iperf_tcp,
+    start_v2ray,
+    trio_tproxy_config,
+)
 from trio_tproxy.firewall.plan import DiversionPlan
 from trio_tproxy.netlab import Lab, requirements_met
 from trio_tproxy.netlab.proxy import ProxyProcess
 from trio_tproxy.netlab.servers import start_http_server, start_iperf3_server, wait_listening
 
-PORT = 12345
-MARK = 255
-IPERF_PORT = 5201
 SOCKS_PORT = 1080
 WEB_PORT = 8080
 
 
 def trio_config(socks: str) -> str:
-    return f"""
-[log]
-level = "info"  # the "ready:" line; per-flow lines are off
-access = false
-[[inbounds]]
-tag = "lan"
-type = "tproxy"
-port = {PORT}
-network = "tcp"
-[[outbounds]]
-tag = "proxy"
-type = "socks"
-server = "{socks}:{SOCKS_PORT}"
-mark = {MARK}
-[policy]
-handshake = "10s"
-"""
+    outbound = f'tag = "proxy"\ntype = "socks"\nserver = "{socks}:{SOCKS_PORT}"\nmark = {MARK}'
+    return trio_tproxy_config('"tcp"', outbound, '[policy]\nhandshake = "10s"\n')
 
 
 def v2ray_config(socks: str) -> dict[str, object]:
@@ -68,26 +58,13 @@ def v2ray_config(socks: str) -> dict[str, object]:
         # which would cap ab at concurrency/1 s. 0 closes at once, as a FIN passed on
         # does in trio-tproxy, so both are measured doing the same work.
         "policy": {"levels": {"0": {"uplinkOnly": 0, "downlinkOnly": 0}}},
-        "inbounds": [{
-            "port": PORT, "protocol": "dokodemo-door",
-            "settings": {"network": "tcp", "followRedirect": True},
-            "streamSettings": {"sockopt": {"tproxy": "tproxy"}},
-        }],
+        "inbounds": [dokodemo_inbound("tcp")],
         "outbounds": [{
             "protocol": "socks",
             "settings": {"servers": [{"address": socks, "port": SOCKS_PORT}]},
             "streamSettings": {"sockopt": {"mark": MARK}},
         }],
     }  # fmt: skip
-
-
-def iperf(lab: Lab, seconds: int, streams: int, reverse: bool) -> float:
-    argv = ["iperf3", "-c", lab.server.ip4, "-p", str(IPERF_PORT), "-t", str(seconds),
-            "-P", str(streams), "-J", "--connect-timeout", "5000"]  # fmt: skip
-    if reverse:
-        argv.append("-R")
-    out = lab.client.run(argv, timeout=seconds + 60)
-    return float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
 def connections_per_second(lab: Lab, requests: int, concurrency: int) -> tuple[float, int]:
@@ -118,11 +95,7 @@ class Contender:
                     raise RuntimeError(f"trio-tproxy did not exit cleanly:\n{proxy.log()}")
 
             return stop_trio
-        conf = self.lab.gateway.workdir / "v2ray-socks.json"
-        conf.write_text(json.dumps(v2ray_config(socks)))
-        process = self.lab.gateway.popen(["v2ray", "-config", str(conf)],
-                                         stdout=subprocess.DEVNULL)  # fmt: skip
-        wait_listening(self.lab.gateway, PORT, process=process)
+        process = start_v2ray(self.lab, v2ray_config(socks))
 
         def stop() -> None:
             process.terminate()
@@ -166,7 +139,7 @@ def main() -> int:
                     for streams in streams_list:
                         for reverse in (False, True):
                             tput.setdefault((name, streams, reverse), []).append(
-                                iperf(lab, args.seconds, streams, reverse))
+                                iperf_tcp(lab, args.seconds, streams, reverse))
                     rate, errors = connections_per_second(lab, args.requests, args.concurrency)
                     cps.setdefault(name, []).append(rate)
                     failed[name] += errors

@@ -13,63 +13,18 @@ Needs root; touches only the namespaces it creates. Not collected by pytest.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
-import subprocess
 import time
 
+from common import IPERF_PORT, MARK, PORT, iperf_tcp, start_v2ray, trio_tproxy_config, v2ray_direct
 from trio_tproxy.firewall.plan import DiversionPlan
 from trio_tproxy.netlab import Lab, requirements_met
 from trio_tproxy.netlab.proxy import ProxyProcess
-from trio_tproxy.netlab.servers import start_iperf3_server, wait_listening
+from trio_tproxy.netlab.servers import start_iperf3_server
 
-PORT = 12345
-MARK = 255
-IPERF_PORT = 5201
-
-TRIO_TPROXY = f"""
-[log]
-level = "info"
-access = false
-[[inbounds]]
-tag = "lan"
-type = "tproxy"
-port = {PORT}
-network = "tcp"
-[[outbounds]]
-tag = "direct"
-type = "direct"
-mark = {MARK}
-"""
-
-V2RAY = {
-    "log": {"loglevel": "warning"},
-    "inbounds": [{
-        "port": PORT, "protocol": "dokodemo-door",
-        "settings": {"network": "tcp", "followRedirect": True},
-        "streamSettings": {"sockopt": {"tproxy": "tproxy"}},
-    }],
-    "outbounds": [{"protocol": "freedom", "streamSettings": {"sockopt": {"mark": MARK}}}],
-}  # fmt: skip
-
-
-def iperf(lab: Lab, seconds: int, streams: int, reverse: bool) -> float:
-    argv = ["iperf3", "-c", lab.server.ip4, "-p", str(IPERF_PORT), "-t", str(seconds),
-            "-P", str(streams), "-J", "--connect-timeout", "3000"]  # fmt: skip
-    if reverse:
-        argv.append("-R")
-    out = lab.client.run(argv, timeout=seconds + 30)
-    result = json.loads(out.stdout)
-    return float(result["end"]["sum_received"]["bits_per_second"]) / 1e9
-
-
-def start_v2ray(lab: Lab) -> subprocess.Popen[str]:
-    conf = lab.gateway.workdir / "v2ray.json"
-    conf.write_text(json.dumps(V2RAY))
-    proc = lab.gateway.popen(["v2ray", "-config", str(conf)], stdout=subprocess.DEVNULL)
-    wait_listening(lab.gateway, PORT, process=proc)
-    return proc
+TRIO_TPROXY = trio_tproxy_config('"tcp"')
+V2RAY = v2ray_direct("tcp")
 
 
 def main() -> int:
@@ -94,17 +49,17 @@ def main() -> int:
                     # interleave the contenders in every run: machine noise hits all alike
                     lab.gateway.remove_tproxy(plan)
                     results.setdefault(("kernel", streams, reverse), []).append(
-                        iperf(lab, args.seconds, streams, reverse))
+                        iperf_tcp(lab, args.seconds, streams, reverse))
                     lab.gateway.install_tproxy(plan)
                     proxy = ProxyProcess(lab.gateway, TRIO_TPROXY, name=f"bench{run}")
                     proxy.wait_ready()
                     results.setdefault(("trio-tproxy", streams, reverse), []).append(
-                        iperf(lab, args.seconds, streams, reverse))
+                        iperf_tcp(lab, args.seconds, streams, reverse))
                     proxy.stop()
                     if have_v2ray:
-                        v2 = start_v2ray(lab)
+                        v2 = start_v2ray(lab, V2RAY)
                         results.setdefault(("v2ray", streams, reverse), []).append(
-                            iperf(lab, args.seconds, streams, reverse))
+                            iperf_tcp(lab, args.seconds, streams, reverse))
                         v2.terminate()
                         v2.wait(5)
                     time.sleep(0.2)

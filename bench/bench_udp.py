@@ -23,44 +23,18 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 
+from common import IPERF_PORT, MARK, PORT, start_v2ray, trio_tproxy_config, v2ray_direct
 from trio_tproxy.firewall.plan import DiversionPlan
 from trio_tproxy.netlab import Lab, requirements_met
 from trio_tproxy.netlab.proxy import ProxyProcess
-from trio_tproxy.netlab.servers import start_iperf3_server, wait_listening
+from trio_tproxy.netlab.servers import start_iperf3_server
 
-PORT = 12345
-MARK = 255
-IPERF_PORT = 5201
+TRIO_TPROXY = trio_tproxy_config('["tcp", "udp"]')
+V2RAY = v2ray_direct("tcp,udp")
 DRAIN = 1.5  # seconds between measurements
-
-TRIO_TPROXY = f"""
-[log]
-level = "info"
-access = false
-[[inbounds]]
-tag = "lan"
-type = "tproxy"
-port = {PORT}
-network = ["tcp", "udp"]
-[[outbounds]]
-tag = "direct"
-type = "direct"
-mark = {MARK}
-"""
-
-V2RAY = {
-    "log": {"loglevel": "warning"},
-    "inbounds": [{
-        "port": PORT, "protocol": "dokodemo-door",
-        "settings": {"network": "tcp,udp", "followRedirect": True},
-        "streamSettings": {"sockopt": {"tproxy": "tproxy"}},
-    }],
-    "outbounds": [{"protocol": "freedom", "streamSettings": {"sockopt": {"mark": MARK}}}],
-}  # fmt: skip
 
 # name -> (datagram length, iperf3 -b)
 WORKLOADS = {"pps": (64, "0"), "Mbit/s": (1400, "0"), "200M": (1400, "200M")}
@@ -87,14 +61,6 @@ def iperf_udp(lab: Lab, seconds: int, length: int, rate: str, reverse: bool) -> 
     loss = 100.0 * (1 - received / sent["packets"]) if sent["packets"] else 100.0
     return {"pps": received / secs, "mbps": received * length * 8 / secs / 1e6,
             "loss": max(0.0, loss)}  # fmt: skip
-
-
-def start_v2ray(lab: Lab) -> subprocess.Popen[str]:
-    conf = lab.gateway.workdir / "v2ray.json"
-    conf.write_text(json.dumps(V2RAY))
-    proc = lab.gateway.popen(["v2ray", "-config", str(conf)], stdout=subprocess.DEVNULL)
-    wait_listening(lab.gateway, PORT, udp=True, process=proc)
-    return proc
 
 
 def main() -> int:
@@ -136,7 +102,7 @@ def main() -> int:
             return proxy.stop
 
         def v2ray(run: int) -> Callable[[], object]:
-            proc = start_v2ray(lab)
+            proc = start_v2ray(lab, V2RAY, udp=True)
             return lambda: (proc.terminate(), proc.wait(5))
 
         contenders = [("kernel", kernel), ("trio-tproxy", trio_tproxy)]
