@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from trio_tproxy.route import Decision, FlowFacts, NeedIps, Router, parse_target
+from trio_tproxy.config import parse_config_text
+from trio_tproxy.geo import GeoData
+from trio_tproxy.route import Decision, FlowFacts, NeedIps, Router, compile_router, parse_target
 
 MakeRouter = Callable[..., Router]
 
@@ -245,3 +251,74 @@ def test_lru_cache_gives_the_same_decisions(make_router: MakeRouter) -> None:
     plain, cached = make_router(RULES), make_router(RULES, cache_size=2)
     for target in ["www.google.com", "www.baidu.com", "x.org", "www.google.com", "a.cn"] * 3:
         assert plain.decide(flow(target)) == cached.decide(flow(target))
+
+
+# -- the fast paths agree with a naive first-match over the rules --------------------------
+
+_LABEL = st.text("ab1", min_size=1, max_size=3)
+_NAME = st.lists(_LABEL, min_size=1, max_size=4).map(".".join)
+_ENTRY = st.one_of(
+    _NAME.map(lambda v: f"full:{v}"),
+    _NAME.map(lambda v: f"domain:{v}"),
+    _NAME.map(lambda v: f"keyword:{v}"),
+    _NAME,  # substring
+    st.tuples(_LABEL, _NAME).map(lambda t: rf"regexp:(^|\.){t[0]}[0-9a]?\.{re.escape(t[1])}$"),
+    st.tuples(_LABEL, _LABEL).map(lambda t: f"regexp:{t[0]}.*{t[1]}"),
+)
+# (domain entries or None, port or None, has an ip condition)
+_RULE = st.tuples(
+    st.one_of(st.none(), st.lists(_ENTRY, min_size=1, max_size=3)),
+    st.one_of(st.none(), st.sampled_from([443, 80])),
+    st.booleans(),
+).filter(lambda r: r[0] is not None or r[1] is not None or r[2])
+
+
+def _naive_domain(entry: str, domain: str) -> bool:
+    kind, _, value = entry.partition(":") if ":" in entry else ("", "", entry)
+    if kind == "full":
+        return domain == value
+    if kind == "domain":
+        return domain == value or domain.endswith("." + value)
+    if kind == "regexp":
+        return re.search(value, domain) is not None
+    return value in domain  # keyword, or no prefix
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(st.lists(_RULE, min_size=1, max_size=6), st.lists(_NAME, min_size=1, max_size=6))
+def test_decisions_equal_a_naive_first_match(
+    geo: GeoData,
+    base_config: str,
+    rules: list[tuple[list[str] | None, int | None, bool]],
+    names: list[str],
+) -> None:
+    toml = '[routing]\ndomain_strategy = "as_is"\n'
+    for domains, port, has_ip in rules:
+        toml += '[[routing.rules]]\noutbound = "proxy"\n'
+        if domains is not None:
+            toml += f"domain = {json.dumps(domains)}\n"
+        if port is not None:
+            toml += f'port = "{port}"\n'
+        if has_ip:
+            toml += 'ip = ["10.0.0.0/8"]\n'
+    for cache in (0, 8):
+        router = compile_router(parse_config_text(base_config + toml), geo, cache_size=cache)
+        for name in names + [e.partition(":")[2] or e for r in rules for e in r[0] or ()]:
+            if "(" in name or "*" in name or not name or parse_target(name)[1] != name:
+                continue  # a regexp, or a name that is an IP address ("1.1.1.1")
+            for port in (443, 80):
+                expected = next(
+                    (
+                        i
+                        for i, (domains, rule_port, has_ip) in enumerate(rules)
+                        if not has_ip  # a domain target under as_is: ip conditions are false
+                        and (rule_port is None or rule_port == port)
+                        and (domains is None or any(_naive_domain(e, name) for e in domains))
+                    ),
+                    None,
+                )
+                assert outcome(router, flow(name, port)) == expected, (toml, name, port)

@@ -190,6 +190,7 @@ def compile_router(cfg: Config, geo: GeoData, *, cache_size: int = DEFAULT_DOMAI
     builder = DomainIndexBuilder()  # first every rule's domains, into one shared index
     domain_errors: list[list[ConfigError]] = []
     groups: list[int | None] = []
+    decisive = 0  # groups whose rule has no other condition: a match decides the flow
     for i, rule in enumerate(rules_cfg):
         group = builder.new_group() if rule.domain else None
         path = f"$.routing.rules[{i}].domain"
@@ -197,7 +198,10 @@ def compile_router(cfg: Config, geo: GeoData, *, cache_size: int = DEFAULT_DOMAI
             [] if group is None else _add_entries(builder, group, rule.domain, geo, path)
         )
         groups.append(group)
-    index = builder.build(cache_size)
+        others = [n for n in RuleConfig.CONDITIONS if n != "domain" and getattr(rule, n)]
+        if group is not None and not others:
+            decisive |= 1 << group
+    index = builder.build(cache_size, decisive)
     errors: list[ConfigError] = []
     rules: list[Rule] = []
     for i, (rule, group) in enumerate(zip(rules_cfg, groups, strict=True)):

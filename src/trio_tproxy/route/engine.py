@@ -19,7 +19,7 @@ A flow with ``dst_ip`` set (an IP target, or route-only sniffing) never needs re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .conditions import Unresolved
 from .domain import DomainIndex
@@ -29,6 +29,9 @@ from .ipset import IPAddress, unmap
 from .rules import Decision, Ips, NeedIps, Rule
 
 __all__ = ["Decision", "NeedIps", "Router", "Rule"]
+
+_Test = Callable[[FlowFacts, Ips | None, int], bool]
+_PlanEntry = tuple[int, tuple[_Test, ...], Rule, Decision, bool]  # see Router.__init__
 
 
 class Router:
@@ -46,18 +49,43 @@ class Router:
         self._default = Decision(default_outbound, None)
         self._decisions = {r.index: Decision(r.outbound, r.index) for r in rules}
         self._has_ip_rules = any(r.has_ip for r in rules)
+        # The hot loop's view of the rules: (domain group bit or 0, other tests, rule, its
+        # decision, has an ip condition), and the index's mask function (and its cache).
+        self._plan = tuple(
+            (r.domain_bit, r.tests, r, self._decisions[r.index], r.has_ip) for r in rules
+        )
+        self._domain_mask = domains.mask
+        # Domain targets whose decision needs no addresses: one pass, no bookkeeping.
+        self._one_pass = domain_strategy == "as_is" or not self._has_ip_rules
+        # Then, if every rule is domain-only or has an ip condition (false without
+        # addresses), the first matching rule is the lowest domain group bit set: the
+        # index only computes bits below the first decisive match (see DomainIndex).
+        self._by_bit: dict[int, Decision] | None = None
+        bits = [r.domain_bit for r in rules if not r.has_ip]
+        if (
+            self._one_pass
+            and all(r.has_ip or (r.domain_bit and not r.tests) for r in rules)
+            and bits == sorted(set(bits))  # one group per rule, in rule order (compile.py)
+        ):
+            self._by_bit = {r.domain_bit: self._decisions[r.index] for r in rules if not r.has_ip}
+            self._rule_bits = sum(bits)
 
     def decide(
         self, facts: FlowFacts, resolved: Sequence[IPAddress] | None = None
     ) -> Decision | NeedIps:
-        if facts.dst_ip is not None:  # the common case, without evaluate()'s bookkeeping
-            rule = self._first(facts, (facts.dst_ip,))
+        if facts.dst_ip is not None:  # the common cases, without evaluate()'s bookkeeping
+            entry = self._first(facts, (facts.dst_ip,))
+        elif (by_bit := self._by_bit) is not None:
+            hit = self._domain_mask(facts.domain) & self._rule_bits  # type: ignore[arg-type]
+            return by_bit[hit & -hit] if hit else self._default
+        elif self._one_pass:
+            entry = self._first(facts, ())
         else:
             found = self.evaluate(facts, resolved)
             if isinstance(found, NeedIps):
                 return found
-            rule = found[0]
-        return self._default if rule is None else self._decisions[rule.index]
+            return self._default if found[0] is None else self._decisions[found[0].index]
+        return self._default if entry is None else entry[3]
 
     def evaluate(
         self, facts: FlowFacts, resolved: Sequence[IPAddress] | None = None
@@ -65,40 +93,47 @@ class Router:
         """The matching rule (None = default) and the addresses its ip conditions saw."""
         if facts.dst_ip is not None:
             ips: Ips = (facts.dst_ip,)
-            return self._first(facts, ips), ips
+            return self._first_rule(facts, ips), ips
         domain = facts.domain
         assert domain is not None  # FlowFacts guarantees one of the two
         strategy = self.domain_strategy
         if strategy == "as_is" or not self._has_ip_rules:
-            return self._first(facts, ()), ()
+            return self._first_rule(facts, ()), ()
         seen = None if resolved is None else tuple(unmap(ip) for ip in resolved)
         if strategy == "ip_on_demand":
             try:
-                return self._first(facts, seen), seen or ()
+                return self._first_rule(facts, seen), seen or ()
             except Unresolved:
                 return NeedIps(domain)
-        rule = self._first(facts, ())  # ip_if_non_match, pass 1
+        rule = self._first_rule(facts, ())  # ip_if_non_match, pass 1
         if rule is not None:
             return rule, ()
         if seen is None:
             return NeedIps(domain)
-        return self._first(facts, seen), seen
+        return self._first_rule(facts, seen), seen
 
-    def _first(self, facts: FlowFacts, ips: Ips | None) -> Rule | None:
-        domain = facts.domain
+    def _first_rule(self, facts: FlowFacts, ips: Ips | None) -> Rule | None:
+        entry = self._first(facts, ips)
+        return None if entry is None else entry[2]
+
+    def _first(self, facts: FlowFacts, ips: Ips | None) -> _PlanEntry | None:
         mask = -1
-        for rule in self.rules:
-            bit = rule.domain_bit
+        no_ips = ips == ()  # an ip condition is false: skip its rule without calling it
+        for entry in self._plan:
+            if no_ips and entry[4]:
+                continue
+            bit = entry[0]
             if bit:
                 if mask < 0:
-                    mask = 0 if domain is None else self.domains.mask(domain)
+                    domain = facts.domain
+                    mask = 0 if domain is None else self._domain_mask(domain)
                 if not mask & bit:
                     continue
-            for test in rule.tests:
+            for test in entry[1]:
                 if not test(facts, ips, mask):
                     break
             else:
-                return rule
+                return entry
         return None
 
     def explain(self, facts: FlowFacts, resolved: Sequence[IPAddress] | None = None) -> Explanation:

@@ -20,11 +20,11 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-__all__ = ["Prefilter", "RegexpKey", "regexp_key", "regexp_prefilter"]
+__all__ = ["Prefilter", "RegexpKey", "regexp_anchored_at_end", "regexp_key", "regexp_prefilter"]
 
 # ("full", 1, tld): the last label equals tld; ("start", n, abc): label n from the right
-# (n >= 2) begins with the three characters abc.
-RegexpKey = tuple[Literal["full", "start"], int, str]
+# (n >= 2) begins with the three characters abc; ("end", n, xyz): it ends with them.
+RegexpKey = tuple[Literal["full", "start", "end"], int, str]
 KEY_LENGTH = 3
 # As sre_parse reads them: "{}" is two literal characters, "{,}" means "*".
 _QUANTIFIER = re.compile(r"(?:[*+?]|\{(?:\d+(?:,\d*)?|,\d*)\})[?+]?")
@@ -171,19 +171,24 @@ def _keys_from_tail(tokens: list[_Token]) -> list[RegexpKey]:
 
 def _label_keys(number: int, label: list[_Token], start_known: bool) -> list[RegexpKey]:
     """The last label is keyed by its whole text (a TLD); others by their first three
-    characters, which keeps the probes per domain at one per label number."""
+    characters, or their last three (a label before a literal dot ends there, even when
+    its start is unknown), which keeps the probes per domain at one per label number."""
     text = "".join(t[1] if t[0] == "lit" else "\0" for t in label)
-    if not start_known:
-        return []
     if number == 1:
-        return [("full", 1, text)] if label and "\0" not in text else []
-    prefix = text.split("\0")[0]
-    return [("start", number, prefix[:KEY_LENGTH])] if len(prefix) >= KEY_LENGTH else []
+        return [("full", 1, text)] if start_known and label and "\0" not in text else []
+    keys: list[RegexpKey] = []
+    prefix, suffix = text.split("\0")[0], text.split("\0")[-1]
+    if start_known and len(prefix) >= KEY_LENGTH:
+        keys.append(("start", number, prefix[:KEY_LENGTH]))
+    if len(suffix) >= KEY_LENGTH:
+        keys.append(("end", number, suffix[-KEY_LENGTH:]))
+    return keys
 
 
 def _score(key: RegexpKey) -> int:
-    # The last label is a TLD shared by many regexps: the weakest key there is.
-    return 10 if key[1] == 1 else 100 - key[1]
+    # The last label is a TLD shared by many regexps: the weakest key there is. Label
+    # starts are a little more varied than label ends ("api", "cdn" end many names).
+    return 10 if key[1] == 1 else 100 - 2 * key[1] + (key[0] == "start")
 
 
 def regexp_key(pattern: str) -> RegexpKey | None:
@@ -192,10 +197,22 @@ def regexp_key(pattern: str) -> RegexpKey | None:
         tokens = _tokens(pattern)
     except _GiveUp:
         return None
-    if not tokens or tokens[-1] != ("end",) or ("end",) in tokens[:-1]:
+    if not _ends_once(tokens):
         return None
     keys = _keys_from_tail(tokens)
     return max(keys, key=_score) if keys else None
+
+
+def _ends_once(tokens: list[_Token]) -> bool:
+    return bool(tokens) and tokens[-1] == ("end",) and ("end",) not in tokens[:-1]
+
+
+def regexp_anchored_at_end(pattern: str) -> bool:
+    """Whether every match of ``pattern`` ends at the end of the domain."""
+    try:
+        return _ends_once(_tokens(pattern))
+    except _GiveUp:
+        return False
 
 
 # (literals every match contains, longest first; True if the regexp only matches
