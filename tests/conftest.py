@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
+from trio_tproxy.cache import CACHE_ENV
 from trio_tproxy.netlab import cleanup_stale, requirements_met
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Commands run by tests (in-process or as subprocesses) keep compiled rules in a
+    # directory of this run's, not in the invoking user's ~/.cache.
+    cache_dir = tempfile.mkdtemp(prefix="trio-tproxy-test-cache-")
+    os.environ[CACHE_ENV] = cache_dir
+    config.add_cleanup(lambda: shutil.rmtree(cache_dir, ignore_errors=True))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

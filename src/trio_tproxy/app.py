@@ -67,7 +67,9 @@ class Gateway:
     def reload(self) -> None:
         try:
             runtime = Runtime.build(
-                load_config(self.config_path), pipes=self.runtime.flow_context.pool.pipes
+                load_config(self.config_path),
+                pipes=self.runtime.flow_context.pool.pipes,
+                router_cache=self.runtime.router_cache,
             )
         except ConfigErrors as exc:
             log.error("reload rejected, keeping the running configuration:")

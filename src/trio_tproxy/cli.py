@@ -26,6 +26,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     from .app import Gateway
+    from .cache import RouterCache
     from .firewall.apply import FirewallError
     from .inbound.sockopt import SocketSetupError
     from .logs import setup_logging
@@ -34,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = Path(args.config)
     try:
         cfg = load_config(path)
-        runtime = Runtime.build(cfg)
+        runtime = Runtime.build(cfg, router_cache=RouterCache.default())
     except ConfigErrors as exc:
         _print_errors(exc)
         return 1
@@ -75,6 +76,7 @@ def cmd_match(args: argparse.Namespace) -> int:
     import ipaddress
     import json
 
+    from .cache import RouterCache
     from .geo import GeoData
     from .route import FlowFacts, NeedIps, compile_router, parse_target, render_json, render_text
 
@@ -82,7 +84,7 @@ def cmd_match(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         # Only the router: match answers offline without building outbounds or DNS
         # (and without importing trio) unless --resolve needs the configured DNS.
-        router = compile_router(cfg, GeoData.load(cfg.geodata))
+        router = compile_router(cfg, GeoData.load(cfg.geodata), cache=RouterCache.default())
         source = ipaddress.ip_address(args.source) if args.source else None
     except ConfigErrors as exc:
         _print_errors(exc)
@@ -196,8 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the sniffed protocol")  # fmt: skip
     match.add_argument("--source", help="the client's IP address")
     match.add_argument("--inbound", help="inbound tag (default: the first inbound)")
-    match.add_argument("--resolve", action="store_true",
-                       help="let IP rules see the domain's addresses, as domain_strategy would")
+    match.add_argument(
+        "--resolve",
+        action="store_true",
+        help="let IP rules see the domain's addresses, as domain_strategy would",
+    )
     match.add_argument("--json", action="store_true", help="one JSON object")
     match.set_defaults(func=cmd_match)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import attrs
 
+from .cache import RouterCache
 from .config import Config, Inbound
 from .dns.service import DnsService
 from .geo import GeoData
@@ -29,14 +30,18 @@ class Runtime:
     sniff_excluded: dict[str, DomainMatcher]  # by inbound tag
     dns: DnsService  # the splitter: also `resolver`, the dns outbound's and dns.listen's
     udp_limits: UdpLimits  # the UDP session table's (policy.udp_idle, max_udp_sessions, ...)
+    router_cache: RouterCache | None = None  # compiled rules kept on disk (trio_tproxy/cache.py)
 
     @classmethod
-    def build(cls, cfg: Config, pipes: PipePool | None = None) -> Runtime:
+    def build(
+        cls, cfg: Config, pipes: PipePool | None = None, router_cache: RouterCache | None = None
+    ) -> Runtime:
         """Compile routing and outbounds; raises ConfigErrors (lists, geodata) with paths.
 
-        ``pipes``: the splice pipe pool to keep (a reload passes the running one)."""
+        ``pipes``: the splice pipe pool to keep (a reload passes the running one);
+        ``router_cache``: where compiled rules are kept between runs (None: nowhere)."""
         geo = GeoData.load(cfg.geodata)
-        router = compile_router(cfg, geo)
+        router = compile_router(cfg, geo, cache=router_cache)
         excluded: dict[str, DomainMatcher] = {
             ib.tag: build_domain_matcher(
                 ib.sniffing.exclude_domains, geo, f"$.inbounds[{i}].sniffing.exclude_domains"
@@ -76,6 +81,7 @@ class Runtime:
             sniff_excluded=excluded,
             dns=dns,
             udp_limits=UdpLimits.from_policy(policy),
+            router_cache=router_cache,
         )
 
     def sniff_override(self, inbound: Inbound, sniffed: Sniffed) -> str | None:

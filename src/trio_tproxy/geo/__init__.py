@@ -8,18 +8,56 @@ serves one compilation (a reload makes a new one, so edited files are seen).
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import os
 from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config.schema import GeodataConfig
-from .build import BuildStats, GeodataBuildError, build_country_mmdb
 from .geoip import CountryDB, GeoipError, Ranges, private_ranges
 from .geosite import GeositeError, GeositeLoader, GeositeRule
+
+if TYPE_CHECKING:
+    from .build import BuildStats, GeodataBuildError, build_country_mmdb
 
 __all__ = [
     "BuildStats", "CountryDB", "GeoData", "GeodataBuildError", "GeoipError", "GeositeError",
     "GeositeRule", "Ranges", "build_country_mmdb",
 ]  # fmt: skip
+
+
+Stamp = tuple[str, int, int, int] | None  # path, size, mtime_ns, inode; None = missing
+
+
+def file_stamp(path: Path) -> Stamp:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def tree_stamp(directory: Path) -> tuple[Stamp, tuple[tuple[str, int, int, int], ...]]:
+    """The directory's own stamp and (name, size, mtime_ns, inode) of each entry in it."""
+    entries = []
+    try:
+        with os.scandir(directory) as it:
+            for entry in it:
+                with contextlib.suppress(OSError):  # vanished meanwhile: not part of it
+                    st = entry.stat()
+                    entries.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ino))
+    except OSError:
+        pass
+    return file_stamp(directory), tuple(sorted(entries))
+
+
+def __getattr__(name: str) -> object:
+    """The database builder is imported when used: commands that only read skip it."""
+    if name in ("BuildStats", "GeodataBuildError", "build_country_mmdb"):
+        return getattr(importlib.import_module(".build", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class GeoData:
@@ -79,6 +117,24 @@ class GeoData:
                 raise GeoipError(f"country {code!r} is not in {self.geoip_path}")
             self.prefetch_countries([code])
         return self._countries[code]
+
+    def countries(self, codes: Collection[str]) -> dict[str, tuple[Ranges, Ranges]]:
+        """The ranges already extracted for ``codes`` (to keep with a compiled router)."""
+        wanted = {c.upper() for c in codes}
+        return {c: r for c, r in self._countries.items() if c in wanted}
+
+    def add_countries(self, found: dict[str, tuple[Ranges, Ranges]]) -> None:
+        """Ranges extracted earlier from this same database (a compile cache's)."""
+        self._countries.update(found)
+
+    def stamp(self, lists: bool, geoip: bool) -> object:
+        """What a compile cache must see unchanged to reuse results computed from this
+        geodata: every file of the rules directory (affiliations scan them all) if
+        ``lists``, the database if ``geoip``."""
+        return (
+            tree_stamp(self.rules_dir) if lists else None,
+            file_stamp(self.geoip_path) if geoip else None,
+        )
 
     def lookup_country(self, ip: str) -> str | None:
         """One address's country (for ``match`` output); raises GeoipError without a DB."""

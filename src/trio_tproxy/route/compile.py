@@ -11,11 +11,12 @@ import contextlib
 import ipaddress
 import re
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, cast
 
 from ..config.errors import BadValue, ConfigError, ConfigErrors
 from ..config.schema import Config, RuleConfig
 from ..config.values import parse_cidr
-from ..geo import GeoData, GeoipError, GeositeError, GeositeRule
+from ..geo import GeoData, GeoipError, GeositeError, GeositeRule, Ranges
 from .conditions import (
     Condition,
     DomainCondition,
@@ -26,10 +27,13 @@ from .conditions import (
     ProtocolCondition,
     SourceCondition,
 )
-from .domain import DomainIndexBuilder, DomainMatcher
+from .domain import DomainIndex, DomainIndexBuilder, DomainMatcher
 from .engine import Router, Rule
 from .facts import normalize_domain
 from .ipset import IpSet
+
+if TYPE_CHECKING:
+    from ..cache import RouterCache
 
 __all__ = ["build_domain_matcher", "build_ip_set", "compile_router", "geoip_codes"]
 
@@ -177,31 +181,44 @@ def _rule_conditions(
 DEFAULT_DOMAIN_CACHE = 4096  # domains; ~0.5 MiB. Real traffic repeats names (bench/)
 
 
-def compile_router(cfg: Config, geo: GeoData, *, cache_size: int = DEFAULT_DOMAIN_CACHE) -> Router:
+def compile_router(
+    cfg: Config,
+    geo: GeoData,
+    *,
+    cache_size: int = DEFAULT_DOMAIN_CACHE,
+    cache: RouterCache | None = None,
+) -> Router:
     """Compile ``cfg.routing`` once; raises ConfigErrors naming every bad entry.
 
     ``cache_size`` bounds the LRU of domain -> matching domain conditions inside the
     index (0 = none). It changes no decision, only speed: about 2x on repeating names,
     nothing on all-new names (figures in bench/bench_route.py).
+
+    ``cache``: where to find the domain index and country ranges compiled from the same
+    inputs before, and to keep them after a successful compile (see trio_tproxy/cache.py).
     """
     rules_cfg = cfg.routing.rules
-    with contextlib.suppress(GeoipError):  # reported at each entry that needs the database
-        geo.prefetch_countries({c for r in rules_cfg for c in geoip_codes([*r.ip, *r.source])})
-    builder = DomainIndexBuilder()  # first every rule's domains, into one shared index
-    domain_errors: list[list[ConfigError]] = []
+    codes = {c for r in rules_cfg for c in geoip_codes([*r.ip, *r.source])}
     groups: list[int | None] = []
     decisive = 0  # groups whose rule has no other condition: a match decides the flow
-    for i, rule in enumerate(rules_cfg):
-        group = builder.new_group() if rule.domain else None
-        path = f"$.routing.rules[{i}].domain"
-        domain_errors.append(
-            [] if group is None else _add_entries(builder, group, rule.domain, geo, path)
-        )
+    for rule in rules_cfg:
+        group = sum(g is not None for g in groups) if rule.domain else None
         groups.append(group)
         others = [n for n in RuleConfig.CONDITIONS if n != "domain" and getattr(rule, n)]
         if group is not None and not others:
             decisive |= 1 << group
-    index = builder.build(cache_size, decisive)
+    key = None
+    cached: object = None
+    if cache is not None:
+        key = cache.key(_cache_material(cfg, geo, codes, cache_size, decisive))
+        cached = cache.load(key)
+    hit = _usable(cached, sum(g is not None for g in groups))
+    if hit:
+        index, countries = cast("tuple[DomainIndex, dict[str, tuple[Ranges, Ranges]]]", cached)
+        geo.add_countries(countries)
+        domain_errors: list[list[ConfigError]] = [[] for _ in rules_cfg]
+    else:
+        index, domain_errors = _build_index(rules_cfg, groups, decisive, codes, geo, cache_size)
     errors: list[ConfigError] = []
     rules: list[Rule] = []
     for i, (rule, group) in enumerate(zip(rules_cfg, groups, strict=True)):
@@ -216,4 +233,55 @@ def compile_router(cfg: Config, geo: GeoData, *, cache_size: int = DEFAULT_DOMAI
         rules.append(Rule(i, rule.outbound, tuple(conditions)))
     if errors:
         raise ConfigErrors(errors)
+    if cache is not None and key is not None and not hit:
+        cache.store(key, (index, geo.countries(codes)))
     return Router(tuple(rules), cfg.outbounds[0].tag, cfg.routing.domain_strategy, index)
+
+
+def _build_index(  # noqa: PLR0917 - one caller
+    rules_cfg: Sequence[RuleConfig],
+    groups: Sequence[int | None],
+    decisive: int,
+    codes: set[str],
+    geo: GeoData,
+    cache_size: int,
+) -> tuple[DomainIndex, list[list[ConfigError]]]:
+    """Every rule's domains in one shared index, and the errors per rule."""
+    with contextlib.suppress(GeoipError):  # reported at each entry that needs the database
+        geo.prefetch_countries(codes)
+    builder = DomainIndexBuilder()
+    domain_errors: list[list[ConfigError]] = []
+    for i, (rule, group) in enumerate(zip(rules_cfg, groups, strict=True)):
+        if group is None:
+            domain_errors.append([])
+            continue
+        made = builder.new_group()
+        assert made == group  # numbered as compile_router numbered them
+        path = f"$.routing.rules[{i}].domain"
+        domain_errors.append(_add_entries(builder, group, rule.domain, geo, path))
+    return builder.build(cache_size, decisive), domain_errors
+
+
+def _cache_material(
+    cfg: Config, geo: GeoData, codes: set[str], cache_size: int, decisive: int
+) -> object:
+    """Everything the cached part of a compile reads (see trio_tproxy/cache.py)."""
+    uses_lists = any(e.lower().startswith("geosite:") for r in cfg.routing.rules for e in r.domain)
+    return (
+        [tuple(r.domain) for r in cfg.routing.rules],
+        decisive,
+        cache_size,
+        sorted(codes),
+        geo.stamp(lists=uses_lists, geoip=bool(codes - {"private"})),
+    )
+
+
+def _usable(cached: object, group_count: int) -> bool:
+    """A cache entry of the expected shape (anything else is recompiled)."""
+    return (
+        isinstance(cached, tuple)
+        and len(cached) == 2
+        and isinstance(cached[0], DomainIndex)
+        and cached[0].group_count == group_count
+        and isinstance(cached[1], dict)
+    )

@@ -30,7 +30,7 @@ import importlib
 import re
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import attrs
 
@@ -45,6 +45,7 @@ __all__ = ["DomainIndex", "DomainIndexBuilder", "DomainMatch", "DomainMatcher", 
 MatchKind = Literal["full", "domain", "keyword", "regexp"]
 _KIND_ORDER = {"full": 0, "domain": 1, "keyword": 2, "regexp": 3}
 _Origin = tuple[str, GeositeRule]  # (config entry, e.g. "geosite:google"; the rule)
+_T = TypeVar("_T")
 
 
 @attrs.frozen
@@ -129,7 +130,7 @@ class DomainIndex:
     of domain -> mask (real traffic repeats domains; benchmarks report both)."""
 
     def __init__(self, groups: list[_Group], cache_size: int = 0, decisive: int = 0) -> None:
-        self._groups = groups
+        self._groups: list[_Group | _Packed] = list(groups)
         self._cache_size = cache_size
         self._decisive = decisive
         self._full: dict[str, int] = {}
@@ -231,6 +232,9 @@ class DomainIndex:
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
         del state["mask"], state["_mask"]  # closures: rebuilt on load
+        # Each group's entries, with their origins for explanations, packed: unpickling
+        # 35,000 named tuples was most of a load's time (trio_tproxy/cache.py).
+        state["_groups"] = [g if isinstance(g, _Packed) else _Packed.of(g) for g in self._groups]
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -251,23 +255,16 @@ class DomainIndex:
     def best(self, domain: str, group: int) -> DomainMatch | None:
         """The best entry of ``group`` matching ``domain`` (slow path: no index)."""
         g = self._groups[group]
-        if domain in g.full:
-            return _match("full", domain, g.full[domain])
-        candidate = domain
-        while True:  # longest suffix first
-            if candidate in g.suffix:
-                return _match("domain", candidate, g.suffix[candidate])
-            dot = candidate.find(".")
-            if dot < 0:
-                break
-            candidate = candidate[dot + 1 :]
-        for keyword, origin in g.keywords.items():
-            if keyword in domain:
-                return _match("keyword", keyword, origin)
-        for pattern, origin in g.regexps.items():
-            if re.search(pattern, domain):
-                return _match("regexp", pattern, origin)
-        return None
+        if isinstance(g, _Packed):  # loaded from a compile cache
+            packed = _best(domain, g.full, g.suffix, g.keywords, g.regexps)
+            if packed is None:
+                return None
+            return DomainMatch(packed[0], packed[1], *g.origin(packed[2]))
+        found = _best(domain, g.full, g.suffix, g.keywords, g.regexps)
+        if found is None:
+            return None
+        kind, pattern, (source, rule) = found
+        return DomainMatch(kind, pattern, source, rule.location if rule.file else None)
 
     def sizes(self) -> dict[str, int]:
         return {
@@ -395,9 +392,56 @@ def _reach(pattern: str) -> int:
         return _ANYWHERE
 
 
-def _match(kind: MatchKind, pattern: str, origin: _Origin) -> DomainMatch:
-    source, rule = origin
-    return DomainMatch(kind, pattern, source, rule.location if rule.file else None)
+def _best(domain: str, *tables: dict[str, _T]) -> tuple[MatchKind, str, _T] | None:
+    """The best entry of a group's (full, suffix, keyword, regexp) tables for ``domain``."""
+    full, suffix, keywords, regexps = tables
+    if domain in full:
+        return "full", domain, full[domain]
+    candidate = domain
+    while True:  # longest suffix first
+        if candidate in suffix:
+            return "domain", candidate, suffix[candidate]
+        dot = candidate.find(".")
+        if dot < 0:
+            break
+        candidate = candidate[dot + 1 :]
+    for keyword, origin in keywords.items():
+        if keyword in domain:
+            return "keyword", keyword, origin
+    for pattern, origin in regexps.items():
+        if re.search(pattern, domain):
+            return "regexp", pattern, origin
+    return None
+
+
+@attrs.frozen
+class _Packed:
+    """A group's entries as stored in a compile cache: each entry's origin is one int,
+    (index into ``sites`` of its (config entry, list file)) << 32 | line."""
+
+    full: dict[str, int]
+    suffix: dict[str, int]
+    keywords: dict[str, int]
+    regexps: dict[str, int]
+    sites: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, group: _Group) -> _Packed:
+        sites: dict[tuple[str, str], int] = {}
+
+        def pack(table: dict[str, _Origin]) -> dict[str, int]:
+            return {
+                value: sites.setdefault((source, rule.file), len(sites)) << 32 | rule.line
+                for value, (source, rule) in table.items()
+            }
+
+        tables = pack(group.full), pack(group.suffix), pack(group.keywords), pack(group.regexps)
+        return cls(*tables, tuple(sites))
+
+    def origin(self, packed: int) -> tuple[str, str | None]:
+        """(config entry, "file:line" or None for an inline entry)."""
+        source, file = self.sites[packed >> 32]
+        return source, f"{file}:{packed & 0xFFFFFFFF}" if file else None
 
 
 class DomainMatcher:

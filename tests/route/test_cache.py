@@ -1,0 +1,254 @@
+"""The compile cache: a router loaded from it decides and explains exactly as a fresh one,
+any change of what compilation read makes a new entry, and no cache problem is an error."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+
+import trio_tproxy.route.compile as compile_module
+from trio_tproxy.cache import CACHE_ENV, RouterCache
+from trio_tproxy.cli import main
+from trio_tproxy.config import Config, ConfigErrors
+from trio_tproxy.geo import GeoData
+from trio_tproxy.route import FlowFacts, Router, compile_router, parse_target, render_json
+
+from .conftest import LISTS, write_lists
+
+ROUTING = """
+[routing]
+domain_strategy = "ip_if_non_match"
+[[routing.rules]]
+domain = ["geosite:ads", "keyword:tracker"]
+outbound = "block"
+[[routing.rules]]
+domain = ["geosite:cn", "regexp:\\\\.cn$"]
+outbound = "direct"
+[[routing.rules]]
+domain = ["geosite:google@-cn", "full:exact.example.org"]
+port = "443"
+outbound = "proxy"
+[[routing.rules]]
+ip = ["geoip:cn", "geoip:private"]
+outbound = "direct"
+[[routing.rules]]
+domain = ["geosite:private", "geosite:games"]
+outbound = "block"
+"""
+
+CN, US = ip_address("1.0.1.1"), ip_address("8.8.8.8")
+TARGETS = [
+    "www.google.com", "r12---sn-ab5l6n7s.googlevideo.com", "pagead.doubleclick.net",
+    "www.google.cn", "maps.googleapis.cn", "ad.example.com", "my.tracker.net", "baidu.com",
+    "x.qq.com", "foo.cn", "store.steampowered.com", "localhost", "router", "exact.example.org",
+    "a.exact.example.org", "example.net", "1.0.1.7", "8.8.8.8", "10.1.2.3", "2400:3200::1",
+]  # fmt: skip
+
+
+@pytest.fixture
+def geodata(tmp_path: Path, geodata_dir: Path) -> tuple[Path, Path]:
+    """A rules directory of this test's own (tests edit it) and the shared database."""
+    return write_lists(tmp_path / "rules", LISTS), geodata_dir / "country.mmdb"
+
+
+@pytest.fixture
+def cfg(make_config: Callable[[str], Config]) -> Config:
+    return make_config(ROUTING)
+
+
+def answers(router: Router) -> list[object]:
+    """Every target's decision and explanation, on ports 443 and 80."""
+    out: list[object] = []  # (ip_if_non_match: NeedIps without, then with addresses)
+    for target in TARGETS:
+        ip, domain = parse_target(target)
+        for port in (443, 80):
+            facts = FlowFacts("tcp", ip, port, domain=domain, inbound_tag="tproxy-in")
+            for resolved in (None, [CN]):
+                decision = router.decide(facts, resolved)
+                out.append((decision, render_json(router.explain(facts, resolved))))
+    return out
+
+
+def outbound(router: Router, name: str, port: int = 80) -> str:
+    """Where a flow to ``name`` goes (resolving to a US address if IP rules must see one)."""
+    decision = router.decide(FlowFacts("tcp", None, port, domain=name), [US])
+    return decision.outbound  # type: ignore[union-attr]
+
+
+def entries(directory: Path) -> list[Path]:
+    return sorted(directory.glob("router-*.pickle"))
+
+
+def test_a_cached_router_decides_and_explains_as_a_fresh_one(
+    tmp_path: Path, geodata: tuple[Path, Path], cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = RouterCache(tmp_path / "cache")
+    fresh = compile_router(cfg, GeoData(*geodata), cache=cache)
+    assert len(entries(cache.directory)) == 1
+    uncached = answers(compile_router(cfg, GeoData(*geodata)))
+    assert answers(fresh) == uncached
+
+    def no_build(*args: object) -> None:
+        raise AssertionError("compiled again despite a cache entry")
+
+    monkeypatch.setattr(compile_module, "_build_index", no_build)
+    geo = GeoData(*geodata)
+    loaded = compile_router(cfg, geo, cache=cache)
+    assert geo._db is None  # geoip:cn came from the entry: the database was not even opened
+    assert answers(loaded) == uncached
+    assert "rules/google:2" in json.dumps([e for _, e in answers(loaded)])  # locations kept
+
+
+def test_an_edited_list_is_seen(tmp_path: Path, geodata: tuple[Path, Path], cfg: Config) -> None:
+    cache = RouterCache(tmp_path / "cache")
+    assert (
+        outbound(compile_router(cfg, GeoData(*geodata), cache=cache), "new.example", 443)
+        == "direct"
+    )
+    with (geodata[0] / "google").open("a") as f:
+        f.write("new.example\n")
+    router = compile_router(cfg, GeoData(*geodata), cache=cache)
+    assert outbound(router, "new.example", 443) == "proxy"
+    assert len(entries(cache.directory)) == 2
+
+
+def test_a_new_list_file_is_seen(tmp_path: Path, geodata: tuple[Path, Path], cfg: Config) -> None:
+    """A file no rule names can still add to a list: `&games` affiliations."""
+    cache = RouterCache(tmp_path / "cache")
+    assert (
+        outbound(compile_router(cfg, GeoData(*geodata), cache=cache), "epicgames.com") == "direct"
+    )
+    (geodata[0] / "epic").write_text("epicgames.com &games\n")
+    assert outbound(compile_router(cfg, GeoData(*geodata), cache=cache), "epicgames.com") == "block"
+
+
+def test_changed_rules_and_a_rebuilt_database_are_new_entries(
+    tmp_path: Path, geodata: tuple[Path, Path], make_config: Callable[[str], Config]
+) -> None:
+    cache = RouterCache(tmp_path / "cache", keep=10)
+    compile_router(make_config(ROUTING), GeoData(*geodata), cache=cache)
+    changed = make_config(ROUTING.replace("keyword:tracker", "keyword:beacon"))
+    router = compile_router(changed, GeoData(*geodata), cache=cache)
+    assert outbound(router, "beacon.io") == "block"
+    assert outbound(router, "tracker.io") == "direct"
+    assert len(entries(cache.directory)) == 2
+    mmdb = tmp_path / "copy.mmdb"
+    shutil.copy(geodata[1], mmdb)
+    compile_router(changed, GeoData(geodata[0], mmdb), cache=cache)
+    assert len(entries(cache.directory)) == 3
+    compile_router(changed, GeoData(geodata[0], mmdb), cache=cache)  # a hit: no new entry
+    assert len(entries(cache.directory)) == 3
+
+
+def test_a_corrupt_entry_is_recompiled_and_replaced(
+    tmp_path: Path, geodata: tuple[Path, Path], cfg: Config
+) -> None:
+    cache = RouterCache(tmp_path / "cache")
+    expected = answers(compile_router(cfg, GeoData(*geodata), cache=cache))
+    (entry,) = entries(cache.directory)
+    for garbage in (b"", b"\x80\x05not a pickle", entry.read_bytes()[:1000]):
+        entry.write_bytes(garbage)
+        assert answers(compile_router(cfg, GeoData(*geodata), cache=cache)) == expected
+        assert entries(cache.directory) == [entry]
+        assert entry.stat().st_size > 1000  # rewritten whole
+
+
+@pytest.mark.parametrize("whose", ["directory", "entry", "owner"])
+def test_entries_others_could_have_written_are_not_loaded(
+    tmp_path: Path, geodata: tuple[Path, Path], cfg: Config, whose: str
+) -> None:
+    cache = RouterCache(tmp_path / "cache")
+    compile_router(cfg, GeoData(*geodata), cache=cache)
+    (entry,) = entries(cache.directory)
+    if whose == "directory":
+        cache.directory.chmod(0o777)
+    elif whose == "entry":
+        entry.chmod(0o666)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give a file away")
+        os.chown(entry, 65534, 65534)
+    assert cache.load(entry.name.removeprefix("router-").removesuffix(".pickle")) is None
+    # ... and compiling still works (from scratch)
+    assert (
+        outbound(compile_router(cfg, GeoData(*geodata), cache=cache), "www.google.com", 443)
+        == "proxy"
+    )
+
+
+def test_an_unusable_cache_directory_is_not_an_error(
+    tmp_path: Path, geodata: tuple[Path, Path], cfg: Config
+) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    for directory in (tmp_path / "file", tmp_path / "file" / "below"):
+        router = compile_router(cfg, GeoData(*geodata), cache=RouterCache(directory))
+        assert outbound(router, "baidu.com") == "direct"
+
+
+def test_configurations_with_errors_are_not_cached(
+    tmp_path: Path, geodata: tuple[Path, Path], make_config: Callable[[str], Config]
+) -> None:
+    cache = RouterCache(tmp_path / "cache")
+    bad = make_config(ROUTING.replace("geoip:cn", "geoip:zz"))
+    for _ in range(2):
+        with pytest.raises(ConfigErrors, match="'ZZ' is not in"):
+            compile_router(bad, GeoData(*geodata), cache=cache)
+    assert entries(cache.directory) == []
+
+
+def test_only_the_newest_entries_are_kept(tmp_path: Path) -> None:
+    cache = RouterCache(tmp_path / "cache", keep=2)
+    for i, key in enumerate(["a", "b", "c"]):
+        cache.store(key, {"n": i})
+        os.utime(cache.directory / f"router-{key}.pickle", ns=(i * 10**9, i * 10**9))
+    cache.store("d", {"n": 3})
+    assert [p.name for p in entries(cache.directory)] == ["router-c.pickle", "router-d.pickle"]
+    assert cache.load("c") == {"n": 2}
+    assert cache.load("a") is None
+
+
+def test_where_the_cache_lives(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for off in ("", "off", " off "):
+        monkeypatch.setenv(CACHE_ENV, off)
+        assert RouterCache.default() is None
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "here"))
+    assert RouterCache.default().directory == tmp_path / "here"  # type: ignore[union-attr]
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert RouterCache.default().directory == tmp_path / "xdg" / "trio-tproxy"  # type: ignore[union-attr]
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert RouterCache.default().directory == tmp_path / "home" / ".cache" / "trio-tproxy"  # type: ignore[union-attr]
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(
+    not (REPO / "geodata" / "country.mmdb").exists(), reason="scripts/setup builds geodata/"
+)
+def test_match_with_the_shipped_config_answers_the_same_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """conf/main.toml with the shipped lists (~35,000 entries): cold, warm, and uncached."""
+    monkeypatch.chdir(REPO)
+    targets = ["www.google.com", "www.baidu.com", "ads.example.doubleclick.net", "8.8.8.8"]
+
+    def run(cache_dir: str) -> list[object]:
+        monkeypatch.setenv(CACHE_ENV, cache_dir)
+        out = []
+        for target in targets:
+            assert main(["match", target, "-c", "conf/main.toml", "--json"]) == 0
+            out.append(json.loads(capsys.readouterr().out))
+        return out
+
+    cold = run(str(tmp_path))
+    assert len(entries(tmp_path)) == 1
+    assert run(str(tmp_path)) == cold == run("off")
+    assert [r["outbound"] for r in cold] == ["proxy", "direct", "block", "proxy"]  # type: ignore[index]
