@@ -59,18 +59,21 @@ def _private(st: os.stat_result) -> bool:
 
 
 class RouterCache:
-    def __init__(self, directory: Path, keep: int = 4) -> None:
+    def __init__(self, directory: Path, keep: int = 4, *, write_only: bool = False) -> None:
         self.directory = directory
         self.keep = keep
+        self.write_only = write_only  # `check`: compile everything afresh, keep the result
 
     @classmethod
-    def default(cls) -> RouterCache | None:
+    def default(cls, *, write_only: bool = False) -> RouterCache | None:
         """The cache at the usual place (see the module docstring), None if disabled."""
         configured = os.environ.get(CACHE_ENV)
         if configured is not None:
-            return None if configured.strip() in ("", "off") else cls(Path(configured))
+            if configured.strip() in ("", "off"):
+                return None
+            return cls(Path(configured), write_only=write_only)
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        return cls(Path(base) / "trio-tproxy")
+        return cls(Path(base) / "trio-tproxy", write_only=write_only)
 
     def key(self, material: object) -> str:
         """A name for the entry compiled from ``material`` (a repr-able description of
@@ -83,6 +86,8 @@ class RouterCache:
 
     def load(self, key: str) -> object | None:
         """The stored value, or None (absent, unusable: the caller compiles)."""
+        if self.write_only:
+            return None
         path = self._path(key)
         try:
             if not _private(self.directory.stat()):

@@ -52,11 +52,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .cache import RouterCache
     from .runtime import Runtime
 
     try:
         cfg = load_config(args.config)
-        Runtime.build(cfg)
+        # Every list is parsed and checked afresh; the result is kept for `match` and `run`.
+        Runtime.build(cfg, router_cache=RouterCache.default(write_only=True))
         if cfg.firewall.auto:  # `run` will apply it: check what it would refuse
             from .firewall import plan_from_config
 

@@ -81,6 +81,15 @@ def outbound(router: Router, name: str, port: int = 80) -> str:
     return decision.outbound  # type: ignore[union-attr]
 
 
+def forbid_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From here on a compile must come from the cache."""
+
+    def no_build(*args: object) -> None:
+        raise AssertionError("compiled again despite a cache entry")
+
+    monkeypatch.setattr(compile_module, "_build_index", no_build)
+
+
 def entries(directory: Path) -> list[Path]:
     return sorted(directory.glob("router-*.pickle"))
 
@@ -93,11 +102,7 @@ def test_a_cached_router_decides_and_explains_as_a_fresh_one(
     assert len(entries(cache.directory)) == 1
     uncached = answers(compile_router(cfg, GeoData(*geodata)))
     assert answers(fresh) == uncached
-
-    def no_build(*args: object) -> None:
-        raise AssertionError("compiled again despite a cache entry")
-
-    monkeypatch.setattr(compile_module, "_build_index", no_build)
+    forbid_compiling(monkeypatch)
     geo = GeoData(*geodata)
     loaded = compile_router(cfg, geo, cache=cache)
     assert geo._db is None  # geoip:cn came from the entry: the database was not even opened
@@ -202,6 +207,20 @@ def test_configurations_with_errors_are_not_cached(
     assert entries(cache.directory) == []
 
 
+def test_check_compiles_afresh_and_keeps_the_result(
+    tmp_path: Path, geodata: tuple[Path, Path], cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = RouterCache(tmp_path / "cache", write_only=True)
+    compile_router(cfg, GeoData(*geodata), cache=writer)
+    (entry,) = entries(writer.directory)
+    entry.write_bytes(b"garbage a reader would notice")
+    compile_router(cfg, GeoData(*geodata), cache=writer)  # not read, so rewritten
+    assert entry.stat().st_size > 1000
+    forbid_compiling(monkeypatch)
+    router = compile_router(cfg, GeoData(*geodata), cache=RouterCache(writer.directory))
+    assert outbound(router, "www.google.com", 443) == "proxy"
+
+
 def test_only_the_newest_entries_are_kept(tmp_path: Path) -> None:
     cache = RouterCache(tmp_path / "cache", keep=2)
     for i, key in enumerate(["a", "b", "c"]):
@@ -219,6 +238,7 @@ def test_where_the_cache_lives(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         assert RouterCache.default() is None
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "here"))
     assert RouterCache.default().directory == tmp_path / "here"  # type: ignore[union-attr]
+    assert RouterCache.default(write_only=True).write_only  # type: ignore[union-attr]
     monkeypatch.delenv(CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert RouterCache.default().directory == tmp_path / "xdg" / "trio-tproxy"  # type: ignore[union-attr]
