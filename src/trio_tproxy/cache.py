@@ -8,17 +8,21 @@ domain-list-community files and compile them once per change instead.
 
 An entry's name is a hash of everything its compilation read (see
 :func:`~trio_tproxy.route.compile_router` and :meth:`~trio_tproxy.geo.GeoData.stamp`):
-the rules' domain entries, every file of the rules directory (name, size, mtime, inode),
-the GeoIP database's, the Python and trio-tproxy versions and the sources of the
-modules that build it. So an edited list,
-a rebuilt database, a changed rule or an upgrade compiles afresh, and old entries age
-out (the newest :attr:`RouterCache.keep` stay).
+the rules' domain entries and which rules are domain-only, the rules directory as spelled
+and resolved with the size, mtime, ctime, inode and mode of every file in it, the same of
+the GeoIP database, the Python and trio-tproxy versions and the sources of the modules
+that build it. So an edited list, a rebuilt database, a changed rule or an upgrade
+compiles afresh, and old entries age out (the newest :attr:`RouterCache.keep` stay). A
+rules directory that cannot be listed is never cached, and neither is a compile whose
+inputs changed in the last 2 s (a second edit within a coarse timestamp's tick would
+leave the stamps as they were).
 
 The cache is an optimisation, never a source of errors: an unusable directory, a corrupt
 or foreign entry, a failed write all fall back to compiling. Entries are pickles, so
 they are loaded only from a directory and files owned by this user and writable by no
-one else. The directory is ``$TRIO_TPROXY_CACHE_DIR`` (empty or ``off`` disables the
-cache), else ``$XDG_CACHE_HOME/trio-tproxy``, else ``~/.cache/trio-tproxy``.
+one else, reached without following symlinks. The directory is
+``$TRIO_TPROXY_CACHE_DIR`` (empty or ``off`` disables the cache), else
+``$XDG_CACHE_HOME/trio-tproxy``, else ``~/.cache/trio-tproxy`` (none without a home).
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ import hashlib
 import logging
 import os
 import pickle
+import secrets
 import stat
 import sys
-import tempfile
+import time
 from pathlib import Path
 
 from . import __version__
@@ -58,6 +63,12 @@ def _private(st: os.stat_result) -> bool:
     return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
+# An input changed this recently may change again within its file system's timestamp
+# granularity without its stamp changing (git's "racily clean" files): such a compile
+# is used but not kept.
+RACY_NS = 2_000_000_000
+
+
 class RouterCache:
     def __init__(self, directory: Path, keep: int = 4, *, write_only: bool = False) -> None:
         self.directory = directory
@@ -66,13 +77,19 @@ class RouterCache:
 
     @classmethod
     def default(cls, *, write_only: bool = False) -> RouterCache | None:
-        """The cache at the usual place (see the module docstring), None if disabled."""
+        """The cache at the usual place (see the module docstring), None if disabled or
+        if there is no such place (no $HOME and no passwd entry)."""
         configured = os.environ.get(CACHE_ENV)
         if configured is not None:
             if configured.strip() in ("", "off"):
                 return None
             return cls(Path(configured), write_only=write_only)
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        base = os.environ.get("XDG_CACHE_HOME")
+        if not base:
+            try:
+                base = str(Path.home() / ".cache")
+            except (RuntimeError, KeyError):
+                return None
         return cls(Path(base) / "trio-tproxy", write_only=write_only)
 
     def key(self, material: object) -> str:
@@ -81,19 +98,31 @@ class RouterCache:
         described = repr((__version__, sys.version, _code_stamp(), material))
         return hashlib.sha256(described.encode()).hexdigest()[:40]
 
-    def _path(self, key: str) -> Path:
-        return self.directory / f"{_PREFIX}{key}{_SUFFIX}"
+    def _open_directory(self) -> int | None:
+        """The directory, opened without following a symlink, if it is ours alone:
+        every later access is relative to this descriptor, so nothing can be swapped in."""
+        try:
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        if _private(os.fstat(fd)):
+            return fd
+        log.debug("compile cache %s: not private to this user, unused", self.directory)
+        os.close(fd)
+        return None
 
     def load(self, key: str) -> object | None:
         """The stored value, or None (absent, unusable: the caller compiles)."""
-        if self.write_only:
+        if self.write_only or (dir_fd := self._open_directory()) is None:
             return None
-        path = self._path(key)
         try:
-            if not _private(self.directory.stat()):
-                log.debug("compile cache %s: not private to this user, unused", self.directory)
-                return None
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            return self._load(f"{_PREFIX}{key}{_SUFFIX}", dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _load(self, name: str, dir_fd: int) -> object | None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
         except OSError:
             return None
         with os.fdopen(fd, "rb") as f:
@@ -108,46 +137,65 @@ class RouterCache:
         try:
             value: object = pickle.loads(data)  # noqa: S301 - our own file (_private)
         except Exception as exc:  # a corrupt or stale entry: any error at all
-            log.debug("compile cache %s: unreadable (%s), recompiling", path, exc)
+            log.debug(
+                "compile cache %s/%s: unreadable (%s), recompiling", self.directory, name, exc
+            )
             with contextlib.suppress(OSError):
-                path.unlink()
+                os.unlink(name, dir_fd=dir_fd)
             return None
         finally:
             if enabled:
                 gc.enable()
         with contextlib.suppress(OSError):
-            os.utime(path)  # recently used: pruned last
-        log.debug("compiled rules loaded from %s", path)
+            os.utime(name, dir_fd=dir_fd, follow_symlinks=False)  # recently used: kept
+        log.debug("compiled rules loaded from %s/%s", self.directory, name)
         return value
 
-    def store(self, key: str, value: object) -> None:
-        """Write atomically (readers never see half an entry); failures are logged only."""
+    def store(self, key: str, value: object, newest_input_ns: int = 0) -> None:
+        """Write atomically (readers never see half an entry); failures are logged only.
+
+        ``newest_input_ns``: the latest mtime/ctime among the inputs (see RACY_NS)."""
+        if newest_input_ns > time.time_ns() - RACY_NS:
+            log.debug("compile cache: inputs changed just now, not kept")
+            return
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not _private(self.directory.stat()):
+            with contextlib.suppress(FileExistsError):
+                self.directory.mkdir(mode=0o700, parents=True)
+            if (dir_fd := self._open_directory()) is None:
                 return
-            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=_SUFFIX)
             try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, self._path(key))
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            self._prune()
+                data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+                self._store(f"{_PREFIX}{key}{_SUFFIX}", data, dir_fd)
+                self._prune(dir_fd)
+            finally:
+                os.close(dir_fd)
         except OSError as exc:  # read-only home, full disk: compile next time too
             log.debug("compile cache %s: not written (%s)", self.directory, exc)
         except Exception as exc:  # something unpicklable: a bug, but not a reason to stop
             log.warning("compile cache: cannot store the compiled rules: %r", exc)
 
-    def _prune(self) -> None:
+    @staticmethod
+    def _store(name: str, data: bytes, dir_fd: int) -> None:
+        tmp = f".tmp-{secrets.token_hex(8)}{_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+
+    def _prune(self, dir_fd: int) -> None:
         entries = []
-        for path in self.directory.glob(f"{_PREFIX}*{_SUFFIX}"):
-            with contextlib.suppress(OSError):
-                entries.append((path.stat().st_mtime_ns, path))
+        for name in os.listdir(dir_fd):
+            if name.startswith(_PREFIX) and name.endswith(_SUFFIX):
+                with contextlib.suppress(OSError):
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    entries.append((st.st_mtime_ns, name))
         entries.sort(reverse=True)
-        for _, path in entries[self.keep :]:
+        for _, name in entries[self.keep :]:
             with contextlib.suppress(OSError):
-                path.unlink()
+                os.unlink(name, dir_fd=dir_fd)

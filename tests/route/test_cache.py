@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import trio_tproxy.cache as cache_module
 import trio_tproxy.route.compile as compile_module
 from trio_tproxy.cache import CACHE_ENV, RouterCache
 from trio_tproxy.cli import main
@@ -49,6 +50,13 @@ TARGETS = [
     "x.qq.com", "foo.cn", "store.steampowered.com", "localhost", "router", "exact.example.org",
     "a.exact.example.org", "example.net", "1.0.1.7", "8.8.8.8", "10.1.2.3", "2400:3200::1",
 ]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def no_racy_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests write their lists just before compiling: keep entries of fresh inputs (one
+    test puts the wait back)."""
+    monkeypatch.setattr(cache_module, "RACY_NS", 0)
 
 
 @pytest.fixture
@@ -221,6 +229,134 @@ def test_check_compiles_afresh_and_keeps_the_result(
     assert outbound(router, "www.google.com", 443) == "proxy"
 
 
+def test_inputs_changed_just_now_are_not_kept(
+    tmp_path: Path, geodata: tuple[Path, Path], cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a file system with coarse timestamps a second edit within the same tick would
+    leave the stamp as it was: an entry is kept only once its inputs are 2 s old."""
+    monkeypatch.setattr(cache_module, "RACY_NS", 2_000_000_000)
+    cache = RouterCache(tmp_path / "cache")
+    assert outbound(compile_router(cfg, GeoData(*geodata), cache=cache), "baidu.com") == "direct"
+    assert entries(cache.directory) == []
+    monkeypatch.setattr(cache_module, "RACY_NS", 0)
+    compile_router(cfg, GeoData(*geodata), cache=cache)
+    assert len(entries(cache.directory)) == 1
+
+
+def test_a_same_size_edit_and_a_chmod_are_seen(
+    tmp_path: Path, geodata: tuple[Path, Path], cfg: Config
+) -> None:
+    cache = RouterCache(tmp_path / "cache", keep=10)
+    compile_router(cfg, GeoData(*geodata), cache=cache)
+    games = geodata[0] / "games"
+    games.write_text(games.read_text().replace("steampowered.com", "steampowered.org"))
+    router = compile_router(cfg, GeoData(*geodata), cache=cache)
+    assert outbound(router, "steampowered.org") == "block"
+    assert outbound(router, "steampowered.com") == "direct"
+    games.chmod(0o600)  # e.g. an unreadable file made readable: same size and mtime
+    compile_router(cfg, GeoData(*geodata), cache=cache)
+    assert len(entries(cache.directory)) == 3
+
+
+def test_the_directory_as_spelled_is_part_of_the_entry(
+    tmp_path: Path, geodata: tuple[Path, Path], cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Explanations name list files as the configuration spells the directory."""
+    cache = RouterCache(tmp_path / "cache", keep=10)
+    (tmp_path / "link").symlink_to(geodata[0])
+    monkeypatch.chdir(tmp_path)
+    facts = FlowFacts("tcp", None, 443, domain="www.google.com")
+    for spelled in (geodata[0], Path("rules"), Path("link")):
+        cached = compile_router(cfg, GeoData(spelled, geodata[1]), cache=cache)
+        cached = compile_router(cfg, GeoData(spelled, geodata[1]), cache=cache)
+        fresh = compile_router(cfg, GeoData(spelled, geodata[1]))
+        assert render_json(cached.explain(facts)) == render_json(fresh.explain(facts))
+        assert f"{spelled}/google:2" in json.dumps(render_json(cached.explain(facts)))
+    assert len(entries(cache.directory)) == 3
+
+
+def test_an_unlistable_rules_directory_is_never_cached(
+    tmp_path: Path, geodata: tuple[Path, Path], cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a listing an edit in place would go unseen (the directory's mtime stays)."""
+
+    def refuse(path: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    cache = RouterCache(tmp_path / "cache")
+    assert outbound(compile_router(cfg, GeoData(*geodata), cache=cache), "baidu.com") == "direct"
+    monkeypatch.undo()
+    assert not cache.directory.exists() or entries(cache.directory) == []
+
+
+def test_a_change_of_decisive_rules_alone_is_a_new_entry(
+    tmp_path: Path, geodata: tuple[Path, Path], make_config: Callable[[str], Config]
+) -> None:
+    """A rule that gains a port condition stops being decisive: the index must then look
+    further (a later regexp group) than the cached one did."""
+    routing = """
+[[routing.rules]]
+domain = ["domain:example.com"]{port}
+outbound = "block"
+[[routing.rules]]
+domain = ["regexp:^www[.]example[.]com$"]
+outbound = "proxy"
+"""
+    cache = RouterCache(tmp_path / "cache")
+    decisive = make_config(routing.replace("{port}", ""))
+    assert (
+        outbound(compile_router(decisive, GeoData(*geodata), cache=cache), "www.example.com")
+        == "block"
+    )
+    ported = make_config(routing.replace("{port}", '\nport = "443"'))
+    router = compile_router(ported, GeoData(*geodata), cache=cache)
+    assert outbound(router, "www.example.com", 80) == "proxy"
+    assert outbound(router, "www.example.com", 443) == "block"
+
+
+def test_entries_moved_between_rules_are_a_new_entry(
+    tmp_path: Path, geodata: tuple[Path, Path], make_config: Callable[[str], Config]
+) -> None:
+    routing = """
+[[routing.rules]]
+domain = [{first}]
+outbound = "block"
+[[routing.rules]]
+domain = [{second}]
+outbound = "proxy"
+"""
+    cache = RouterCache(tmp_path / "cache")
+    one = routing.format(first='"full:a.com", "full:b.com"', second='"full:c.com"')
+    two = routing.format(first='"full:a.com"', second='"full:b.com", "full:c.com"')
+    assert (
+        outbound(compile_router(make_config(one), GeoData(*geodata), cache=cache), "b.com")
+        == "block"
+    )
+    assert (
+        outbound(compile_router(make_config(two), GeoData(*geodata), cache=cache), "b.com")
+        == "proxy"
+    )
+
+
+def test_symlinks_in_place_of_the_cache_are_not_followed(
+    tmp_path: Path, geodata: tuple[Path, Path], cfg: Config
+) -> None:
+    real = RouterCache(tmp_path / "real")
+    compile_router(cfg, GeoData(*geodata), cache=real)
+    (entry,) = entries(real.directory)
+    key = entry.name.removeprefix("router-").removesuffix(".pickle")
+    (tmp_path / "linked").symlink_to(real.directory)
+    assert RouterCache(tmp_path / "linked").load(key) is None  # the directory a symlink
+    RouterCache(tmp_path / "linked").store("x", {"a": 1})
+    assert not (real.directory / "router-x.pickle").exists()
+    other = RouterCache(tmp_path / "other")
+    other.store("y", {"b": 2})
+    (other.directory / f"router-{key}.pickle").symlink_to(entry)
+    assert other.load(key) is None  # the entry a symlink
+    assert other.load("y") == {"b": 2}
+
+
 def test_only_the_newest_entries_are_kept(tmp_path: Path) -> None:
     cache = RouterCache(tmp_path / "cache", keep=2)
     for i, key in enumerate(["a", "b", "c"]):
@@ -245,6 +381,12 @@ def test_where_the_cache_lives(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert RouterCache.default().directory == tmp_path / "home" / ".cache" / "trio-tproxy"  # type: ignore[union-attr]
+
+    def homeless() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", homeless)
+    assert RouterCache.default() is None  # no place for a cache: no cache, no error
 
 
 REPO = Path(__file__).resolve().parents[2]

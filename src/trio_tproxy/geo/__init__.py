@@ -13,7 +13,7 @@ import importlib
 import os
 from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..config.schema import GeodataConfig
 from .geoip import CountryDB, GeoipError, Ranges, private_ranges
@@ -28,29 +28,42 @@ __all__ = [
 ]  # fmt: skip
 
 
-Stamp = tuple[str, int, int, int] | None  # path, size, mtime_ns, inode; None = missing
+Stamp = tuple[object, ...]
 
 
-def file_stamp(path: Path) -> Stamp:
+def _stat_stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    # ctime too: a chmod changes it, and no tool can set it back as `touch -r` does mtime
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode
+
+
+def file_stamp(path: Path) -> Stamp | None:
+    """What a cache must see unchanged of one file: its path (as given and resolved) and
+    its size, times, inode and mode; None if it does not exist."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    return (str(path), str(path.resolve()), *_stat_stamp(st))
 
 
-def tree_stamp(directory: Path) -> tuple[Stamp, tuple[tuple[str, int, int, int], ...]]:
-    """The directory's own stamp and (name, size, mtime_ns, inode) of each entry in it."""
+def tree_stamp(directory: Path) -> tuple[Stamp | None, tuple[Stamp, ...]] | None:
+    """The directory's stamp and each entry's (name, size, times, inode, mode), symlinks
+    followed; None if it cannot be listed (then nothing read from it may be cached)."""
     entries = []
     try:
         with os.scandir(directory) as it:
             for entry in it:
                 with contextlib.suppress(OSError):  # vanished meanwhile: not part of it
-                    st = entry.stat()
-                    entries.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ino))
+                    entries.append((entry.name, *_stat_stamp(entry.stat())))
     except OSError:
-        pass
+        return None
     return file_stamp(directory), tuple(sorted(entries))
+
+
+def _newest(stamps: list[Stamp | None]) -> int:
+    """The latest mtime or ctime in stamps (both end in mtime, ctime, inode, mode)."""
+    times = [cast(int, t) for s in stamps if s is not None for t in s[-4:-2]]
+    return max(times, default=0)
 
 
 def __getattr__(name: str) -> object:
@@ -127,14 +140,18 @@ class GeoData:
         """Ranges extracted earlier from this same database (a compile cache's)."""
         self._countries.update(found)
 
-    def stamp(self, lists: bool, geoip: bool) -> object:
+    def stamp(self, lists: bool, geoip: bool) -> tuple[object, int] | None:
         """What a compile cache must see unchanged to reuse results computed from this
         geodata: every file of the rules directory (affiliations scan them all) if
-        ``lists``, the database if ``geoip``."""
-        return (
-            tree_stamp(self.rules_dir) if lists else None,
-            file_stamp(self.geoip_path) if geoip else None,
-        )
+        ``lists``, the database if ``geoip``; and the newest time among them (see
+        ``RACY_NS`` in trio_tproxy/cache.py). None: the rules directory cannot be listed,
+        so a change in it could go unseen: do not cache."""
+        tree = tree_stamp(self.rules_dir) if lists else None
+        if lists and tree is None:
+            return None
+        database = file_stamp(self.geoip_path) if geoip else None
+        stamps = [database] if tree is None else [database, tree[0], *tree[1]]
+        return (tree, database), _newest(stamps)
 
     def lookup_country(self, ip: str) -> str | None:
         """One address's country (for ``match`` output); raises GeoipError without a DB."""

@@ -207,10 +207,11 @@ def compile_router(
         others = [n for n in RuleConfig.CONDITIONS if n != "domain" and getattr(rule, n)]
         if group is not None and not others:
             decisive |= 1 << group
-    key = None
+    key, newest = None, 0
     cached: object = None
-    if cache is not None:
-        key = cache.key(_cache_material(cfg, geo, codes, cache_size, decisive))
+    if cache is not None and (material := _cache_material(cfg, geo, codes, cache_size, decisive)):
+        described, newest = material
+        key = cache.key(described)
         cached = cache.load(key)
     hit = _usable(cached, sum(g is not None for g in groups))
     if hit:
@@ -234,7 +235,7 @@ def compile_router(
     if errors:
         raise ConfigErrors(errors)
     if cache is not None and key is not None and not hit:
-        cache.store(key, (index, geo.countries(codes)))
+        cache.store(key, (index, geo.countries(codes)), newest)
     return Router(tuple(rules), cfg.outbounds[0].tag, cfg.routing.domain_strategy, index)
 
 
@@ -264,16 +265,16 @@ def _build_index(  # noqa: PLR0917 - one caller
 
 def _cache_material(
     cfg: Config, geo: GeoData, codes: set[str], cache_size: int, decisive: int
-) -> object:
-    """Everything the cached part of a compile reads (see trio_tproxy/cache.py)."""
+) -> tuple[object, int] | None:
+    """Everything the cached part of a compile reads (see trio_tproxy/cache.py), and the
+    newest file time among it; None if that cannot be told (do not cache)."""
     uses_lists = any(e.lower().startswith("geosite:") for r in cfg.routing.rules for e in r.domain)
-    return (
-        [tuple(r.domain) for r in cfg.routing.rules],
-        decisive,
-        cache_size,
-        sorted(codes),
-        geo.stamp(lists=uses_lists, geoip=bool(codes - {"private"})),
-    )
+    files = geo.stamp(lists=uses_lists, geoip=bool(codes - {"private"}))
+    if files is None:
+        return None
+    stamps, newest = files
+    rules = [tuple(r.domain) for r in cfg.routing.rules]
+    return (rules, decisive, cache_size, sorted(codes), stamps), newest
 
 
 def _usable(cached: object, group_count: int) -> bool:
