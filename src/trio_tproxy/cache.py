@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .geo import file_stamp
+from .geo.stamps import file_stamp
 
 __all__ = ["CACHE_ENV", "RouterCache"]
 

@@ -8,16 +8,15 @@ serves one compilation (a reload makes a new one, so edited files are seen).
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import os
 from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from ..config.schema import GeodataConfig
 from .geoip import CountryDB, GeoipError, Ranges, private_ranges
 from .geosite import GeositeError, GeositeLoader, GeositeRule
+from .stamps import file_stamp, newest, tree_stamp
 
 if TYPE_CHECKING:
     from .build import BuildStats, GeodataBuildError, build_country_mmdb
@@ -26,44 +25,6 @@ __all__ = [
     "BuildStats", "CountryDB", "GeoData", "GeodataBuildError", "GeoipError", "GeositeError",
     "GeositeRule", "Ranges", "build_country_mmdb",
 ]  # fmt: skip
-
-
-Stamp = tuple[object, ...]
-
-
-def _stat_stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    # ctime too: a chmod changes it, and no tool can set it back as `touch -r` does mtime
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode
-
-
-def file_stamp(path: Path) -> Stamp | None:
-    """What a cache must see unchanged of one file: its path (as given and resolved) and
-    its size, times, inode and mode; None if it does not exist."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (str(path), str(path.resolve()), *_stat_stamp(st))
-
-
-def tree_stamp(directory: Path) -> tuple[Stamp | None, tuple[Stamp, ...]] | None:
-    """The directory's stamp and each entry's (name, size, times, inode, mode), symlinks
-    followed; None if it cannot be listed (then nothing read from it may be cached)."""
-    entries = []
-    try:
-        with os.scandir(directory) as it:
-            for entry in it:
-                with contextlib.suppress(OSError):  # vanished meanwhile: not part of it
-                    entries.append((entry.name, *_stat_stamp(entry.stat())))
-    except OSError:
-        return None
-    return file_stamp(directory), tuple(sorted(entries))
-
-
-def _newest(stamps: list[Stamp | None]) -> int:
-    """The latest mtime or ctime in stamps (both end in mtime, ctime, inode, mode)."""
-    times = [cast(int, t) for s in stamps if s is not None for t in s[-4:-2]]
-    return max(times, default=0)
 
 
 def __getattr__(name: str) -> object:
@@ -151,7 +112,7 @@ class GeoData:
             return None
         database = file_stamp(self.geoip_path) if geoip else None
         stamps = [database] if tree is None else [database, tree[0], *tree[1]]
-        return (tree, database), _newest(stamps)
+        return (tree, database), newest(stamps)
 
     def lookup_country(self, ip: str) -> str | None:
         """One address's country (for ``match`` output); raises GeoipError without a DB."""

@@ -199,21 +199,22 @@ def compile_router(
     """
     rules_cfg = cfg.routing.rules
     codes = {c for r in rules_cfg for c in geoip_codes([*r.ip, *r.source])}
-    groups: list[int | None] = []
+    groups: list[int | None] = []  # each domain rule's group in the shared index
+    count = 0
     decisive = 0  # groups whose rule has no other condition: a match decides the flow
     for rule in rules_cfg:
-        group = sum(g is not None for g in groups) if rule.domain else None
-        groups.append(group)
+        groups.append(count if rule.domain else None)
         others = [n for n in RuleConfig.CONDITIONS if n != "domain" and getattr(rule, n)]
-        if group is not None and not others:
-            decisive |= 1 << group
+        if rule.domain and not others:
+            decisive |= 1 << count
+        count += bool(rule.domain)
     key, newest = None, 0
     cached: object = None
     if cache is not None and (material := _cache_material(cfg, geo, codes, cache_size, decisive)):
         described, newest = material
         key = cache.key(described)
         cached = cache.load(key)
-    hit = _usable(cached, sum(g is not None for g in groups))
+    hit = _usable(cached, count)
     if hit:
         index, countries = cast("tuple[DomainIndex, dict[str, tuple[Ranges, Ranges]]]", cached)
         geo.add_countries(countries)
