@@ -21,7 +21,8 @@ rules pays for one probe sequence, not three:
 
 Matching says *whether*; :meth:`DomainIndex.best` (the slow path, for ``match``
 explanations and DNS server ordering) says *which* entry matched best, in v2ray's order
-full > longest suffix > keyword > regexp, with the list file and line it came from.
+full > longest suffix > keyword > regexp, with the list file and line it came from
+(route/entries.py).
 """
 
 from __future__ import annotations
@@ -30,46 +31,18 @@ import importlib
 import re
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import attrs
 
 from ..geo.geosite import GeositeRule
+from .entries import DomainMatch, Entries, MatchKind, PackedEntries
 from .regexkeys import KEY_LENGTH, regexp_anchored_at_end, regexp_key, regexp_prefilter
 
 # The width of a pattern comes from the regex parser, private since 3.11 as sre_parse was.
 re_parser: Any = importlib.import_module("re._parser")
 
 __all__ = ["DomainIndex", "DomainIndexBuilder", "DomainMatch", "DomainMatcher", "MatchKind"]
-
-MatchKind = Literal["full", "domain", "keyword", "regexp"]
-_KIND_ORDER = {"full": 0, "domain": 1, "keyword": 2, "regexp": 3}
-_Origin = tuple[str, GeositeRule]  # (config entry, e.g. "geosite:google"; the rule)
-_T = TypeVar("_T")
-
-
-@attrs.frozen
-class DomainMatch:
-    """The best entry of one group that matched a domain."""
-
-    kind: MatchKind
-    pattern: str
-    source: str  # the configuration entry: "geosite:google", "keyword:shop", "sina.com"
-    location: str | None  # "rules/google:12" for list entries, None for inline ones
-
-    @property
-    def rank(self) -> tuple[int, int]:
-        """Sort key for DNS server selection: full, then longer suffixes, keyword, regexp."""
-        return _KIND_ORDER[self.kind], -len(self.pattern) if self.kind == "domain" else 0
-
-    @property
-    def rule_text(self) -> str:
-        return f"{self.kind}:{self.pattern}"
-
-    def __str__(self) -> str:
-        if self.location is None:
-            return f'"{self.source}"'
-        return f'"{self.rule_text}" ({self.source}, {self.location})'
 
 
 @attrs.frozen
@@ -87,22 +60,14 @@ _Bucket = tuple[int, Callable[[str, int], "re.Match[str] | None"], int, tuple[_R
 _Node = tuple[int, "dict[str, _Node] | None"]  # (groups with this suffix, longer suffixes)
 
 
-@attrs.define
-class _Group:
-    full: dict[str, _Origin] = attrs.Factory(dict)
-    suffix: dict[str, _Origin] = attrs.Factory(dict)
-    keywords: dict[str, _Origin] = attrs.Factory(dict)
-    regexps: dict[str, _Origin] = attrs.Factory(dict)
-
-
 class DomainIndexBuilder:
     """Collects rules per group; :meth:`build` freezes them into a :class:`DomainIndex`."""
 
     def __init__(self) -> None:
-        self.groups: list[_Group] = []
+        self.groups: list[Entries] = []
 
     def new_group(self) -> int:
-        self.groups.append(_Group())
+        self.groups.append(Entries())
         return len(self.groups) - 1
 
     def add(self, group: int, rule: GeositeRule, source: str) -> None:
@@ -129,8 +94,8 @@ class DomainIndex:
     """The frozen index; see the module docstring. ``cache_size`` > 0 adds a bounded LRU
     of domain -> mask (real traffic repeats domains; benchmarks report both)."""
 
-    def __init__(self, groups: list[_Group], cache_size: int = 0, decisive: int = 0) -> None:
-        self._groups: list[_Group | _Packed] = list(groups)
+    def __init__(self, groups: list[Entries], cache_size: int = 0, decisive: int = 0) -> None:
+        self._groups: list[Entries | PackedEntries] = list(groups)
         self._cache_size = cache_size
         self._decisive = decisive
         self._full: dict[str, int] = {}
@@ -232,9 +197,10 @@ class DomainIndex:
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
         del state["mask"], state["_mask"]  # closures: rebuilt on load
-        # Each group's entries, with their origins for explanations, packed: unpickling
-        # 35,000 named tuples was most of a load's time (trio_tproxy/cache.py).
-        state["_groups"] = [g if isinstance(g, _Packed) else _Packed.of(g) for g in self._groups]
+        # Each group's entries, with their origins for explanations, packed (see there).
+        state["_groups"] = [
+            g if isinstance(g, PackedEntries) else PackedEntries.of(g) for g in self._groups
+        ]
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -254,17 +220,7 @@ class DomainIndex:
 
     def best(self, domain: str, group: int) -> DomainMatch | None:
         """The best entry of ``group`` matching ``domain`` (slow path: no index)."""
-        g = self._groups[group]
-        if isinstance(g, _Packed):  # loaded from a compile cache
-            packed = _best(domain, g.full, g.suffix, g.keywords, g.regexps)
-            if packed is None:
-                return None
-            return DomainMatch(packed[0], packed[1], *g.origin(packed[2]))
-        found = _best(domain, g.full, g.suffix, g.keywords, g.regexps)
-        if found is None:
-            return None
-        kind, pattern, (source, rule) = found
-        return DomainMatch(kind, pattern, source, rule.location if rule.file else None)
+        return self._groups[group].best(domain)
 
     def sizes(self) -> dict[str, int]:
         return {
@@ -390,58 +346,6 @@ def _reach(pattern: str) -> int:
         return min(int(re_parser.parse(pattern).getwidth()[1]), _ANYWHERE)
     except Exception:  # a private module: if it changes, search everything
         return _ANYWHERE
-
-
-def _best(domain: str, *tables: dict[str, _T]) -> tuple[MatchKind, str, _T] | None:
-    """The best entry of a group's (full, suffix, keyword, regexp) tables for ``domain``."""
-    full, suffix, keywords, regexps = tables
-    if domain in full:
-        return "full", domain, full[domain]
-    candidate = domain
-    while True:  # longest suffix first
-        if candidate in suffix:
-            return "domain", candidate, suffix[candidate]
-        dot = candidate.find(".")
-        if dot < 0:
-            break
-        candidate = candidate[dot + 1 :]
-    for keyword, origin in keywords.items():
-        if keyword in domain:
-            return "keyword", keyword, origin
-    for pattern, origin in regexps.items():
-        if re.search(pattern, domain):
-            return "regexp", pattern, origin
-    return None
-
-
-@attrs.frozen
-class _Packed:
-    """A group's entries as stored in a compile cache: each entry's origin is one int,
-    (index into ``sites`` of its (config entry, list file)) << 32 | line."""
-
-    full: dict[str, int]
-    suffix: dict[str, int]
-    keywords: dict[str, int]
-    regexps: dict[str, int]
-    sites: tuple[tuple[str, str], ...]
-
-    @classmethod
-    def of(cls, group: _Group) -> _Packed:
-        sites: dict[tuple[str, str], int] = {}
-
-        def pack(table: dict[str, _Origin]) -> dict[str, int]:
-            return {
-                value: sites.setdefault((source, rule.file), len(sites)) << 32 | rule.line
-                for value, (source, rule) in table.items()
-            }
-
-        tables = pack(group.full), pack(group.suffix), pack(group.keywords), pack(group.regexps)
-        return cls(*tables, tuple(sites))
-
-    def origin(self, packed: int) -> tuple[str, str | None]:
-        """(config entry, "file:line" or None for an inline entry)."""
-        source, file = self.sites[packed >> 32]
-        return source, f"{file}:{packed & 0xFFFFFFFF}" if file else None
 
 
 class DomainMatcher:
