@@ -112,6 +112,14 @@ def _union_hook(
     return structure
 
 
+def _workers(value: Any, _: type) -> int | str:
+    if value == "auto" and isinstance(value, str):
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 256:
+        return value
+    raise BadValue(f'workers must be "auto" or a number 1-256, got {value!r}')
+
+
 def make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
     for kind in (int, bool, str, float):
@@ -127,9 +135,8 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(schema.Mark, _ranged(0, 0xFFFFFFFF, "mark"))
     conv.register_structure_hook_func(_is_literal, _literal_hook)
     conv.register_structure_hook_factory(_is_tuple_of, _tuple_hook_factory(conv))
-    conv.register_structure_hook(
-        schema.Inbound, _union_hook(conv, schema.INBOUND_TYPES, "inbound")
-    )
+    conv.register_structure_hook(schema.Inbound, _union_hook(conv, schema.INBOUND_TYPES, "inbound"))
+    conv.register_structure_hook(schema.WorkerCount, _workers)
     conv.register_structure_hook(
         schema.Outbound, _union_hook(conv, schema.OUTBOUND_TYPES, "outbound")
     )

@@ -37,6 +37,8 @@ class LogConfig:
 class GeodataConfig:
     geoip: str = "geodata/country.mmdb"
     rules_dir: str = "rules"
+    geosite_dat: str = ""  # v2ray geosite.dat: geosite:NAME from it instead of rules_dir
+    geoip_dat: str = ""  # v2ray geoip.dat: geoip:CC from it instead of the mmdb
 
 
 @attrs.frozen
@@ -118,13 +120,99 @@ class DnsOutbound:
     mark: Mark = Mark(0)
 
 
-Outbound = DirectOutbound | SocksOutbound | HttpOutbound | BlockOutbound | DnsOutbound
+ShadowsocksMethod = Literal[
+    "aes-128-gcm",
+    "aes-256-gcm",
+    "chacha20-ietf-poly1305",
+    "2022-blake3-aes-128-gcm",
+    "2022-blake3-aes-256-gcm",
+    "2022-blake3-chacha20-poly1305",
+]
+
+
+@attrs.frozen
+class ShadowsocksOutbound:
+    TYPE: ClassVar[str] = "shadowsocks"
+    tag: Tag
+    server: HostPort
+    method: ShadowsocksMethod
+    password: str  # 2022-*: base64 of exactly the method's key length; otherwise any text
+    network: tuple[Network, ...] = ("tcp", "udp")
+    mark: Mark = Mark(0)
+
+
+@attrs.frozen
+class TrojanOutbound:
+    TYPE: ClassVar[str] = "trojan"
+    tag: Tag
+    server: HostPort
+    password: str
+    sni: str | None = None  # default: the server's host name (none when it is an IP)
+    alpn: tuple[str, ...] = ("http/1.1",)
+    insecure: bool = False  # no certificate verification (a warning at start)
+    ca: str = ""  # PEM file trusted in addition to the system store
+    network: tuple[Network, ...] = ("tcp", "udp")
+    mark: Mark = Mark(0)
+
+
+DEFAULT_PROBE_URL = "http://cp.cloudflare.com/generate_204"
+
+
+@attrs.frozen
+class _GroupFields:
+    tag: Tag
+    outbounds: tuple[Tag, ...]  # members: other outbounds (groups allowed, no cycle)
+    url: str = DEFAULT_PROBE_URL  # probe: HTTP GET through each member, 2xx/3xx = healthy
+    interval: Duration = Duration(180.0)
+    timeout: Duration = Duration(5.0)
+
+
+@attrs.frozen
+class SelectorOutbound(_GroupFields):
+    TYPE: ClassVar[str] = "selector"
+
+
+@attrs.frozen
+class UrltestOutbound(_GroupFields):
+    TYPE: ClassVar[str] = "urltest"
+    tolerance: Duration = Duration(0.05)  # switch only when faster by more than this
+
+
+@attrs.frozen
+class FallbackOutbound(_GroupFields):
+    TYPE: ClassVar[str] = "fallback"
+
+
+GroupOutbound = SelectorOutbound | UrltestOutbound | FallbackOutbound
+GROUP_TYPES: tuple[type[GroupOutbound], ...] = (
+    SelectorOutbound,
+    UrltestOutbound,
+    FallbackOutbound,
+)
+
+Outbound = (
+    DirectOutbound
+    | SocksOutbound
+    | HttpOutbound
+    | BlockOutbound
+    | DnsOutbound
+    | ShadowsocksOutbound
+    | TrojanOutbound
+    | SelectorOutbound
+    | UrltestOutbound
+    | FallbackOutbound
+)
 OUTBOUND_TYPES: tuple[type[Outbound], ...] = (
     DirectOutbound,
     SocksOutbound,
     HttpOutbound,
     BlockOutbound,
     DnsOutbound,
+    ShadowsocksOutbound,
+    TrojanOutbound,
+    SelectorOutbound,
+    UrltestOutbound,
+    FallbackOutbound,
 )
 
 
@@ -213,6 +301,25 @@ class PolicyConfig:
     max_reply_sockets: int = 1024  # transparent sockets answering UDP clients, LRU-reused
 
 
+WorkerCount = int | Literal["auto"]
+
+
+@attrs.frozen
+class ProcessConfig:
+    # N worker processes under one supervisor sharing every listener (SO_REUSEPORT);
+    # "auto" = one per core; 1 = a single process, no supervisor.
+    workers: WorkerCount = 1
+
+
+@attrs.frozen
+class ApiConfig:
+    """The controller API (Clash/mihomo-compatible) and /metrics; absent = off."""
+
+    listen: HostPort
+    secret: str = ""  # Bearer token (WebSockets: ?token=); required unless listen is loopback
+    ui_dir: str = ""  # a dashboard's static files served at /ui/
+
+
 @attrs.frozen
 class Config:
     inbounds: tuple[Inbound, ...]
@@ -223,6 +330,8 @@ class Config:
     dns: DnsConfig = DnsConfig()
     firewall: FirewallConfig = FirewallConfig()
     policy: PolicyConfig = PolicyConfig()
+    process: ProcessConfig = ProcessConfig()
+    api: ApiConfig | None = None
 
     def outbound(self, tag: str) -> Outbound:
         for ob in self.outbounds:

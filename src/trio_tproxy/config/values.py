@@ -28,7 +28,7 @@ class Duration:
     def parse(cls, text: object) -> Duration:
         if isinstance(text, bool) or not isinstance(text, str):
             raise BadValue(
-                f"durations are strings with a unit (ms, s, m, h), e.g. \"300ms\"; got {text!r}"
+                f'durations are strings with a unit (ms, s, m, h), e.g. "300ms"; got {text!r}'
             )
         raw = text.strip()
         pos, total = 0, 0.0
@@ -38,7 +38,7 @@ class Duration:
             total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
             pos = m.end()
         if pos == 0 or pos != len(raw):
-            raise BadValue(f"bad duration {text!r}: expected a number with a unit, e.g. \"5s\"")
+            raise BadValue(f'bad duration {text!r}: expected a number with a unit, e.g. "5s"')
         return cls(total)
 
     def __str__(self) -> str:
@@ -60,7 +60,7 @@ class PortRanges:
         if isinstance(value, int):
             return cls(((_port(value, value), _port(value, value)),))
         if not isinstance(value, str):
-            raise BadValue(f"bad port list {value!r}: expected \"53,443,1000-2000\" or a number")
+            raise BadValue(f'bad port list {value!r}: expected "53,443,1000-2000" or a number')
         ranges = []
         for part in value.split(","):
             lo_text, sep, hi_text = part.strip().partition("-")
@@ -98,7 +98,7 @@ class HostPort:
     @classmethod
     def parse(cls, value: object, default_port: int | None = None) -> HostPort:
         if not isinstance(value, str) or not value:
-            raise BadValue(f"expected \"host:port\", got {value!r}")
+            raise BadValue(f'expected "host:port", got {value!r}')
         host, port_text = value, ""
         if value.startswith("["):
             end = value.find("]")
@@ -111,10 +111,10 @@ class HostPort:
         elif value.count(":") == 1:
             host, port_text = value.split(":")
         elif value.count(":") > 1:
-            raise BadValue(f"bad address {value!r}: write IPv6 addresses as \"[::1]:53\"")
+            raise BadValue(f'bad address {value!r}: write IPv6 addresses as "[::1]:53"')
         if not port_text:
             if default_port is None:
-                raise BadValue(f"bad address {value!r}: a port is required (\"host:port\")")
+                raise BadValue(f'bad address {value!r}: a port is required ("host:port")')
             port = default_port
         else:
             try:
