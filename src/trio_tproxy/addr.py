@@ -1,6 +1,7 @@
-"""Addresses and socket helpers every part shares: the bottom layer.
+"""Addresses every part shares: the bottom layer, pure (no socket, no trio).
 
-It imports nothing of ours, so anything may import it. Two spellings of an address
+It imports nothing of ours, so anything may import it, the pure core included; the
+socket helpers that go with it are in :mod:`.sock`. Two spellings of an address
 exist on purpose: a :data:`SockAddr` (an ``ipaddress`` object and a port) is what the
 TCP path and routing reason about; an :data:`Endpoint` (text and port) is what the UDP
 path passes to the kernel millions of times, where parsing into objects would cost.
@@ -8,13 +9,7 @@ path passes to the kernel millions of times, where parsing into objects would co
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
-import socket
-import struct
 from ipaddress import IPv4Address, IPv6Address
-
-import trio
 
 IPAddress = IPv4Address | IPv6Address
 SockAddr = tuple[IPAddress, int]
@@ -34,35 +29,3 @@ def show(addr: SockAddr | Endpoint) -> str:
     host, port = addr
     text = str(host)
     return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
-
-
-def sockaddr_to_addr(sockaddr: tuple[object, ...]) -> SockAddr:
-    host = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 scope id
-    port = sockaddr[1]
-    assert isinstance(port, int)
-    return unmap(ipaddress.ip_address(host)), port
-
-
-def addr_to_sockaddr(addr: SockAddr, family: int) -> tuple[str, int]:
-    ip, port = addr
-    if family == socket.AF_INET6 and isinstance(ip, IPv4Address):
-        return f"::ffff:{ip}", port
-    return str(ip), port
-
-
-def family_of(ip: IPAddress) -> int:
-    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-
-
-def close_socket(sock: socket.socket) -> None:
-    """Close a socket that trio may be waiting on (wakes any waiter with an error)."""
-    if sock.fileno() >= 0:
-        trio.lowlevel.notify_closing(sock)
-        sock.close()
-
-
-def set_reset_on_close(sock: socket.socket) -> None:
-    """SO_LINGER {on, 0}: close() sends RST instead of FIN (a prompt, honest failure)."""
-    # the socket may already be dead; close() will do what it can
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

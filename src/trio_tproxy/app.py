@@ -17,16 +17,17 @@ from pathlib import Path
 
 import trio
 
+from .addr import SockAddr
 from .config import ConfigErrors, Inbound, load_config
 from .dns.server import DnsListener, open_dns_listener
 from .firewall.apply import AutoFirewall
-from .inbound.sockopt import SockAddr, set_reset_on_close
 from .inbound.tcp import accept_loop, open_tcp_listener
 from .inbound.udp import open_udp_listener
 from .limits import check_connection_budget, raise_nofile_limit
 from .outbound import UnavailableOutbound
 from .runtime import Runtime
 from .session import handle_tcp
+from .sock import set_reset_on_close
 from .udp.service import UdpService
 
 log = logging.getLogger("trio_tproxy.app")

@@ -80,7 +80,15 @@ def cmd_match(args: argparse.Namespace) -> int:
 
     from .cache import RouterCache
     from .geo import GeoData
-    from .route import FlowFacts, NeedIps, compile_router, parse_target, render_json, render_text
+    from .route import (
+        FlowFacts,
+        NeedIps,
+        compile_router,
+        explain,
+        parse_target,
+        render_json,
+        render_text,
+    )
 
     try:
         cfg = load_config(args.config)
@@ -115,7 +123,7 @@ def cmd_match(args: argparse.Namespace) -> int:
             _print_errors(exc)
             return 1
         resolved = trio.run(runtime.resolver.resolve, domain)
-    explanation = router.explain(facts, resolved)
+    explanation = explain(router, facts, resolved)
     if args.json:
         print(json.dumps(render_json(explanation), indent=2))
     else:

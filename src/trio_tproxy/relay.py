@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from .inbound.sockopt import set_reset_on_close
+from .sock import set_reset_on_close
 from .splice import PipePool, SpliceUnsupported, splice_until_eof
 
 # A direction switches to splice(2) once it has carried this much: short exchanges

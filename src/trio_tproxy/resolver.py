@@ -15,7 +15,7 @@ from typing import Protocol
 
 import trio
 
-from .inbound.sockopt import IPAddress, unmap
+from .addr import IPAddress, unmap
 
 log = logging.getLogger("trio_tproxy.resolver")
 

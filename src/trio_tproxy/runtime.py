@@ -13,7 +13,15 @@ from .outbound import FlowContext, Outbound, build_outbounds
 from .outbound.dns import DnsOutbound
 from .relay import BufferPool, RelayTimeouts
 from .resolver import Resolver
-from .route import DomainMatcher, Router, build_domain_matcher, compile_router
+from .route import (
+    Decision,
+    DomainMatcher,
+    FlowFacts,
+    NeedIps,
+    Router,
+    build_domain_matcher,
+    compile_router,
+)
 from .sniff import Sniffed
 from .splice import PipePool
 from .udp.limits import UdpLimits
@@ -83,6 +91,15 @@ class Runtime:
             udp_limits=UdpLimits.from_policy(policy),
             router_cache=router_cache,
         )
+
+    async def decide(self, facts: FlowFacts) -> Decision:
+        """The routing decision for a flow, resolving its domain when a rule needs it."""
+        outcome = self.router.decide(facts)
+        if isinstance(outcome, NeedIps):
+            assert facts.domain is not None
+            outcome = self.router.decide(facts, await self.resolver.resolve(facts.domain))
+        assert not isinstance(outcome, NeedIps)
+        return outcome
 
     def sniff_override(self, inbound: Inbound, sniffed: Sniffed) -> str | None:
         """The domain that replaces the destination, per ``dest_override`` (reference §2).

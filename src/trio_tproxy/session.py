@@ -11,41 +11,25 @@ from __future__ import annotations
 import logging
 import socket
 
-import attrs
 import trio
 
+from .access import FlowRecord, log_access
+from .addr import SockAddr
+from .addr import show as show_addr
 from .config import Inbound
-from .inbound.sockopt import SockAddr, is_local_address, set_reset_on_close
-from .outbound import DialError, TcpFlow, close_socket
-from .route import Decision, FlowFacts, NeedIps
+from .inbound.sockopt import is_local_address
+from .outbound import DialError, TcpFlow
+from .route import FlowFacts
 from .runtime import Runtime
 from .sniff import NEED_MORE, STREAM_MAX_PEEK, Sniffed, sniff_stream
+from .sock import close_socket, set_reset_on_close
 
 log = logging.getLogger("trio_tproxy.session")
-access_log = logging.getLogger("trio_tproxy.access")
 
 # Protocols whose server speaks first: waiting for the client to send would only add
 # the sniff timeout to every connection (sing-box#2717). FTP, SSH, SMTP, POP3, NNTP,
 # IMAP, submission, MySQL, VNC.
 SERVER_FIRST_PORTS = frozenset({21, 22, 25, 110, 119, 143, 587, 3306, 5900})
-
-
-@attrs.define
-class FlowRecord:
-    """What the access log says about a flow when it ends."""
-
-    src: SockAddr
-    dst: SockAddr
-    inbound: str
-    started: float = attrs.field(factory=trio.current_time)
-    domain: str | None = None
-    protocol: str | None = None
-    decision: Decision | None = None
-
-
-def _show(addr: SockAddr) -> str:
-    ip, port = addr
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 async def peek(conn: socket.socket, deadline: float) -> tuple[bytes, Sniffed | None]:
@@ -70,15 +54,6 @@ async def peek(conn: socket.socket, deadline: float) -> tuple[bytes, Sniffed | N
             if outcome is not NEED_MORE:
                 break
     return data, None
-
-
-async def decide(rt: Runtime, facts: FlowFacts) -> Decision:
-    outcome = rt.router.decide(facts)
-    if isinstance(outcome, NeedIps):
-        assert facts.domain is not None
-        outcome = rt.router.decide(facts, await rt.resolver.resolve(facts.domain))
-    assert not isinstance(outcome, NeedIps)
-    return outcome
 
 
 def is_self_loop(rt: Runtime, dst: SockAddr) -> bool:
@@ -125,7 +100,7 @@ async def handle_tcp(
             inbound_tag=inbound.tag,
             protocol=record.protocol,
         )
-        record.decision = await decide(rt, facts)
+        record.decision = await rt.decide(facts)
         dial_domain = None if inbound.sniffing.route_only else override
         flow = TcpFlow(conn, dst, dial_domain, prefix, rt.flow_context)
         await rt.outbounds[record.decision.outbound].handle_tcp(flow)
@@ -137,7 +112,7 @@ async def handle_tcp(
         outcome = f"client error: {exc.strerror or exc}"
         set_reset_on_close(conn)
     except Exception:
-        log.exception("internal error in flow %s -> %s", _show(src), _show(dst))
+        log.exception("internal error in flow %s -> %s", show_addr(src), show_addr(dst))
         outcome = "internal error"
         set_reset_on_close(conn)
     finally:
@@ -149,21 +124,3 @@ async def handle_tcp(
 def _log_access(record: FlowRecord, flow: TcpFlow | None, outcome: str) -> None:
     up, down = (flow.stats.up, flow.stats.down) if flow else (0, 0)
     log_access(record, "tcp", up, down, outcome)
-
-
-def log_access(
-    record: FlowRecord, network: str, up: int, down: int, outcome: str, *, detail: str = ""
-) -> None:
-    """The access-log line of a TCP connection or a UDP flow (``detail``: datagrams)."""
-    d = record.decision
-    routed = "-"
-    if d is not None:
-        routed = f"{d.outbound} ({'default' if d.rule_index is None else f'rule #{d.rule_index}'})"
-    access_log.info(
-        "%s -> %s%s %s %s -> %s up=%d down=%d%s %.3fs %s",
-        _show(record.src), _show(record.dst),
-        f" [{record.domain}]" if record.domain else "",
-        f"{network}/{record.protocol}" if record.protocol else network,
-        record.inbound, routed, up, down, detail,
-        trio.current_time() - record.started, outcome,
-    )  # fmt: skip

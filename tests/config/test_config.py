@@ -73,38 +73,98 @@ def test_spec_example_parses() -> None:
 @pytest.mark.parametrize(
     ("snippet", "expected"),
     [
-        ('[log]\nlevel = "loud"', "expected one of debug | info | warning | error, got 'loud' @ $.log.level"),
+        (
+            '[log]\nlevel = "loud"',
+            "expected one of debug | info | warning | error, got 'loud' @ $.log.level",
+        ),
         ("[log]\nacess = true", "unknown key 'acess' @ $.log.acess"),
         ("[policy]\nconn_idle = 300", "durations are strings with a unit"),
         ('[policy]\nconn_idle = "5 min"', "bad duration '5 min'"),
         ('[policy]\nhandshake = "0s"', "handshake must be positive @ $.policy.handshake"),
-        ('[[routing.rules]]\nip = ["10.0.0.1/8"]\noutbound = "direct"', "has host bits set @ $.routing.rules[0].ip[0]"),
+        (
+            '[[routing.rules]]\nip = ["10.0.0.1/8"]\noutbound = "direct"',
+            "has host bits set @ $.routing.rules[0].ip[0]",
+        ),
         ('[[routing.rules]]\nip = "geoip:cnn"\noutbound = "direct"', "bad geoip entry 'geoip:cnn'"),
         ('[[routing.rules]]\nport = "80-70000"\noutbound = "direct"', "bad port range '80-70000'"),
         ('[[routing.rules]]\nport = "443-80"\noutbound = "direct"', "bad port range '443-80'"),
         ('[[routing.rules]]\nport = "http"\noutbound = "direct"', "bad port range 'http'"),
-        ('[[routing.rules]]\nport = 53\noutbound = "nowhere"', "unknown outbound tag 'nowhere' @ $.routing.rules[0].outbound"),
-        ('[[routing.rules]]\noutbound = "direct"', "rule has no condition (it would match everything) @ $.routing.rules[0]"),
-        ('[[routing.rules]]\ndomain = "domian:x.com"\noutbound = "direct"', "unknown domain entry prefix"),
+        (
+            '[[routing.rules]]\nport = 53\noutbound = "nowhere"',
+            "unknown outbound tag 'nowhere' @ $.routing.rules[0].outbound",
+        ),
+        (
+            '[[routing.rules]]\noutbound = "direct"',
+            "rule has no condition (it would match everything) @ $.routing.rules[0]",
+        ),
+        (
+            '[[routing.rules]]\ndomain = "domian:x.com"\noutbound = "direct"',
+            "unknown domain entry prefix",
+        ),
         ('[[routing.rules]]\ndomain = "regexp:(("\noutbound = "direct"', "bad regexp"),
-        ('[[routing.rules]]\nnetwork = "tcp,icmp"\noutbound = "direct"', "expected one of tcp | udp, got 'icmp'"),
-        ('[[routing.rules]]\ninbound_tag = "nope"\noutbound = "direct"', "unknown inbound tag 'nope' @ $.routing.rules[0].inbound_tag[0]"),
-        ('[[routing.rules]]\nprotocol = "ftp"\noutbound = "direct"', "@ $.routing.rules[0].protocol[0]"),
-        ('[[outbounds]]\ntag = "direct"\ntype = "block"', "duplicate outbound tag 'direct' @ $.outbounds[0].tag"),
+        (
+            '[[routing.rules]]\nnetwork = "tcp,icmp"\noutbound = "direct"',
+            "expected one of tcp | udp, got 'icmp'",
+        ),
+        (
+            '[[routing.rules]]\ninbound_tag = "nope"\noutbound = "direct"',
+            "unknown inbound tag 'nope' @ $.routing.rules[0].inbound_tag[0]",
+        ),
+        (
+            '[[routing.rules]]\nprotocol = "ftp"\noutbound = "direct"',
+            "@ $.routing.rules[0].protocol[0]",
+        ),
+        (
+            '[[outbounds]]\ntag = "direct"\ntype = "block"',
+            "duplicate outbound tag 'direct' @ $.outbounds[0].tag",
+        ),
         ('[[outbounds]]\ntag = "p"\ntype = "socks"\nserver = "1.2.3.4"', "a port is required"),
-        ('[[outbounds]]\ntag = "p"\ntype = "socks"\nserver = "1.2.3.4:1080"\nusername = "a"', "username and password go together @ $.outbounds[1]"),
-        ('[[outbounds]]\ntag = "p"\ntype = "vmess"', "unknown outbound type 'vmess': expected one of direct | socks | http | block | dns @ $.outbounds[1]"),
-        ('[[outbounds]]\ntag = "p"\ntype = "direct"\nmark = 4294967296', "mark 4294967296 out of range"),
-        ('[[outbounds]]\ntag = "p"\ntype = "direct"\nmark = "255"', "expected an integer, got '255' @ $.outbounds[1].mark"),
-        ('[[inbounds]]\ntag = "in2"\ntype = "redirect"\nport = 12345', "tcp port 12345 is already used by $.inbounds[0] @ $.inbounds[1].port"),
-        ('[[inbounds]]\ntag = "in2"\ntype = "redirect"\nport = 1\nnetwork = "udp"', "expected one of tcp, got 'udp' @ $.inbounds[1].network[0]"),
-        ('[[inbounds]]\ntag = "in2"\ntype = "tproxy"\nport = 0', "port 0 out of range 1-65535 @ $.inbounds[1].port"),
-        ('[[inbounds]]\ntag = "in2"\ntype = "tproxy"\nport = 2\nlisten = "localhost"', "bad IP address 'localhost' @ $.inbounds[1].listen"),
-        ('[[inbounds]]\ntag = "in2"\ntype = "tproxy"\nport = 2\nsniffing = { dest_override = ["fakedns"] }', "@ $.inbounds[1].sniffing.dest_override[0]"),
+        (
+            '[[outbounds]]\ntag = "p"\ntype = "socks"\nserver = "1.2.3.4:1080"\nusername = "a"',
+            "username and password go together @ $.outbounds[1]",
+        ),
+        (
+            '[[outbounds]]\ntag = "p"\ntype = "vmess"',
+            "unknown outbound type 'vmess': expected one of direct | socks | http | block | dns | shadowsocks | trojan | selector | urltest | fallback @ $.outbounds[1]",
+        ),
+        (
+            '[[outbounds]]\ntag = "p"\ntype = "direct"\nmark = 4294967296',
+            "mark 4294967296 out of range",
+        ),
+        (
+            '[[outbounds]]\ntag = "p"\ntype = "direct"\nmark = "255"',
+            "expected an integer, got '255' @ $.outbounds[1].mark",
+        ),
+        (
+            '[[inbounds]]\ntag = "in2"\ntype = "redirect"\nport = 12345',
+            "tcp port 12345 is already used by $.inbounds[0] @ $.inbounds[1].port",
+        ),
+        (
+            '[[inbounds]]\ntag = "in2"\ntype = "redirect"\nport = 1\nnetwork = "udp"',
+            "expected one of tcp, got 'udp' @ $.inbounds[1].network[0]",
+        ),
+        (
+            '[[inbounds]]\ntag = "in2"\ntype = "tproxy"\nport = 0',
+            "port 0 out of range 1-65535 @ $.inbounds[1].port",
+        ),
+        (
+            '[[inbounds]]\ntag = "in2"\ntype = "tproxy"\nport = 2\nlisten = "localhost"',
+            "bad IP address 'localhost' @ $.inbounds[1].listen",
+        ),
+        (
+            '[[inbounds]]\ntag = "in2"\ntype = "tproxy"\nport = 2\nsniffing = { dest_override = ["fakedns"] }',
+            "@ $.inbounds[1].sniffing.dest_override[0]",
+        ),
         ('[dns]\nlisten = "127.0.0.1"', "a port is required"),
         ('[[dns.servers]]\naddress = "quic://1.1.1.1"', "unknown DNS server scheme 'quic'"),
-        ('[[dns.servers]]\naddress = "tcp://dns.google"', "bad IP address 'dns.google' @ $.dns.servers[0].address"),
-        ('[[dns.servers]]\naddress = "1.1.1.1"\noutbound = "nope"', "unknown outbound tag 'nope' @ $.dns.servers[0].outbound"),
+        (
+            '[[dns.servers]]\naddress = "tcp://dns.google"',
+            "bad IP address 'dns.google' @ $.dns.servers[0].address",
+        ),
+        (
+            '[[dns.servers]]\naddress = "1.1.1.1"\noutbound = "nope"',
+            "unknown outbound tag 'nope' @ $.dns.servers[0].outbound",
+        ),
         ('[dns.hosts]\n"a.example" = "not an ip!"', "neither an IP address nor a host name"),
         ("[firewall]\nroute_table = 254", "route_table 254 is reserved"),
         ('[firewall]\nlan_interfaces = "this-name-is-too-long"', "bad interface name"),
@@ -120,7 +180,9 @@ def test_bad_config_is_reported_with_its_path(snippet: str, expected: str) -> No
 
 
 def test_every_error_is_reported_at_once() -> None:
-    text = MINIMAL + """
+    text = (
+        MINIMAL
+        + """
 [log]
 level = "loud"
 [policy]
@@ -129,18 +191,22 @@ grace = 5
 port = "x"
 outbound = "direct"
 """
+    )
     errors = errors_of(text)
     assert len(errors) == 3
     assert all(" @ $" in e for e in errors)
 
 
 def test_cross_checks_are_reported_together() -> None:
-    text = MINIMAL + """
+    text = (
+        MINIMAL
+        + """
 [[routing.rules]]
 outbound = "nowhere"
 [firewall]
 route_table = 255
 """
+    )
     assert len(errors_of(text)) == 3
 
 

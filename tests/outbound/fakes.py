@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import attrs
 import trio
 
-from trio_tproxy.inbound.sockopt import IPAddress, SockAddr
+from trio_tproxy.addr import IPAddress, SockAddr
 from trio_tproxy.outbound.base import FlowContext, TcpFlow
 from trio_tproxy.outbound.socks_proto import (
     Host,

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_tproxy.inbound.sockopt import IPAddress, SockAddr
+from trio_tproxy.addr import IPAddress, SockAddr
 from trio_tproxy.outbound import dial
 from trio_tproxy.outbound.dial import (
     DialError,

@@ -88,7 +88,9 @@ async def test_domain_strategy(  # noqa: PLR0917
     resolver = FakeResolver(RESOLVER)  # type: ignore[arg-type]
     _, proxy_side = tcp_pairs()
     ob = DirectOutbound(DirectConfig(tag="direct", domain_strategy=strategy))  # type: ignore[arg-type]
-    flow = make_flow(proxy_side, (ORIGINAL, servers.port), domain=domain, ctx=context(resolver=resolver))
+    flow = make_flow(
+        proxy_side, (ORIGINAL, servers.port), domain=domain, ctx=context(resolver=resolver)
+    )
     upstream = await ob.connect(flow)
     with upstream:
         want_family = socket.AF_INET6 if answered == ["v6"] else socket.AF_INET

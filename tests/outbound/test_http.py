@@ -62,9 +62,14 @@ async def test_tunnel_by_ip(tcp_pairs: Pairs) -> None:
 @pytest.mark.parametrize(
     ("response", "message"),
     [
-        (b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n",
-         "CONNECT 192.0.2.80:443 refused: 407 Proxy Authentication Required"),
-        (b"HTTP/1.0 403 Access violation\r\n\r\n", "CONNECT 192.0.2.80:443 refused: 403 Access violation"),
+        (
+            b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n",
+            "CONNECT 192.0.2.80:443 refused: 407 Proxy Authentication Required",
+        ),
+        (
+            b"HTTP/1.0 403 Access violation\r\n\r\n",
+            "CONNECT 192.0.2.80:443 refused: 403 Access violation",
+        ),
         (b"HTTP/1.1 301 Moved\r\nLocation: x\r\n\r\n", "CONNECT 192.0.2.80:443 refused: 301 Moved"),
         (b"HTTP/1.1 502\r\n\r\n", "CONNECT 192.0.2.80:443 refused: 502"),
         (b"SSH-2.0-OpenSSH\r\n", "bad reply: not an HTTP response (starts with b'SSH-2.0')"),

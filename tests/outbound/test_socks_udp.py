@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
+from trio_tproxy.addr import Endpoint
 from trio_tproxy.config import SocksOutbound as SocksConfig
 from trio_tproxy.config.values import HostPort
 from trio_tproxy.inbound.sockopt import SO_MARK
-from trio_tproxy.inbound.udp import Endpoint
 from trio_tproxy.outbound import DialError, SocksOutbound
 from trio_tproxy.outbound.base import UdpRequest, udp_capable
 from trio_tproxy.outbound.socks_udp import SocksUdpLink
@@ -170,7 +170,9 @@ async def test_each_link_is_its_own_association(nursery_: trio.Nursery) -> None:
     (FakeSocksServer(reply=7), "UDP ASSOCIATE 0.0.0.0:0 failed: command not supported (reply 7)"),
     (FakeSocksServer(reply=2), "UDP ASSOCIATE 0.0.0.0:0 failed: connection not allowed by ruleset (reply 2)"),
 ])  # fmt: skip
-async def test_refused_associate(nursery_: trio.Nursery, fake: FakeSocksServer, message: str) -> None:
+async def test_refused_associate(
+    nursery_: trio.Nursery, fake: FakeSocksServer, message: str
+) -> None:
     with pytest.raises(DialError) as info:
         await open_link(nursery_, fake)
     assert str(info.value) == f"socks proxy 127.0.0.1:{fake.port}: {message}"

@@ -11,7 +11,7 @@ import pytest
 
 from trio_tproxy.config import parse_config_text
 from trio_tproxy.geo import GeoData
-from trio_tproxy.route import FlowFacts, Router, compile_router, render_json, render_text
+from trio_tproxy.route import FlowFacts, Router, compile_router, explain, render_json, render_text
 
 REPO_RULES = Path(__file__).resolve().parents[2] / "rules"
 REALISTIC = """
@@ -55,7 +55,7 @@ def line_of(name: str, text: str) -> int:
 
 def test_geosite_match_names_list_file_and_line(router: Router) -> None:
     facts = FlowFacts("tcp", None, 443, domain="www.google.com", protocol="tls")
-    expl = router.explain(facts)
+    expl = explain(router, facts)
     google = line_of("google", "google.com")
     assert render_text(expl) == "\n".join(
         [
@@ -75,21 +75,21 @@ def test_geosite_match_names_list_file_and_line(router: Router) -> None:
 
 
 def test_inline_entries_and_several_conditions(router: Router) -> None:
-    expl = router.explain(FlowFacts("tcp", None, 443, domain="myshop.example"))
+    expl = explain(router, FlowFacts("tcp", None, 443, domain="myshop.example"))
     assert expl.decision.rule_index == 2
     assert expl.reasons == ('domain "myshop.example" matched "keyword:shop"',)
     facts = FlowFacts(
         "udp", ip_address("8.8.8.8"), 6881, src_ip=ip_address("192.168.1.50"),
         protocol="bittorrent", inbound_tag="tproxy-in",
     )  # fmt: skip
-    expl = router.explain(facts)
+    expl = explain(router, facts)
     assert expl.decision.rule_index == 4
     assert expl.reasons == (
         "port 6881 in 6881-6889,51413",
         'protocol "bittorrent" matched "bittorrent"',
         "source 192.168.1.50 matched 192.168.1.50",
     )
-    dns = router.explain(FlowFacts("udp", ip_address("1.1.1.1"), 53, inbound_tag="tproxy-in"))
+    dns = explain(router, FlowFacts("udp", ip_address("1.1.1.1"), 53, inbound_tag="tproxy-in"))
     assert dns.reasons == (
         "network udp in udp",
         "port 53 in 53",
@@ -99,7 +99,7 @@ def test_inline_entries_and_several_conditions(router: Router) -> None:
 
 def test_resolved_addresses_and_the_default(router: Router) -> None:
     facts = FlowFacts("tcp", None, 443, domain="unknown.invalid-tld-xyz")
-    without = router.explain(facts)
+    without = explain(router, facts)
     assert without.decision.rule_index is None
     assert without.notes == (
         "domain_strategy ip_if_non_match would resolve unknown.invalid-tld-xyz; explained "
@@ -107,21 +107,21 @@ def test_resolved_addresses_and_the_default(router: Router) -> None:
     )
     text = render_text(without)
     assert "rule:     default" in text and "no rule matched" in text and "note: " in text
-    resolved = router.explain(facts, [ip_address("8.8.4.4"), ip_address("1.0.1.1")])
+    resolved = explain(router, facts, [ip_address("8.8.4.4"), ip_address("1.0.1.1")])
     assert resolved.decision.outbound == "direct" and resolved.decision.rule_index == 3
     assert resolved.reasons == (
         "ip 1.0.1.1 (resolved from unknown.invalid-tld-xyz) matched geoip:cn",
     )
     assert "resolved: 8.8.4.4, 1.0.1.1" in render_text(resolved)
     assert render_json(resolved)["resolved"] == ["8.8.4.4", "1.0.1.1"]
-    failed = router.explain(facts, [])
+    failed = explain(router, facts, [])
     assert "resolved: (resolution failed)" in render_text(failed)
     data = render_json(failed)
     assert (data["outbound"], data["rule"], data["rule_text"]) == ("direct", None, None)
 
 
 def test_ip_target_explanation(router: Router) -> None:
-    expl = router.explain(FlowFacts("tcp", ip_address("192.168.1.1"), 80))
+    expl = explain(router, FlowFacts("tcp", ip_address("192.168.1.1"), 80))
     assert expl.reasons == ("ip 192.168.1.1 matched geoip:private",)
     assert render_json(expl)["resolved"] is None
 
@@ -135,6 +135,6 @@ def test_explain_agrees_with_decide(router: Router) -> None:
     ]
     for make in samples:
         facts = make()
-        expl = router.explain(facts)
+        expl = explain(router, facts)
         assert router.decide(facts) == expl.decision
         assert len(expl.reasons) >= 1

@@ -17,8 +17,8 @@ import pytest
 import trio
 import trio.testing
 
+from trio_tproxy.addr import Endpoint
 from trio_tproxy.config import parse_config_text
-from trio_tproxy.inbound.udp import Endpoint
 from trio_tproxy.outbound.base import DatagramSink, TcpFlow, UdpRequest
 from trio_tproxy.runtime import Runtime
 from trio_tproxy.udp.replies import ReplySockets

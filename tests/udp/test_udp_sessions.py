@@ -199,7 +199,9 @@ async def test_quic_split_over_datagrams_is_sniffed_from_both(make_service, logs
 async def test_sniffing_gives_up_at_its_timeout(
     make_service, autojump_clock: trio.testing.MockClock
 ) -> None:  # type: ignore[no-untyped-def]
-    h: Harness = await make_service(sniffing='[inbounds.sniffing]\nenabled = true\ntimeout = "300ms"')
+    h: Harness = await make_service(
+        sniffing='[inbounds.sniffing]\nenabled = true\ntimeout = "300ms"'
+    )
     start = trio.current_time()
     h.send(("10.77.2.2", 443), (QUIC / "quic_chrome-0.bin").read_bytes())
     await h.settle()
@@ -219,7 +221,9 @@ async def test_empty_datagrams_are_relayed_and_strays_dropped(make_service) -> N
     assert (h.counters.empty, h.counters.dropped) == (1, 2)
 
 
-async def test_a_bug_on_the_datagram_path_stays_with_that_session(make_service, logs: Lines) -> None:  # type: ignore[no-untyped-def]
+async def test_a_bug_on_the_datagram_path_stays_with_that_session(
+    make_service, logs: Lines
+) -> None:  # type: ignore[no-untyped-def]
     h: Harness = await make_service()
     h.send()
     h.send(client=("10.77.1.9", 1))

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+import attrs
 import trio
 
+from ..addr import IPAddress
 from .message import (
     CLASS_IN,
     FORMERR,
@@ -32,9 +34,6 @@ from .message import (
     parse_query,
 )
 
-if TYPE_CHECKING:
-    from .service import DnsService, Resolution
-
 log = logging.getLogger("trio_tproxy.dns")
 
 __all__ = ["REPLY_MEMO_LIFETIME", "REPLY_MEMO_SIZE", "ClientAnswers", "is_address_query"]
@@ -44,8 +43,28 @@ REPLY_MEMO_LIFETIME = 1.0
 REPLY_MEMO_SIZE = 4096
 
 
+@attrs.frozen
+class Resolution:
+    rcode: int
+    addresses: tuple[IPAddress, ...]
+    ttl: float
+
+
+class AnswerSource(Protocol):
+    """What client answers need of the splitter (dns/service.py implements it)."""
+
+    def lookup_now(self, name: str, qtype: int) -> Resolution | str:
+        """An answer without waiting, else the name to ask the servers about."""
+
+    async def lookup(self, name: str, qtype: int) -> Resolution: ...
+
+    def forwarded_now(self, query: Query) -> bytes | None: ...
+
+    async def forward(self, query: Query) -> bytes: ...
+
+
 class ClientAnswers:
-    def __init__(self, service: DnsService) -> None:
+    def __init__(self, service: AnswerSource) -> None:
         self._service = service
         self.replies: dict[tuple[bool, bytes], tuple[float, bytes]] = {}
 

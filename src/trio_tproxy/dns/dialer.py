@@ -15,13 +15,15 @@ from typing import Protocol
 
 import trio
 
-from ..inbound.sockopt import SockAddr, SocketSetupError, addr_to_sockaddr, family_of, set_mark
-from ..outbound.dial import DialError, close_socket, open_tcp
+from ..addr import SockAddr
+from ..inbound.sockopt import SocketSetupError, set_mark
+from ..outbound.dial import DialError, open_tcp
 from ..outbound.direct import DirectOutbound
 from ..outbound.http import HttpOutbound
 from ..outbound.socks import SocksOutbound, socks_open
 from ..outbound.socks_proto import CMD_CONNECT
 from ..resolver import Resolver
+from ..sock import addr_to_sockaddr, close_socket, family_of
 
 __all__ = [
     "DatagramEndpoint", "DialerUnavailable", "DirectDialer", "UpstreamDialer",

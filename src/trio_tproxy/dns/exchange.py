@@ -16,8 +16,8 @@ from typing import Final
 import attrs
 from dnslib import DNSRecord
 
+from ..addr import IPAddress, unmap
 from ..route.facts import normalize_domain
-from ..route.ipset import IPAddress, unmap
 from .message import (
     EDNS_UDP_SIZE,
     HEADER_LEN,

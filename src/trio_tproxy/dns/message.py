@@ -20,8 +20,8 @@ from typing import Final
 import attrs
 from dnslib import QTYPE, DNSRecord
 
+from ..addr import IPAddress
 from ..route.facts import normalize_domain
-from ..route.ipset import IPAddress
 
 __all__ = [
     "CLASSIC_UDP_SIZE", "EDNS_UDP_SIZE", "FORMERR", "HEADER_LEN", "NOERROR", "NOTIMP",

@@ -23,11 +23,11 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
+from ..addr import IPAddress, unmap
 from ..config.errors import ConfigError, ConfigErrors
 from ..config.schema import DnsConfig
 from ..geo import GeoData
 from ..route import DomainMatcher, IpSet, build_domain_matcher, build_ip_set, normalize_domain
-from ..route.ipset import IPAddress, unmap
 from .message import QTYPE_A, QTYPE_AAAA
 
 __all__ = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from ..route.ipset import IPAddress, unmap
+from ..addr import IPAddress, unmap
 
 __all__ = ["REVERSE_MAP_SIZE", "ReverseMap"]
 

@@ -20,13 +20,12 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 import attrs
 import trio
 
+from ..addr import IPAddress, SockAddr
 from ..config.checks import parse_dns_address
 from ..config.errors import ConfigError, ConfigErrors
 from ..config.schema import DnsServerConfig
-from ..inbound.sockopt import SockAddr
 from ..resolver import Resolver
 from ..route import FlowFacts, Router
-from ..route.ipset import IPAddress
 from .dialer import DialerUnavailable, UpstreamDialer, UpstreamError, dialer_for
 from .policy import ServerPlan
 from .upstream import Endpoint, Route, Upstream, make_upstream

@@ -27,11 +27,11 @@ from collections.abc import Mapping, Sequence
 import attrs
 import trio
 
+from ..addr import IPAddress
 from ..config.schema import Config
 from ..geo import GeoData
 from ..route import Router, normalize_domain
-from ..route.ipset import IPAddress
-from .answer import ClientAnswers
+from .answer import ClientAnswers, Resolution
 from .cache import Inflight, TtlCache
 from .dialer import UpstreamError
 from .exchange import age_ttls, build_query, check_forwarded, forwarded_ttl, parse_answer
@@ -67,13 +67,6 @@ __all__ = ["DnsService", "Resolution"]
 LOCAL_TTL = 60
 # The system resolver (no servers configured) says nothing about TTLs.
 SYSTEM_TTL = 60
-
-
-@attrs.frozen
-class Resolution:
-    rcode: int
-    addresses: tuple[IPAddress, ...]
-    ttl: float
 
 
 @attrs.frozen

@@ -25,8 +25,7 @@ from typing import Final, Literal, Protocol
 import attrs
 import trio
 
-from ..inbound.sockopt import SockAddr
-from ..route.ipset import IPAddress, unmap
+from ..addr import IPAddress, SockAddr, unmap
 from .dialer import UpstreamDialer, UpstreamError
 from .http1 import NEED_MORE, HttpError, build_post, read_response
 from .message import HEADER_LEN, with_id

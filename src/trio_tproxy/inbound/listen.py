@@ -12,7 +12,8 @@ import socket
 from collections.abc import Callable
 
 from ..config import Inbound
-from .sockopt import SocketSetupError, family_of
+from ..sock import family_of
+from .sockopt import SocketSetupError
 
 BACKLOG = 4096  # TCP: the kernel caps it at net.core.somaxconn
 

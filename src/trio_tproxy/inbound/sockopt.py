@@ -6,11 +6,13 @@ UAPI headers (linux/in.h, linux/in6.h, linux/netfilter_ipv4.h, asm-generic/socke
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import socket
 import struct
+
+from ..addr import IPAddress, SockAddr, unmap
+from ..sock import family_of, sockaddr_to_addr
 
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IPV6_TRANSPARENT = 75
@@ -20,37 +22,9 @@ SO_MARK = getattr(socket, "SO_MARK", 36)
 SO_ORIGINAL_DST = 80  # netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST (netfilter_ipv6) is also 80
 IP6T_SO_ORIGINAL_DST = 80
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-SockAddr = tuple[IPAddress, int]
-
 
 class SocketSetupError(OSError):
     """A socket option we depend on was refused; the message says what to do about it."""
-
-
-def unmap(ip: IPAddress) -> IPAddress:
-    """``::ffff:a.b.c.d`` (what a dual-stack socket reports for IPv4) -> ``a.b.c.d``."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def sockaddr_to_addr(sockaddr: tuple[object, ...]) -> SockAddr:
-    host = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 scope id
-    port = sockaddr[1]
-    assert isinstance(port, int)
-    return unmap(ipaddress.ip_address(host)), port
-
-
-def addr_to_sockaddr(addr: SockAddr, family: int) -> tuple[str, int]:
-    ip, port = addr
-    if family == socket.AF_INET6 and isinstance(ip, ipaddress.IPv4Address):
-        return f"::ffff:{ip}", port
-    return str(ip), port
-
-
-def family_of(ip: IPAddress) -> int:
-    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
 
 def set_mark(sock: socket.socket, mark: int) -> None:
@@ -75,13 +49,6 @@ def set_transparent(sock: socket.socket, family: int) -> None:
         raise SocketSetupError(
             exc.errno, "cannot set IP_TRANSPARENT: the tproxy inbound needs CAP_NET_ADMIN"
         ) from exc
-
-
-def set_reset_on_close(sock: socket.socket) -> None:
-    """SO_LINGER {on, 0}: close() sends RST instead of FIN (a prompt, honest failure)."""
-    # the socket may already be dead; close() will do what it can
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def redirect_original_dst(sock: socket.socket) -> SockAddr:

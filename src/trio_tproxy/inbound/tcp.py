@@ -15,14 +15,11 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from ..addr import SockAddr
 from ..config import Inbound, RedirectInbound
+from ..sock import sockaddr_to_addr
 from .listen import open_inbound_socket
-from .sockopt import (
-    SockAddr,
-    redirect_original_dst,
-    set_transparent,
-    sockaddr_to_addr,
-)
+from .sockopt import redirect_original_dst, set_transparent
 
 log = logging.getLogger("trio_tproxy.inbound")
 

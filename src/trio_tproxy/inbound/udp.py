@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import trio
 
+from ..addr import Endpoint
 from ..config import Inbound
 from ..udp import gso
 from .listen import open_inbound_socket
@@ -37,7 +38,6 @@ from .sockopt import (
 
 log = logging.getLogger("trio_tproxy.inbound.udp")
 
-Endpoint = tuple[str, int]
 # payload (valid until the handler returns), client source, original destination
 # (None if the kernel gave none), truncated (the datagram was larger than the buffer)
 DatagramHandler = Callable[[memoryview, Endpoint, Endpoint | None, bool], None]

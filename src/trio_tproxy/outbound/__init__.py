@@ -11,9 +11,10 @@ from ..config import DirectOutbound as DirectConfig
 from ..config import DnsOutbound as DnsConfig
 from ..config import HttpOutbound as HttpConfig
 from ..config import SocksOutbound as SocksConfig
+from ..sock import close_socket
 from .base import FlowContext, Outbound, TcpFlow
 from .block import BlockOutbound
-from .dial import DialError, close_socket, open_tcp
+from .dial import DialError, open_tcp
 from .direct import DirectOutbound
 from .dns import DnsOutbound
 from .http import HttpOutbound

@@ -8,8 +8,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from ..inbound.sockopt import SockAddr
-from ..inbound.udp import Endpoint
+from ..addr import Endpoint, SockAddr
 from ..relay import BufferPool, RelayStats, RelayTimeouts
 from ..resolver import Resolver, SystemResolver
 

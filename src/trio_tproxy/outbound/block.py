@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import trio
 
+from ..addr import Endpoint
 from ..config import BlockOutbound as BlockConfig
-from ..inbound.udp import Endpoint
 from ..relay import send_all
 from .base import DatagramSink, TcpFlow, UdpLink, UdpRequest
 

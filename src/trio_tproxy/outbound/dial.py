@@ -17,8 +17,11 @@ from typing import TypeVar
 
 import trio
 
-from ..inbound.sockopt import IPAddress, SockAddr, addr_to_sockaddr, family_of, set_mark, unmap
+from ..addr import IPAddress, SockAddr, unmap
+from ..addr import show as show_addr
+from ..inbound.sockopt import set_mark
 from ..resolver import Resolver
+from ..sock import addr_to_sockaddr, close_socket, family_of
 
 T = TypeVar("T")
 
@@ -36,13 +39,6 @@ class DialError(OSError):
         return self.strerror if isinstance(self.strerror, str) else super().__str__()
 
 
-def close_socket(sock: socket.socket) -> None:
-    """Close a socket that trio may be waiting on (wakes any waiter with an error)."""
-    if sock.fileno() >= 0:
-        trio.lowlevel.notify_closing(sock)
-        sock.close()
-
-
 async def open_tcp(addr: SockAddr, *, mark: int, timeout: float) -> socket.socket:  # noqa: ASYNC109
     """Connect to ``addr`` with SO_MARK set before the SYN leaves (so it skips diversion)."""
     family = family_of(addr[0])
@@ -56,19 +52,14 @@ async def open_tcp(addr: SockAddr, *, mark: int, timeout: float) -> socket.socke
             with trio.move_on_after(timeout) as scope:
                 await trio.lowlevel.wait_writable(sock)
             if scope.cancelled_caught:
-                raise DialError(errno.ETIMEDOUT, f"connect to {_show(addr)} timed out")
+                raise DialError(errno.ETIMEDOUT, f"connect to {show_addr(addr)} timed out")
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            raise DialError(err, f"connect to {_show(addr)} failed: {os.strerror(err)}")
+            raise DialError(err, f"connect to {show_addr(addr)} failed: {os.strerror(err)}")
     except BaseException:
         close_socket(sock)
         raise
     return sock
-
-
-def _show(addr: SockAddr) -> str:
-    ip, port = addr
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 def interleave_families(ips: Sequence[IPAddress]) -> list[IPAddress]:
@@ -111,7 +102,9 @@ async def open_tcp_happy(
                 (ip, port), mark=mark, timeout=max(0.0, deadline - trio.current_time())
             )
         except OSError as exc:  # DialError, or socket() itself (no IPv6 here, no CAP)
-            errors.append(str(exc) if isinstance(exc, DialError) else f"{_show((ip, port))}: {exc}")
+            errors.append(
+                str(exc) if isinstance(exc, DialError) else f"{show_addr((ip, port))}: {exc}"
+            )
             last_errno = exc.errno or last_errno
             failed.set()
             return
@@ -140,7 +133,12 @@ def ip_literal(host: str) -> IPAddress | None:
 
 
 async def open_tcp_host(
-    host: str | IPAddress, port: int, *, resolver: Resolver, mark: int, timeout: float  # noqa: ASYNC109
+    host: str | IPAddress,
+    port: int,
+    *,
+    resolver: Resolver,
+    mark: int,
+    timeout: float,  # noqa: ASYNC109
 ) -> socket.socket:
     """Connect to ``host``: an IP, or a name looked up through ``resolver``.
 

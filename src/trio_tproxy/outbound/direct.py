@@ -15,8 +15,8 @@ import logging
 import socket
 from collections.abc import Sequence
 
+from ..addr import IPAddress
 from ..config import DirectOutbound as DirectConfig
-from ..inbound.sockopt import IPAddress
 from ..udp import upstream as udp_upstream  # a module: udp/ imports outbound/ too
 from .base import TcpFlow, UdpLink, UdpRequest
 from .dial import open_tcp, open_tcp_happy

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..addr import Endpoint
 from ..config import DnsOutbound as DnsConfig
 from ..dns.stream import serve_dns_stream
-from ..inbound.udp import Endpoint
 from .base import DatagramSink, TcpFlow, UdpLink, UdpRequest
 from .dial import DialError
 

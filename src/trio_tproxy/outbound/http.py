@@ -18,8 +18,9 @@ import socket
 from ..config import HttpOutbound as HttpConfig
 from ..relay import send_all
 from ..resolver import Resolver
+from ..sock import close_socket
 from .base import TcpFlow
-from .dial import DialError, close_socket, ip_literal, recv_message
+from .dial import DialError, ip_literal, recv_message
 from .http_proto import ConnectResponse, authority, encode_connect, parse_connect_response
 from .socks_proto import Host
 from .tunnel import carry, open_negotiated
@@ -47,7 +48,12 @@ class HttpOutbound:
         await carry(flow, upstream, early)
 
     async def open_tunnel(
-        self, host: Host, port: int, *, resolver: Resolver, timeout: float  # noqa: ASYNC109
+        self,
+        host: Host,
+        port: int,
+        *,
+        resolver: Resolver,
+        timeout: float,  # noqa: ASYNC109
     ) -> tuple[socket.socket, bytes]:
         """A socket tunnelled to ``host:port``, and any bytes that followed the answer."""
         sock, (response, early) = await open_negotiated(

@@ -20,8 +20,8 @@ import socket
 
 import attrs
 
+from ..addr import IPAddress
 from ..config import SocksOutbound as SocksConfig
-from ..inbound.sockopt import IPAddress
 from ..relay import send_all
 from ..resolver import Resolver
 from . import socks_proto as proto

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 
 import attrs
 
+from ..addr import IPAddress
+
 # Spelled out rather than imported from inbound.sockopt, which imports socket: this
 # module stays pure.
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 VERSION = 5
 AUTH_VERSION = 1  # RFC 1929 subnegotiation version

@@ -26,19 +26,13 @@ import socket
 import attrs
 import trio
 
-from ..inbound.sockopt import (
-    SockAddr,
-    addr_to_sockaddr,
-    family_of,
-    set_mark,
-    sockaddr_to_addr,
-    unmap,
-)
-from ..inbound.udp import Endpoint
+from ..addr import Endpoint, SockAddr, unmap
+from ..inbound.sockopt import set_mark
 from ..resolver import Resolver
+from ..sock import addr_to_sockaddr, close_socket, family_of, sockaddr_to_addr
 from . import socks_proto as proto
 from .base import DatagramSink
-from .dial import DialError, close_socket, ip_literal
+from .dial import DialError, ip_literal
 
 log = logging.getLogger("trio_tproxy.outbound.socks_udp")
 

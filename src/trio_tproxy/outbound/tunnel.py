@@ -10,19 +10,18 @@ from typing import TypeVar
 
 import trio
 
-from ..inbound.sockopt import IPAddress
+from ..addr import IPAddress
 from ..relay import relay, send_all
 from ..resolver import Resolver
+from ..sock import close_socket
 from .base import TcpFlow
-from .dial import DialError, close_socket, open_tcp_host
+from .dial import DialError, open_tcp_host
 
 T = TypeVar("T")
 
 
 def handshake_timeout(peer: str, seconds: float) -> DialError:
-    return DialError(
-        errno.ETIMEDOUT, f"{peer}: no answer within {seconds:g}s (policy.handshake)"
-    )
+    return DialError(errno.ETIMEDOUT, f"{peer}: no answer within {seconds:g}s (policy.handshake)")
 
 
 async def open_negotiated(

@@ -15,16 +15,17 @@ DNS servers and sniffing exclusions use :func:`build_domain_matcher` (whose
 
 from __future__ import annotations
 
+from ..addr import IPAddress
 from .compile import build_domain_matcher, build_ip_set, compile_router, geoip_codes
 from .domain import DomainIndex, DomainMatch, DomainMatcher
 from .engine import Decision, NeedIps, Router, Rule
-from .explain import Explanation, render_json, render_text
+from .explain import Explanation, explain, render_json, render_text
 from .facts import FlowFacts, normalize_domain, parse_target
-from .ipset import IPAddress, IpSet
+from .ipset import IpSet
 
 __all__ = [
     "Decision", "DomainIndex", "DomainMatch", "DomainMatcher", "Explanation", "FlowFacts",
     "IPAddress", "IpSet", "NeedIps", "Router", "Rule", "build_domain_matcher", "build_ip_set",
-    "compile_router", "geoip_codes", "normalize_domain", "parse_target", "render_json",
+    "compile_router", "explain", "geoip_codes", "normalize_domain", "parse_target", "render_json",
     "render_text",
 ]  # fmt: skip

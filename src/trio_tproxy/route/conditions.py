@@ -13,10 +13,11 @@ from collections.abc import Sequence
 
 import attrs
 
+from ..addr import IPAddress
 from ..config.values import PortRanges
 from .domain import DomainMatcher
 from .facts import FlowFacts
-from .ipset import IPAddress, IpSet
+from .ipset import IpSet
 
 __all__ = [
     "Condition", "DomainCondition", "InboundTagCondition", "IpCondition", "NetworkCondition",

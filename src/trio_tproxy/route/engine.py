@@ -21,11 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ..addr import IPAddress, unmap
 from .conditions import Unresolved
 from .domain import DomainIndex
-from .explain import Explanation, explain
 from .facts import FlowFacts
-from .ipset import IPAddress, unmap
 from .rules import Decision, Ips, NeedIps, Rule
 
 __all__ = ["Decision", "NeedIps", "Router", "Rule"]
@@ -135,8 +134,3 @@ class Router:
             else:
                 return entry
         return None
-
-    def explain(self, facts: FlowFacts, resolved: Sequence[IPAddress] | None = None) -> Explanation:
-        """Why ``decide`` decides what it does; never returns NeedIps (without addresses,
-        it explains the decision as if resolution had failed, and says so)."""
-        return explain(self, facts, resolved)

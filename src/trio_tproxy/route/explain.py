@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
+from ..addr import IPAddress
+from .engine import Router
 from .facts import FlowFacts
-from .ipset import IPAddress
 from .rules import Decision, NeedIps
-
-if TYPE_CHECKING:
-    from .engine import Router
 
 __all__ = ["Explanation", "explain", "render_json", "render_text"]
 

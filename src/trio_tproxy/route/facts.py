@@ -23,7 +23,7 @@ from typing import Literal
 
 import attrs
 
-from .ipset import IPAddress, unmap
+from ..addr import IPAddress, unmap
 
 __all__ = ["FlowFacts", "normalize_domain", "parse_target"]
 

@@ -12,18 +12,12 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address
 
+from ..addr import IPAddress, unmap
+
 __all__ = ["IPAddress", "IpSet", "unmap"]
 
-IPAddress = IPv4Address | IPv6Address
 _V4_MAX = (1 << 32) - 1
 _V6_MAX = (1 << 128) - 1
-
-
-def unmap(ip: IPAddress) -> IPAddress:
-    """``::ffff:a.b.c.d`` -> ``a.b.c.d``; any other address unchanged."""
-    if type(ip) is IPv6Address and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def _normalise(ranges: Iterable[tuple[int, int]]) -> tuple[list[int], list[int]]:

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import attrs
 
+from ..addr import IPAddress
 from .conditions import Condition, DomainCondition
 from .facts import FlowFacts
-from .ipset import IPAddress
 
 __all__ = ["Decision", "Ips", "NeedIps", "Rule"]
 

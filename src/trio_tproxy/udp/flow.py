@@ -13,10 +13,10 @@ import math
 import attrs
 import trio
 
-from ..inbound.udp import Endpoint
+from ..access import FlowRecord
+from ..addr import Endpoint
 from ..outbound.base import UdpLink
 from ..route import Decision
-from ..session import FlowRecord
 
 # Datagrams waiting while a flow is set up: a QUIC first flight (sniff.MAX_DATAGRAMS)
 # and a resolver round trip's worth, bounded so a flood of new flows cannot pin memory

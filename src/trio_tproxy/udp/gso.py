@@ -27,12 +27,12 @@ from typing import Final
 
 import attrs
 
+from ..addr import Endpoint
+
 SOL_UDP: Final = 17
 UDP_SEGMENT: Final = 103
 MAX_SEGMENTS: Final = 64  # UDP_MAX_SEGMENTS in older kernels (newer allow 128)
 MAX_BYTES: Final = 65000  # the UDP length field bounds the whole super-datagram
-
-Address = tuple[str, int]
 
 
 @attrs.define
@@ -72,13 +72,13 @@ class Coalescer:
         self.sock = sock
         self.enabled = True
         self._buf = bytearray()
-        self._dst: Address | None = None
+        self._dst: Endpoint | None = None
         self._size = 0
         self._count = 0
         self._closed = False  # a shorter last segment ended the run
         self._registered = False  # in _pending, flushed when the batch closes
 
-    def send(self, payload: memoryview, dst: Address) -> str | None:
+    def send(self, payload: memoryview, dst: Endpoint) -> str | None:
         """Send now or with the batch; None, or why it was dropped."""
         size = len(payload)
         if self._dst is not None:
@@ -126,7 +126,7 @@ class Coalescer:
             if self._send_one(view[start : start + size], dst) is not None:
                 stats.dropped += 1
 
-    def _send_one(self, payload: memoryview, dst: Address) -> str | None:
+    def _send_one(self, payload: memoryview, dst: Endpoint) -> str | None:
         try:
             self.sock.sendto(payload, dst)
         except BlockingIOError:

@@ -8,11 +8,10 @@ through an IPPROTO_RAW socket, which takes the IP header as given.
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from typing import Final
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from ..addr import IPAddress
 
 UDP_PROTO: Final = 17
 TTL: Final = 64  # Linux's default ip_default_ttl / hop_limit

@@ -17,8 +17,8 @@ import ipaddress
 import logging
 import socket
 
+from ..addr import Endpoint
 from ..inbound.sockopt import set_mark
-from ..inbound.udp import Endpoint
 from .packet import udp_packet
 
 log = logging.getLogger("trio_tproxy.udp.rawsend")

@@ -29,16 +29,12 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from ..addr import Endpoint
+from ..addr import show as show_addr
 from ..inbound.sockopt import set_mark, set_transparent
-from ..inbound.udp import (
-    RCVBUF,
-    DatagramHandler,
-    Endpoint,
-    enable_original_dst,
-    receive_datagrams,
-)
+from ..inbound.udp import RCVBUF, DatagramHandler, enable_original_dst, receive_datagrams
 from ..inbound.udp import set_buffer as set_socket_buffer
-from ..outbound.dial import close_socket
+from ..sock import close_socket
 from . import gso
 from .limits import UdpCounters, UdpLimits
 from .lru import IdleLru
@@ -126,7 +122,7 @@ class ReplySockets:
         except OSError as exc:
             why = "in use by a local service" if exc.errno == errno.EADDRINUSE else exc.strerror
             log.info("cannot bind a reply socket to %s (%s): replies from it go out as raw "
-                     "packets", _show(remote), why)  # fmt: skip
+                     "packets", show_addr(remote), why)  # fmt: skip
             return ReplySocket(remote, None)
         self._counters.reply_sockets += 1
         entry = ReplySocket(remote, sock)
@@ -164,7 +160,3 @@ def _close(entry: ReplySocket) -> None:
     entry.scope.cancel()
     if entry.sock is not None:
         close_socket(entry.sock)
-
-
-def _show(addr: Endpoint) -> str:
-    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"

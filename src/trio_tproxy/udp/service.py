@@ -21,10 +21,11 @@ from collections.abc import Callable
 
 import trio
 
+from ..addr import Endpoint
 from ..config import Inbound
-from ..inbound.udp import DATAGRAM_BUFFER, Endpoint, receive_datagrams
-from ..outbound.dial import close_socket
+from ..inbound.udp import DATAGRAM_BUFFER, receive_datagrams
 from ..runtime import Runtime
+from ..sock import close_socket
 from . import gso
 from .limits import DRAIN_IDLE, UdpCounters, UdpLimits, check_fd_budget
 from .lru import IdleLru

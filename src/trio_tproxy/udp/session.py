@@ -27,13 +27,14 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from ..access import FlowRecord, log_access
+from ..addr import Endpoint, SockAddr
+from ..addr import show as show_addr
 from ..config import Inbound
-from ..inbound.sockopt import SockAddr, is_local_address
-from ..inbound.udp import Endpoint
+from ..inbound.sockopt import is_local_address
 from ..outbound.base import UdpOutbound, UdpRequest, udp_capable
 from ..route import Decision, FlowFacts
 from ..runtime import Runtime
-from ..session import FlowRecord, decide, log_access
 from ..sniff import MAX_DATAGRAMS, NOT_THIS, Sniffed, sniff_datagrams
 from .flow import FlowState, LinkSlot, UdpFlow
 from .limits import MAX_FLOWS_PER_SESSION, UdpCounters
@@ -148,8 +149,8 @@ class UdpSession:
         try:
             await self._route_flow(flow)
         except Exception:  # a bug: this flow is dropped, nothing else is affected
-            log.exception("internal error routing UDP %s -> %s", _show(self.client),
-                          _show(flow.remote))  # fmt: skip
+            log.exception("internal error routing UDP %s -> %s", show_addr(self.client),
+                          show_addr(flow.remote))  # fmt: skip
             flow.state, flow.outcome = FlowState.DROP, "internal error"
 
     async def _route_flow(self, flow: UdpFlow) -> None:
@@ -174,7 +175,7 @@ class UdpSession:
             inbound_tag=inbound.tag,
             protocol=record.protocol,
         )
-        record.decision = decision = await decide(rt, facts)
+        record.decision = decision = await rt.decide(facts)
         flow.dial_domain = None if inbound.sniffing.route_only else override
         outbound = udp_capable(rt.outbounds[decision.outbound])
         if outbound is None:
@@ -273,7 +274,7 @@ class UdpSession:
                 with scope:
                     await fn(*args)
             except Exception:
-                log.exception("internal error in UDP session %s", _show(self.client))
+                log.exception("internal error in UDP session %s", show_addr(self.client))
             finally:
                 self._scopes.discard(scope)
 
@@ -312,7 +313,3 @@ def _refusal(dst: SockAddr) -> str | None:
     except OSError:
         local = False
     return LOOP_REFUSAL if local else None
-
-
-def _show(addr: Endpoint) -> str:
-    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"

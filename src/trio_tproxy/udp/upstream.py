@@ -22,10 +22,13 @@ from typing import Final
 
 import trio
 
+from ..addr import Endpoint
+from ..addr import show as show_addr
 from ..inbound.sockopt import set_mark
-from ..inbound.udp import RCVBUF, Endpoint, set_buffer
+from ..inbound.udp import RCVBUF, set_buffer
 from ..outbound.base import DatagramSink
-from ..outbound.dial import DialError, close_socket
+from ..outbound.dial import DialError
+from ..sock import close_socket
 from . import gso
 
 ROUTE_CACHE_TTL: Final = 5.0  # seconds; a route change is seen by new links this fast
@@ -69,7 +72,7 @@ def open_upstream(first_dst: Endpoint, mark: int) -> socket.socket:
     try:
         source = route_source(first_dst, mark)
     except OSError as exc:
-        reason = f"cannot reach {_show(first_dst)}: {exc.strerror or exc}"
+        reason = f"cannot reach {show_addr(first_dst)}: {exc.strerror or exc}"
         raise DialError(exc.errno or errno.EHOSTUNREACH, reason) from None
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -137,7 +140,3 @@ class SocketLink:
 
     def close(self) -> None:
         close_socket(self.sock)
-
-
-def _show(addr: Endpoint) -> str:
-    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
