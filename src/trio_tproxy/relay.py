@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import attrs
 import trio
@@ -223,4 +224,91 @@ async def relay(
         await activity.wait_expired()
         stats.outcome = "idle timeout" if not finished else "half-closed timeout"
         scope.cancel()
+    return stats
+
+
+class ByteStream(Protocol):
+    """An upstream with its own framing (outbound/interface.py's ByteStream)."""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    async def receive_some(self, max_bytes: int) -> bytes | bytearray: ...
+
+    async def send_eof(self) -> None: ...
+
+    def close(self, *, reset: bool = False) -> None: ...
+
+
+async def relay_stream(
+    client: socket.socket,
+    upstream: ByteStream,
+    timeouts: RelayTimeouts,
+    *,
+    chunk: int = 16384,
+    stats: RelayStats | None = None,
+) -> RelayStats:
+    """:func:`relay` for an upstream that transforms bytes (ciphers, TLS): the same
+    timers, half-close and error semantics, in userspace. Closes ``upstream`` (with a
+    reset when a side broke or the flow was cancelled); the caller closes ``client``."""
+    stats = stats if stats is not None else RelayStats()
+    activity = Activity(timeouts.idle)
+    finished: set[str] = set()
+    broken = True
+    try:
+        async with trio.open_nursery() as nursery:
+            scope = nursery.cancel_scope
+
+            def fail(name: str, exc: BaseException) -> None:
+                if stats.outcome == "done":
+                    reason = exc.strerror if isinstance(exc, OSError) else None
+                    stats.outcome = f"{name} error: {reason or exc}"
+                set_reset_on_close(client)
+                scope.cancel()
+
+            def done(name: str, then: float) -> None:
+                finished.add(name)
+                activity.shorten(then)
+                if len(finished) == 2:
+                    scope.cancel()
+
+            async def uplink() -> None:
+                buf = bytearray(chunk)
+                try:
+                    while True:
+                        try:
+                            n = client.recv_into(buf)
+                        except BlockingIOError:
+                            await trio.lowlevel.wait_readable(client)
+                            continue
+                        if n == 0:
+                            break
+                        await upstream.send_all(memoryview(buf)[:n])
+                        stats.up += n
+                        activity.touch()
+                    await upstream.send_eof()
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    fail("uplink", exc)
+                    return
+                done("uplink", timeouts.downlink_only)
+
+            async def downlink() -> None:
+                try:
+                    while data := await upstream.receive_some(chunk):
+                        await send_all(client, data)
+                        stats.down += len(data)
+                        activity.touch()
+                    client.shutdown(socket.SHUT_WR)
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    fail("downlink", exc)
+                    return
+                done("downlink", timeouts.uplink_only)
+
+            nursery.start_soon(uplink)
+            nursery.start_soon(downlink)
+            await activity.wait_expired()
+            stats.outcome = "idle timeout" if not finished else "half-closed timeout"
+            scope.cancel()
+        broken = stats.outcome != "done"
+    finally:
+        upstream.close(reset=broken)
     return stats

@@ -41,3 +41,14 @@ class SystemResolver:
             return tuple(seen)
         log.debug("resolving %s timed out", domain)
         return ()
+
+
+class LateResolver:
+    """A resolver known only after what uses it was built (the outbounds, then the DNS
+    that dials through them): asks ``target`` once it is set, the system before."""
+
+    def __init__(self) -> None:
+        self.target: Resolver = SystemResolver()
+
+    async def resolve(self, domain: str) -> Sequence[IPAddress]:
+        return await self.target.resolve(domain)

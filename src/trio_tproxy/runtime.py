@@ -8,11 +8,11 @@ from .cache import RouterCache
 from .config import Config, Inbound
 from .dns.service import DnsService
 from .geo import GeoData
-from .limits import pipe_budget
+from .limits import UdpLimits, pipe_budget
 from .outbound import FlowContext, Outbound, build_outbounds
 from .outbound.dns import DnsOutbound
 from .relay import BufferPool, RelayTimeouts
-from .resolver import Resolver
+from .resolver import LateResolver, Resolver
 from .route import (
     Decision,
     DomainMatcher,
@@ -24,7 +24,6 @@ from .route import (
 )
 from .sniff import Sniffed
 from .splice import PipePool
-from .udp.limits import UdpLimits
 
 
 @attrs.frozen
@@ -57,7 +56,8 @@ class Runtime:
             for i, ib in enumerate(cfg.inbounds)
         }
         policy = cfg.policy
-        outbounds = build_outbounds(cfg)
+        late = LateResolver()  # the outbounds resolve through the DNS built after them
+        outbounds = build_outbounds(cfg, late)
         # The built-in DNS resolves for everything (routing, outbounds, the dns outbound
         # and listener); with no dns.servers it asks the system resolver, as v2ray does.
         dns = DnsService(cfg, geo, router, outbounds)
@@ -65,6 +65,7 @@ class Runtime:
             if isinstance(outbound, DnsOutbound):
                 outbound.attach(dns)
         resolver: Resolver = dns
+        late.target = dns
         ctx = FlowContext(
             pool=BufferPool(
                 policy.buffer_size,

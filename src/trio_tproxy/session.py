@@ -19,6 +19,8 @@ from .addr import show as show_addr
 from .config import Inbound
 from .inbound.sockopt import is_local_address
 from .outbound import DialError, TcpFlow
+from .outbound.base import FlowRefused, LocalAnswer, SocketUpstream, stream_capable
+from .relay import relay, relay_stream, send_all
 from .route import FlowFacts
 from .runtime import Runtime
 from .sniff import NEED_MORE, STREAM_MAX_PEEK, Sniffed, sniff_stream
@@ -103,7 +105,7 @@ async def handle_tcp(
         record.decision = await rt.decide(facts)
         dial_domain = None if inbound.sniffing.route_only else override
         flow = TcpFlow(conn, dst, dial_domain, prefix, rt.flow_context)
-        await rt.outbounds[record.decision.outbound].handle_tcp(flow)
+        await carry(flow, rt.outbounds[record.decision.outbound])
         outcome = flow.stats.outcome
     except DialError as exc:
         outcome = str(exc)
@@ -124,3 +126,57 @@ async def handle_tcp(
 def _log_access(record: FlowRecord, flow: TcpFlow | None, outcome: str) -> None:
     up, down = (flow.stats.up, flow.stats.down) if flow else (0, 0)
     log_access(record, "tcp", up, down, outcome)
+
+
+async def carry(flow: TcpFlow, outbound: object) -> None:
+    """Ask ``outbound`` for the flow's upstream and relay the client over it.
+
+    Raises DialError when the upstream cannot be had; the outcome of a flow that was
+    carried lands in ``flow.stats.outcome``.
+    """
+    opener = stream_capable(outbound)
+    if opener is None:
+        raise DialError(0, f"outbound {getattr(outbound, 'tag', '?')!r} does not carry TCP")
+    ctx = flow.ctx
+    try:
+        upstream = await opener.open_stream(
+            flow.destination, timeout=ctx.handshake_timeout, initial=flow.prefix
+        )
+    except FlowRefused as refused:
+        await _refuse(flow, refused)
+        return
+    stats = flow.stats
+    if isinstance(upstream, LocalAnswer):
+        client = trio.SocketStream(trio.socket.from_stdlib_socket(flow.client))
+
+        def count(up: int, down: int) -> None:
+            stats.up += up
+            stats.down += down
+
+        stats.outcome = await upstream.serve(client, flow.prefix, ctx.timeouts.idle, count)
+        return
+    stats.up += len(flow.prefix)  # the outbound sent them first
+    if isinstance(upstream, SocketUpstream):
+        try:
+            if upstream.early:
+                await send_all(flow.client, upstream.early)
+                stats.down += len(upstream.early)
+            await relay(flow.client, upstream.sock, ctx.timeouts, ctx.pool, stats=stats)
+        finally:
+            close_socket(upstream.sock)
+    else:
+        await relay_stream(flow.client, upstream.stream, ctx.timeouts, stats=stats)
+    if upstream.outcome is not None and stats.outcome == "done":
+        stats.outcome = upstream.outcome
+
+
+async def _refuse(flow: TcpFlow, refused: FlowRefused) -> None:
+    flow.stats.outcome = refused.outcome
+    if not refused.response:
+        return
+    try:
+        await send_all(flow.client, refused.response)
+    except OSError:
+        return
+    flow.stats.down += len(refused.response)
+    await trio.sleep(refused.linger)

@@ -16,6 +16,7 @@ from trio_tproxy.outbound import FlowContext, TcpFlow
 from trio_tproxy.outbound.base import UdpRequest
 from trio_tproxy.outbound.dns import MAX_PENDING, DnsOutbound
 from trio_tproxy.relay import BufferPool, RelayTimeouts
+from trio_tproxy.session import carry
 
 from .fake_dns import FakeDns
 
@@ -53,7 +54,7 @@ async def test_tcp_flow_answers_every_message_including_the_sniffed_prefix(
     flow = TcpFlow(ours, (ipaddress.ip_address("192.0.2.53"), 53), None, data[:5], ctx)
     client.sendall(data[5:])
     client.shutdown(socket.SHUT_WR)
-    await outbound_for(service).handle_tcp(flow)
+    await carry(flow, outbound_for(service))
     ours.close()
     replies = []
     buffer = b""

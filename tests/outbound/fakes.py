@@ -44,6 +44,16 @@ def make_flow(proxy_side: socket.socket, dst: SockAddr, domain: str | None = Non
     return TcpFlow(proxy_side, dst, domain, prefix, ctx or context())
 
 
+async def run_flow(outbound: object, flow: TcpFlow) -> None:
+    """What the session does with a routed flow: open the outbound's stream, relay.
+    The outbound resolves through the flow context's resolver, as the runtime's do."""
+    from trio_tproxy.session import carry
+
+    if hasattr(outbound, "resolver"):
+        outbound.resolver = flow.ctx.resolver
+    await carry(flow, outbound)
+
+
 async def receive_exactly(stream: trio.SocketStream, n: int) -> bytes:
     data = b""
     while len(data) < n:

@@ -91,7 +91,8 @@ async def test_domain_strategy(  # noqa: PLR0917
     flow = make_flow(
         proxy_side, (ORIGINAL, servers.port), domain=domain, ctx=context(resolver=resolver)
     )
-    upstream = await ob.connect(flow)
+    ob.resolver = resolver
+    upstream = await ob.connect(flow.destination, timeout=5)
     with upstream:
         want_family = socket.AF_INET6 if answered == ["v6"] else socket.AF_INET
         assert upstream.family == want_family
@@ -107,5 +108,6 @@ async def test_direct_socket_carries_the_mark(tcp_pairs: Pairs, servers: Servers
     resolver = FakeResolver(RESOLVER)  # type: ignore[arg-type]
     flow = make_flow(proxy_side, (ORIGINAL, servers.port), domain="dual.test",
                      ctx=context(resolver=resolver))  # fmt: skip
-    with await ob.connect(flow) as upstream:
+    ob.resolver = resolver
+    with await ob.connect(flow.destination, timeout=5) as upstream:
         assert upstream.getsockopt(socket.SOL_SOCKET, SO_MARK) == 77

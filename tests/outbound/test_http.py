@@ -15,7 +15,7 @@ from trio_tproxy.outbound import DialError, HttpOutbound
 from trio_tproxy.outbound.base import udp_capable
 from trio_tproxy.relay import send_all
 
-from .fakes import FakeHttpProxy, context, make_flow, recv_exactly
+from .fakes import FakeHttpProxy, context, make_flow, recv_exactly, run_flow
 
 Pairs = Callable[[], tuple[socket.socket, socket.socket]]
 DST = (ipaddress.IPv4Address("192.0.2.80"), 443)
@@ -32,7 +32,7 @@ async def test_tunnel_by_domain_with_basic_auth(tcp_pairs: Pairs) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.run)
         flow = make_flow(proxy_side, DST, domain="www.example.com", prefix=b"hello")
-        nursery.start_soon(outbound(proxy.port, "Aladdin", "open sesame").handle_tcp, flow)
+        nursery.start_soon(run_flow, outbound(proxy.port, "Aladdin", "open sesame"), flow)
         assert await recv_exactly(app, 11) == b"SSH-2.0-x\r\n"  # bytes after the head
         assert await recv_exactly(app, 5) == b"hello"  # the prefix went through the tunnel
         await send_all(app, b"!")
@@ -51,7 +51,7 @@ async def test_tunnel_by_ip(tcp_pairs: Pairs) -> None:
     dst = (ipaddress.IPv6Address("2001:db8::1"), 8443)
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.run)
-        nursery.start_soon(outbound(proxy.port).handle_tcp, make_flow(proxy_side, dst))
+        nursery.start_soon(run_flow, outbound(proxy.port), make_flow(proxy_side, dst))
         await send_all(app, b"x")
         assert await recv_exactly(app, 1) == b"x"
         nursery.cancel_scope.cancel()
@@ -82,7 +82,7 @@ async def test_refusals(tcp_pairs: Pairs, response: bytes, message: str) -> None
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.run)
         with pytest.raises(DialError) as info:
-            await outbound(proxy.port).handle_tcp(make_flow(proxy_side, DST))
+            await run_flow(outbound(proxy.port), make_flow(proxy_side, DST))
         nursery.cancel_scope.cancel()
     assert str(info.value) == f"http proxy 127.0.0.1:{proxy.port}: {message}"
 
@@ -94,7 +94,7 @@ async def test_silent_proxy_costs_the_handshake_timeout(tcp_pairs: Pairs) -> Non
         await nursery.start(proxy.run)
         start = trio.current_time()
         with pytest.raises(DialError, match=r"no answer within 0\.3s \(policy\.handshake\)$"):
-            await outbound(proxy.port).handle_tcp(make_flow(proxy_side, DST, ctx=context(0.3)))
+            await run_flow(outbound(proxy.port), make_flow(proxy_side, DST, ctx=context(0.3)))
         assert 0.3 <= trio.current_time() - start < 2.0
         nursery.cancel_scope.cancel()
 

@@ -15,7 +15,7 @@ from trio_tproxy.config.values import HostPort
 from trio_tproxy.outbound import DialError, SocksOutbound
 from trio_tproxy.relay import send_all
 
-from .fakes import FakeResolver, FakeSocksServer, context, make_flow, recv_exactly
+from .fakes import FakeResolver, FakeSocksServer, context, make_flow, recv_exactly, run_flow
 
 Pairs = Callable[[], tuple[socket.socket, socket.socket]]
 DST = (ipaddress.IPv4Address("192.0.2.80"), 443)
@@ -37,7 +37,7 @@ async def test_connect_by_domain_with_prefix_and_early_bytes(tcp_pairs: Pairs) -
     async with trio.open_nursery() as nursery:
         server = await start(nursery, FakeSocksServer(early=b"220 banner\r\n"))
         flow = make_flow(proxy_side, DST, domain="www.example.com", prefix=b"GET / HTTP/1.1\r\n")
-        nursery.start_soon(outbound(server.port).handle_tcp, flow)
+        nursery.start_soon(run_flow, outbound(server.port), flow)
         # what the proxy sent first reaches the client first, then the echoed prefix
         assert await recv_exactly(app, 12) == b"220 banner\r\n"
         assert await recv_exactly(app, 16) == b"GET / HTTP/1.1\r\n"
@@ -68,7 +68,7 @@ async def test_connect_by_ip_without_domain(tcp_pairs: Pairs, dst: object, wire:
     app, proxy_side = tcp_pairs()
     async with trio.open_nursery() as nursery:
         server = await start(nursery, FakeSocksServer())
-        nursery.start_soon(outbound(server.port).handle_tcp, make_flow(proxy_side, dst))  # type: ignore[arg-type]
+        nursery.start_soon(run_flow, outbound(server.port), make_flow(proxy_side, dst))  # type: ignore[arg-type]
         await send_all(app, b"x")
         assert await recv_exactly(app, 1) == b"x"
         nursery.cancel_scope.cancel()
@@ -79,7 +79,7 @@ async def test_username_password(tcp_pairs: Pairs) -> None:
     app, proxy_side = tcp_pairs()
     async with trio.open_nursery() as nursery:
         server = await start(nursery, FakeSocksServer(method=2))
-        nursery.start_soon(outbound(server.port, "alice", "s3cret").handle_tcp,
+        nursery.start_soon(run_flow, outbound(server.port, "alice", "s3cret"),
                            make_flow(proxy_side, DST))  # fmt: skip
         await send_all(app, b"x")
         assert await recv_exactly(app, 1) == b"x"
@@ -93,7 +93,7 @@ async def test_credentials_unused_when_the_proxy_wants_none(tcp_pairs: Pairs) ->
     app, proxy_side = tcp_pairs()
     async with trio.open_nursery() as nursery:
         server = await start(nursery, FakeSocksServer(method=0))
-        nursery.start_soon(outbound(server.port, "alice", "pw").handle_tcp,
+        nursery.start_soon(run_flow, outbound(server.port, "alice", "pw"),
                            make_flow(proxy_side, DST))  # fmt: skip
         await send_all(app, b"x")
         assert await recv_exactly(app, 1) == b"x"
@@ -108,8 +108,8 @@ async def fail(tcp_pairs: Pairs, server: FakeSocksServer, ob: Callable[[int], So
         await nursery.start(server.run)
         start_time = trio.current_time()
         with pytest.raises(DialError) as info:
-            await ob(server.port).handle_tcp(
-                make_flow(proxy_side, DST, domain=domain, ctx=context(handshake))
+            await run_flow(
+                ob(server.port), make_flow(proxy_side, DST, domain=domain, ctx=context(handshake))
             )
         nursery.cancel_scope.cancel()
     return str(info.value), trio.current_time() - start_time
@@ -159,7 +159,7 @@ async def test_proxy_down(tcp_pairs: Pairs) -> None:
         port = s.getsockname()[1]  # nothing listens here once closed
     _, proxy_side = tcp_pairs()
     with pytest.raises(DialError) as info:
-        await outbound(port).handle_tcp(make_flow(proxy_side, DST))
+        await run_flow(outbound(port), make_flow(proxy_side, DST))
     assert str(info.value) == (
         f"socks proxy 127.0.0.1:{port}: connect to 127.0.0.1:{port} failed: Connection refused"
     )
@@ -171,7 +171,7 @@ async def test_proxy_given_by_name_is_resolved(tcp_pairs: Pairs) -> None:
     async with trio.open_nursery() as nursery:
         server = await start(nursery, FakeSocksServer())
         flow = make_flow(proxy_side, DST, ctx=context(resolver=resolver))
-        nursery.start_soon(outbound(server.port, host="proxy.lan").handle_tcp, flow)
+        nursery.start_soon(run_flow, outbound(server.port, host="proxy.lan"), flow)
         await send_all(app, b"x")
         assert await recv_exactly(app, 1) == b"x"
         nursery.cancel_scope.cancel()
@@ -191,7 +191,7 @@ async def test_not_a_socks_server(tcp_pairs: Pairs) -> None:
         with pytest.raises(
             DialError, match=r"bad reply: not a SOCKS5 server \(version byte 0x48\)"
         ):
-            await outbound(port).handle_tcp(make_flow(proxy_side, DST))
+            await run_flow(outbound(port), make_flow(proxy_side, DST))
         nursery.cancel_scope.cancel()
 
 

@@ -19,7 +19,7 @@ import trio.testing
 
 from trio_tproxy.addr import Endpoint
 from trio_tproxy.config import parse_config_text
-from trio_tproxy.outbound.base import DatagramSink, TcpFlow, UdpRequest
+from trio_tproxy.outbound.base import DatagramSink, Destination, UdpRequest, Upstream
 from trio_tproxy.runtime import Runtime
 from trio_tproxy.udp.replies import ReplySockets
 from trio_tproxy.udp.service import UdpService
@@ -87,8 +87,14 @@ class FakeOutbound:
         self.gate: trio.Event | None = None  # open_udp waits for it when set
         self.failures: list[OSError] = []  # raised by the next open_udp calls
 
-    async def handle_tcp(self, flow: TcpFlow) -> None:
-        raise NotImplementedError
+    async def open_stream(
+        self,
+        destination: Destination,
+        *,
+        timeout: float,  # noqa: ASYNC109
+        initial: bytes = b"",
+    ) -> Upstream:
+        raise NotImplementedError  # UDP tests only
 
     async def open_udp(self, request: UdpRequest) -> FakeLink:
         if self.gate is not None:

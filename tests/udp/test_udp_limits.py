@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trio_tproxy.config import ConfigErrors, parse_config_text
-from trio_tproxy.udp.limits import UdpLimits
+from trio_tproxy.limits import UdpLimits
 
 BASE = """
 [[inbounds]]

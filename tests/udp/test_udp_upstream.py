@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from trio_tproxy.outbound.dial import DialError
-from trio_tproxy.udp.upstream import SocketLink, open_upstream, route_source
+from trio_tproxy.outbound.udp_socket import SocketLink, open_upstream, route_source
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])

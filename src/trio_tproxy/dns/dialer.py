@@ -19,9 +19,14 @@ from ..addr import SockAddr
 from ..inbound.sockopt import SocketSetupError, set_mark
 from ..outbound.dial import DialError, open_tcp
 from ..outbound.direct import DirectOutbound
-from ..outbound.http import HttpOutbound
-from ..outbound.socks import SocksOutbound, socks_open
-from ..outbound.socks_proto import CMD_CONNECT
+from ..outbound.interface import (
+    Destination,
+    FlowRefused,
+    SocketUpstream,
+    StreamOutbound,
+    StreamUpstream,
+    stream_capable,
+)
 from ..resolver import Resolver
 from ..sock import addr_to_sockaddr, close_socket, family_of
 
@@ -114,38 +119,31 @@ class DirectDialer:
         return _UdpSocket(trio.socket.from_stdlib_socket(sock))
 
 
-class _TunnelDialer:
-    """TCP through a ``socks`` (CONNECT) or ``http`` (CONNECT) outbound.
+class _StreamDialer:
+    """TCP through any stream-capable outbound (socks, http, shadowsocks, a group...).
 
-    Plain-UDP servers behind a tunnel are asked over TCP through it (open_datagram
-    gives None): one CONNECT per query is cheaper than a UDP ASSOCIATE per query (a
-    control connection *and* a relay socket), and the servers answer the same.
+    Plain-UDP servers behind it are asked over TCP (open_datagram gives None): one
+    CONNECT per query is cheaper than a UDP ASSOCIATE per query (a control connection
+    *and* a relay socket), and the servers answer the same.
     """
 
-    def __init__(self, outbound: SocksOutbound | HttpOutbound, resolver: Resolver) -> None:
+    def __init__(self, outbound: StreamOutbound) -> None:
         self._outbound = outbound
-        self._resolver = resolver
         self.label = outbound.tag
 
     async def open_stream(self, addr: SockAddr, timeout: float) -> trio.abc.Stream:  # noqa: ASYNC109
-        ip, port = addr
-        outbound = self._outbound
         try:
-            if isinstance(outbound, SocksOutbound):
-                sock, _, early = await socks_open(
-                    outbound.server, CMD_CONNECT, ip, port,
-                    resolver=self._resolver, timeout=timeout,
-                )  # fmt: skip
-            else:
-                sock, early = await outbound.open_tunnel(
-                    ip, port, resolver=self._resolver, timeout=timeout
-                )
-        except OSError as exc:  # DialError: a complete reason
+            upstream = await self._outbound.open_stream(Destination(addr), timeout=timeout)
+        except (OSError, FlowRefused) as exc:  # DialError: a complete reason
             raise UpstreamError(f"through {self.label}: {exc}") from exc
-        if early:  # a DNS server never speaks first
-            close_socket(sock)
+        if not isinstance(upstream, SocketUpstream):
+            if isinstance(upstream, StreamUpstream):
+                upstream.stream.close()
+            raise UpstreamError(f"through {self.label}: this outbound cannot carry DNS queries")
+        if upstream.early:  # a DNS server never speaks first
+            close_socket(upstream.sock)
             raise UpstreamError(f"through {self.label}: unexpected bytes before the query")
-        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        return trio.SocketStream(trio.socket.from_stdlib_socket(upstream.sock))
 
     async def open_datagram(self, addr: SockAddr) -> DatagramEndpoint | None:
         await trio.lowlevel.checkpoint()
@@ -157,8 +155,9 @@ def dialer_for(outbound: object, resolver: Resolver) -> UpstreamDialer:
     given by name); raises DialerUnavailable."""
     if isinstance(outbound, DirectOutbound):
         return DirectDialer(outbound.mark, outbound.tag)
-    if isinstance(outbound, SocksOutbound | HttpOutbound):
-        return _TunnelDialer(outbound, resolver)
+    streams = stream_capable(outbound)
+    if streams is not None and not getattr(outbound, "local_only", False):
+        return _StreamDialer(streams)
     tag = getattr(outbound, "tag", "?")
     kind = getattr(outbound, "kind", None) or type(outbound).__name__
     raise DialerUnavailable(f"outbound {tag!r} ({kind}) cannot carry DNS queries")

@@ -14,12 +14,20 @@ __all__ = ["Answerer", "serve_dns_stream"]
 MAX_MESSAGE: Final = 65535
 
 
+class MessageStream(Protocol):
+    """A byte stream both ways (a trio stream, a flow's client side)."""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
+
+
 class Answerer(Protocol):
     async def answer(self, data: bytes, *, udp: bool) -> bytes | None: ...
 
 
 async def serve_dns_stream(
-    stream: trio.abc.Stream,
+    stream: MessageStream,
     prefix: bytes,
     service: Callable[[], Answerer],
     idle: float,

@@ -28,7 +28,7 @@ import trio
 
 from ..addr import Endpoint
 from ..config import Inbound
-from ..udp import gso
+from . import gso
 from .listen import open_inbound_socket
 from .sockopt import (
     IP_RECVORIGDSTADDR,

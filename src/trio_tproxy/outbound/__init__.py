@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import trio
+
 from ..config import BlockOutbound as BlockConfig
 from ..config import Config
 from ..config import DirectOutbound as DirectConfig
 from ..config import DnsOutbound as DnsConfig
 from ..config import HttpOutbound as HttpConfig
 from ..config import SocksOutbound as SocksConfig
+from ..resolver import Resolver, SystemResolver
 from ..sock import close_socket
-from .base import FlowContext, Outbound, TcpFlow
+from .base import Destination, FlowContext, Outbound, TcpFlow, Upstream
 from .block import BlockOutbound
 from .dial import DialError, open_tcp
 from .direct import DirectOutbound
@@ -22,7 +25,7 @@ from .socks import SocksOutbound
 
 # dns is structured and checked by config/ already; its implementation plugs in here
 # (issue 7).
-REGISTRY: dict[type[Any], Callable[[Any], Outbound]] = {
+REGISTRY: dict[type[Any], Callable[[Any, Resolver], Outbound]] = {
     DirectConfig: DirectOutbound,
     BlockConfig: BlockOutbound,
     SocksConfig: SocksOutbound,
@@ -41,19 +44,30 @@ class UnavailableOutbound:
     def __init__(self, tag: str, kind: str) -> None:
         self.tag = tag
         self.kind = kind
+        self.local_only = True
 
-    async def handle_tcp(self, flow: TcpFlow) -> None:
+    async def open_stream(
+        self,
+        destination: Destination,
+        *,
+        timeout: float,  # noqa: ASYNC109
+        initial: bytes = b"",
+    ) -> Upstream:
+        await trio.lowlevel.checkpoint()
         raise DialError(0, f"outbound {self.tag!r} ({self.kind}) is not implemented yet")
 
 
-def build_outbounds(cfg: Config) -> dict[str, Outbound]:
+def build_outbounds(cfg: Config, resolver: Resolver | None = None) -> dict[str, Outbound]:
+    """Every configured outbound; ``resolver`` is what they look names up with (the
+    runtime's DNS: a proxy given by name, direct's use_ip)."""
+    resolver = resolver or SystemResolver()
     outbounds: dict[str, Outbound] = {}
     for ob in cfg.outbounds:
         factory = REGISTRY.get(type(ob))
         if factory is None:
             outbounds[ob.tag] = UnavailableOutbound(ob.tag, type(ob).TYPE)
         else:
-            outbounds[ob.tag] = factory(ob)
+            outbounds[ob.tag] = factory(ob, resolver)
     return outbounds
 
 

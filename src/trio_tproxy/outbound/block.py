@@ -6,8 +6,7 @@ import trio
 
 from ..addr import Endpoint
 from ..config import BlockOutbound as BlockConfig
-from ..relay import send_all
-from .base import DatagramSink, TcpFlow, UdpLink, UdpRequest
+from .base import DatagramSink, Destination, FlowRefused, UdpLink, UdpRequest, Upstream
 
 # Byte for byte what v2ray and Xray send (LF line ends, not CRLF): reference section 4.
 HTTP_403 = (
@@ -19,19 +18,22 @@ HTTP_LINGER = 1.0
 
 
 class BlockOutbound:
-    def __init__(self, cfg: BlockConfig) -> None:
+    def __init__(self, cfg: BlockConfig, resolver: object = None) -> None:
         self.tag: str = cfg.tag
         self.response = cfg.response
+        self.local_only = True  # reaches nothing: DNS servers cannot be asked through it
 
-    async def handle_tcp(self, flow: TcpFlow) -> None:
-        flow.stats.outcome = "blocked"
+    async def open_stream(
+        self,
+        destination: Destination,
+        *,
+        timeout: float,  # noqa: ASYNC109
+        initial: bytes = b"",
+    ) -> Upstream:
+        await trio.lowlevel.checkpoint()
         if self.response == "http":
-            try:
-                await send_all(flow.client, HTTP_403)
-            except OSError:
-                return
-            flow.stats.down += len(HTTP_403)
-            await trio.sleep(HTTP_LINGER)
+            raise FlowRefused("blocked", HTTP_403, HTTP_LINGER)
+        raise FlowRefused("blocked")
 
     async def open_udp(self, request: UdpRequest) -> UdpLink:
         return DiscardLink()

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 
 from ..addr import IPAddress
 from ..config import DirectOutbound as DirectConfig
-from ..udp import upstream as udp_upstream  # a module: udp/ imports outbound/ too
-from .base import TcpFlow, UdpLink, UdpRequest
+from ..resolver import Resolver, SystemResolver
+from . import udp_socket as udp_upstream
+from .base import Destination, SocketUpstream, UdpLink, UdpRequest
 from .dial import open_tcp, open_tcp_happy
-from .tunnel import carry
+from .tunnel import socket_upstream
 
 log = logging.getLogger("trio_tproxy.outbound.direct")
 
@@ -34,27 +35,33 @@ def wanted(ips: Sequence[IPAddress], strategy: str) -> list[IPAddress]:
 
 
 class DirectOutbound:
-    def __init__(self, cfg: DirectConfig) -> None:
+    def __init__(self, cfg: DirectConfig, resolver: Resolver | None = None) -> None:
         self.tag: str = cfg.tag
         self.mark = cfg.mark
         self.domain_strategy = cfg.domain_strategy
+        self.resolver: Resolver = resolver or SystemResolver()
 
-    async def handle_tcp(self, flow: TcpFlow) -> None:
-        upstream = await self.connect(flow)
-        await carry(flow, upstream)
+    async def open_stream(
+        self,
+        destination: Destination,
+        *,
+        timeout: float,  # noqa: ASYNC109
+        initial: bytes = b"",
+    ) -> SocketUpstream:
+        sock = await self.connect(destination, timeout=timeout)
+        return await socket_upstream(sock, initial, chain=(self.tag,))
 
-    async def connect(self, flow: TcpFlow) -> socket.socket:
-        timeout = flow.ctx.handshake_timeout
-        if self.domain_strategy != "as_is" and flow.domain is not None:
-            ips = wanted(await flow.ctx.resolver.resolve(flow.domain), self.domain_strategy)
+    async def connect(self, destination: Destination, *, timeout: float) -> socket.socket:  # noqa: ASYNC109
+        if self.domain_strategy != "as_is" and destination.domain is not None:
+            ips = wanted(await self.resolver.resolve(destination.domain), self.domain_strategy)
             if ips:
-                port = flow.original_dst[1]
+                port = destination.port
                 return await open_tcp_happy(ips, port, mark=self.mark, timeout=timeout)
             log.debug(
                 "%s: no %s address for %s; connecting to the original %s",
-                self.tag, self.domain_strategy, flow.domain, flow.original_dst[0],
+                self.tag, self.domain_strategy, destination.domain, destination.address[0],
             )  # fmt: skip
-        return await open_tcp(flow.original_dst, mark=self.mark, timeout=timeout)
+        return await open_tcp(destination.address, mark=self.mark, timeout=timeout)
 
     async def open_udp(self, request: UdpRequest) -> UdpLink:
         # Each datagram goes to its original destination, whatever domain_strategy says:

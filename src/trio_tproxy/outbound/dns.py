@@ -16,6 +16,7 @@ at most :data:`MAX_PENDING` per client source.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -23,8 +24,9 @@ import trio
 from ..addr import Endpoint
 from ..config import DnsOutbound as DnsConfig
 from ..dns.stream import serve_dns_stream
-from .base import DatagramSink, TcpFlow, UdpLink, UdpRequest
+from .base import DatagramSink, Destination, LocalAnswer, UdpLink, UdpRequest
 from .dial import DialError
+from .interface import ClientStream
 
 if TYPE_CHECKING:
     from ..dns.service import DnsService
@@ -37,9 +39,10 @@ MAX_PENDING = 64
 
 
 class DnsOutbound:
-    def __init__(self, cfg: DnsConfig) -> None:
+    def __init__(self, cfg: DnsConfig, resolver: object = None) -> None:
         self.tag: str = cfg.tag
         self.kind = cfg.TYPE
+        self.local_only = True  # answers in process: DNS servers cannot be asked through it
         self.service: DnsService | None = None
 
     def attach(self, service: DnsService) -> None:
@@ -51,22 +54,28 @@ class DnsOutbound:
             raise DialError(0, f"outbound {self.tag!r}: no DNS service attached")
         return self.service
 
-    async def handle_tcp(self, flow: TcpFlow) -> None:
+    async def open_stream(
+        self,
+        destination: Destination,
+        *,
+        timeout: float,  # noqa: ASYNC109
+        initial: bytes = b"",
+    ) -> LocalAnswer:
+        """No upstream: the session hands the client to :meth:`serve` (with ``initial``
+        as the bytes already read)."""
+        self._service()  # fail now, before the client is handed over
+        await trio.lowlevel.checkpoint()
+        return LocalAnswer(self.serve, chain=(self.tag,))
+
+    async def serve(
+        self, client: ClientStream, prefix: bytes, idle: float, count: Callable[[int, int], None]
+    ) -> str:
         service = self._service()
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(flow.client))
-
-        def count(up: int, down: int) -> None:
-            flow.stats.up += up
-            flow.stats.down += down
-
         try:
-            answered = await serve_dns_stream(
-                stream, flow.prefix, lambda: service, flow.ctx.timeouts.idle, count
-            )
+            answered = await serve_dns_stream(client, prefix, lambda: service, idle, count)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            flow.stats.outcome = f"dns: client error: {exc}"
-            return
-        flow.stats.outcome = f"dns: {answered} answered"
+            return f"dns: client error: {exc}"
+        return f"dns: {answered} answered"
 
     async def open_udp(self, request: UdpRequest) -> UdpLink:
         await trio.lowlevel.checkpoint()

@@ -17,18 +17,19 @@ import socket
 
 from ..config import HttpOutbound as HttpConfig
 from ..relay import send_all
-from ..resolver import Resolver
+from ..resolver import Resolver, SystemResolver
 from ..sock import close_socket
-from .base import TcpFlow
+from .base import Destination, SocketUpstream
 from .dial import DialError, ip_literal, recv_message
 from .http_proto import ConnectResponse, authority, encode_connect, parse_connect_response
 from .socks_proto import Host
-from .tunnel import carry, open_negotiated
+from .tunnel import open_negotiated, socket_upstream
 
 
 class HttpOutbound:
-    def __init__(self, cfg: HttpConfig) -> None:
+    def __init__(self, cfg: HttpConfig, resolver: Resolver | None = None) -> None:
         self.tag: str = cfg.tag
+        self.resolver: Resolver = resolver or SystemResolver()
         self.host = cfg.server.host
         self.ip = ip_literal(self.host)  # parsed once: the host is dialled for every flow
         self.port = cfg.server.port
@@ -39,13 +40,17 @@ class HttpOutbound:
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.peer = f"http proxy {host}:{self.port}"
 
-    async def handle_tcp(self, flow: TcpFlow) -> None:
-        ip, port = flow.original_dst
-        target: Host = flow.domain if flow.domain else ip
-        upstream, early = await self.open_tunnel(
-            target, port, resolver=flow.ctx.resolver, timeout=flow.ctx.handshake_timeout
-        )
-        await carry(flow, upstream, early)
+    async def open_stream(
+        self,
+        destination: Destination,
+        *,
+        timeout: float,  # noqa: ASYNC109
+        initial: bytes = b"",
+    ) -> SocketUpstream:
+        ip, port = destination.address
+        target: Host = destination.domain if destination.domain else ip
+        sock, early = await self.open_tunnel(target, port, resolver=self.resolver, timeout=timeout)
+        return await socket_upstream(sock, initial, chain=(self.tag,), early=early)
 
     async def open_tunnel(
         self,

@@ -17,12 +17,13 @@ outbound), relayed in userspace with the same timers and half-close semantics.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 import attrs
 
 from ..addr import Endpoint, SockAddr
+from ..resolver import Resolver, SystemResolver
 
 
 @attrs.frozen
@@ -82,7 +83,26 @@ class StreamUpstream:
     outcome: str | None = None
 
 
-Upstream = SocketUpstream | StreamUpstream
+class ClientStream(Protocol):
+    """The client's side of a flow, as a local answerer sees it (a trio stream)."""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
+
+
+@attrs.define
+class LocalAnswer:
+    """No upstream: the outbound answers the client itself (the dns outbound).
+
+    ``serve(client, prefix, idle, count)`` runs until the client is done and returns
+    the access-log outcome; ``count(up, down)`` adds bytes as they move."""
+
+    serve: Callable[[ClientStream, bytes, float, Callable[[int, int], None]], Awaitable[str]]
+    chain: tuple[str, ...] = ()
+
+
+Upstream = SocketUpstream | StreamUpstream | LocalAnswer
 
 
 @runtime_checkable
@@ -99,7 +119,10 @@ class StreamOutbound(Protocol):
         """Connect and negotiate within ``timeout``; ``initial`` (bytes the client sent
         while we sniffed) must reach the destination before anything else (an outbound
         may put it into its first write). Raise DialError if the upstream cannot be
-        reached, FlowRefused to decline."""
+        reached, FlowRefused to decline.
+
+        An outbound that reaches no network (block, dns) says so with a true
+        ``local_only`` attribute: DNS servers are never asked through it."""
 
 
 DatagramSink = Callable[[memoryview, Endpoint], None]
@@ -119,6 +142,8 @@ class UdpRequest:
     # await in between (the datagram is copied out before anyone else reads).
     buffer: bytearray
     handshake_timeout: float
+    # Looks up a proxy given by name (socks): the runtime's resolver.
+    resolver: Resolver = attrs.field(factory=SystemResolver)
 
 
 class UdpLink(Protocol):

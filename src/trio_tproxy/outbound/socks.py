@@ -23,12 +23,12 @@ import attrs
 from ..addr import IPAddress
 from ..config import SocksOutbound as SocksConfig
 from ..relay import send_all
-from ..resolver import Resolver
+from ..resolver import Resolver, SystemResolver
 from . import socks_proto as proto
-from .base import TcpFlow, UdpRequest
+from .base import Destination, SocketUpstream, UdpRequest
 from .dial import DialError, ip_literal, recv_message
 from .socks_udp import SocksUdpLink
-from .tunnel import carry, open_negotiated
+from .tunnel import open_negotiated, socket_upstream
 
 # The errno a failed reply maps to (DialError is an OSError); the text is what counts.
 _REPLY_ERRNO = {
@@ -140,18 +140,24 @@ async def socks_open(
 
 
 class SocksOutbound:
-    def __init__(self, cfg: SocksConfig) -> None:
+    def __init__(self, cfg: SocksConfig, resolver: Resolver | None = None) -> None:
         self.tag: str = cfg.tag
         self.server = SocksServer.from_config(cfg)
+        self.resolver: Resolver = resolver or SystemResolver()
 
-    async def handle_tcp(self, flow: TcpFlow) -> None:
-        ip, port = flow.original_dst
-        target: proto.Host = flow.domain if flow.domain else ip
-        upstream, _, early = await socks_open(
-            self.server, proto.CMD_CONNECT, target, port,
-            resolver=flow.ctx.resolver, timeout=flow.ctx.handshake_timeout,
-        )  # fmt: skip
-        await carry(flow, upstream, early)
+    async def open_stream(
+        self,
+        destination: Destination,
+        *,
+        timeout: float,  # noqa: ASYNC109
+        initial: bytes = b"",
+    ) -> SocketUpstream:
+        ip, port = destination.address
+        target: proto.Host = destination.domain if destination.domain else ip
+        sock, _, early = await socks_open(
+            self.server, proto.CMD_CONNECT, target, port, resolver=self.resolver, timeout=timeout
+        )
+        return await socket_upstream(sock, initial, chain=(self.tag,), early=early)
 
     async def open_udp(self, request: UdpRequest) -> SocksUdpLink:
         """A UDP ASSOCIATE for one client source, within the handshake timeout."""

@@ -1,5 +1,5 @@
 """What the proxy outbounds share: dialling the proxy and negotiating within one
-handshake deadline, and carrying the flow over the resulting socket."""
+handshake deadline, and handing the resulting socket to the session."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import TypeVar
 import trio
 
 from ..addr import IPAddress
-from ..relay import relay, send_all
+from ..relay import send_all
 from ..resolver import Resolver
 from ..sock import close_socket
-from .base import TcpFlow
+from .base import SocketUpstream
 from .dial import DialError, open_tcp_host
 
 T = TypeVar("T")
@@ -54,21 +54,17 @@ async def open_negotiated(
     return sock, result
 
 
-async def carry(flow: TcpFlow, upstream: socket.socket, early: bytes = b"") -> None:
-    """Relay ``flow`` over ``upstream`` until it ends, then close ``upstream``.
-
-    ``early`` is what the upstream sent right behind its handshake reply (a
-    server-first protocol's banner, say): it goes to the client first. The client's
-    sniffed ``prefix`` goes upstream before anything else, so no byte is lost or
-    reordered either way.
-    """
-    try:
-        if early:
-            await send_all(flow.client, early)
-            flow.stats.down += len(early)
-        if flow.prefix:
-            await send_all(upstream, flow.prefix)
-            flow.stats.up += len(flow.prefix)
-        await relay(flow.client, upstream, flow.ctx.timeouts, flow.ctx.pool, stats=flow.stats)
-    finally:
-        close_socket(upstream)
+async def socket_upstream(
+    sock: socket.socket, initial: bytes, *, chain: tuple[str, ...], early: bytes = b""
+) -> SocketUpstream:
+    """``sock`` as the flow's upstream, once ``initial`` (the client's sniffed bytes)
+    went out first; closes ``sock`` if that fails."""
+    if initial:
+        try:
+            await send_all(sock, initial)
+        except OSError as exc:
+            close_socket(sock)
+            raise DialError(
+                exc.errno or errno.EIO, f"sending the first bytes failed: {exc}"
+            ) from exc
+    return SocketUpstream(sock, early=early, chain=chain)

@@ -6,12 +6,10 @@
     flow.py         a flow's and a link slot's state, with their bounded queues
     replies.py      transparent reply sockets bound to remote addresses (LRU)
     rawsend.py      + packet.py: the raw-packet reply when a local service owns the port
-    upstream.py     marked upstream sockets bound to a concrete address (direct's link)
-    gso.py          bursts to one destination sent as one UDP_SEGMENT sendmsg
     lru.py          the least-recently-active table both caches are built on
-    limits.py       limits from policy, counters
 
-Outbounds carry UDP through ``open_udp`` (outbound/base.py: UdpRequest, UdpLink). This
-package's ``__init__`` imports nothing: runtime.py imports ``udp.limits`` and
-outbound/direct.py ``udp.upstream`` while both packages are still initialising.
+Below it: outbound/udp_socket.py (marked upstream sockets bound to a concrete address,
+direct's link), inbound/gso.py (bursts to one destination as one UDP_SEGMENT sendmsg),
+limits.py (limits from policy, counters). Outbounds carry UDP through ``open_udp``
+(outbound/interface.py: UdpRequest, UdpLink).
 """

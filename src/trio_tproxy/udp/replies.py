@@ -31,15 +31,15 @@ import trio
 
 from ..addr import Endpoint
 from ..addr import show as show_addr
+from ..inbound import gso
 from ..inbound.sockopt import set_mark, set_transparent
 from ..inbound.udp import RCVBUF, DatagramHandler, enable_original_dst, receive_datagrams
 from ..inbound.udp import set_buffer as set_socket_buffer
+from ..limits import UdpCounters, UdpLimits
+from ..outbound.udp_socket import family_of_text
 from ..sock import close_socket
-from . import gso
-from .limits import UdpCounters, UdpLimits
 from .lru import IdleLru
 from .rawsend import RawSender
-from .upstream import family_of_text
 
 log = logging.getLogger("trio_tproxy.udp.replies")
 

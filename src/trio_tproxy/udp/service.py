@@ -23,11 +23,11 @@ import trio
 
 from ..addr import Endpoint
 from ..config import Inbound
+from ..inbound import gso
 from ..inbound.udp import DATAGRAM_BUFFER, receive_datagrams
+from ..limits import DRAIN_IDLE, UdpCounters, UdpLimits, check_fd_budget
 from ..runtime import Runtime
 from ..sock import close_socket
-from . import gso
-from .limits import DRAIN_IDLE, UdpCounters, UdpLimits, check_fd_budget
 from .lru import IdleLru
 from .replies import ReplySockets
 from .session import SessionEnv, UdpSession

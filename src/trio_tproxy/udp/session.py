@@ -32,12 +32,12 @@ from ..addr import Endpoint, SockAddr
 from ..addr import show as show_addr
 from ..config import Inbound
 from ..inbound.sockopt import is_local_address
+from ..limits import MAX_FLOWS_PER_SESSION, UdpCounters
 from ..outbound.base import UdpOutbound, UdpRequest, udp_capable
 from ..route import Decision, FlowFacts
 from ..runtime import Runtime
 from ..sniff import MAX_DATAGRAMS, NOT_THIS, Sniffed, sniff_datagrams
 from .flow import FlowState, LinkSlot, UdpFlow
-from .limits import MAX_FLOWS_PER_SESSION, UdpCounters
 from .lru import IdleLru
 
 log = logging.getLogger("trio_tproxy.udp.session")
