@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import trio_tproxy
 
 ROOT = Path(trio_tproxy.__file__).parent
@@ -123,10 +121,5 @@ def test_address_leaves_import_nothing_of_ours() -> None:
     assert graph["trio_tproxy.sock"] <= {"trio_tproxy.addr"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 in progress: dns/inbound/outbound/relay/resolver/runtime/session/udp "
-    "still import each other",
-)
 def test_no_cycle_between_parts() -> None:
     assert find_cycle(part_graph(import_graph())) is None

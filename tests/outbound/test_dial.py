@@ -14,14 +14,14 @@ import trio
 import trio.testing
 
 from trio_tproxy.addr import IPAddress, SockAddr
-from trio_tproxy.outbound import dial
-from trio_tproxy.outbound.dial import (
+from trio_tproxy.dial import (
     DialError,
     interleave_families,
     open_tcp_happy,
     open_tcp_host,
     recv_message,
 )
+from trio_tproxy import dial
 from trio_tproxy.outbound.socks_proto import parse_reply
 
 A6 = ipaddress.IPv6Address("2001:db8::1")

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 from dnslib import DNSRecord
 
-from trio_tproxy.outbound.dial import DialError
+from trio_tproxy.dial import DialError
 from trio_tproxy.udp import flow as udp_flow
 from trio_tproxy.udp import session as udp_session
 

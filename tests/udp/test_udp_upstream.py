@@ -7,7 +7,7 @@ import socket
 import pytest
 import trio
 
-from trio_tproxy.outbound.dial import DialError
+from trio_tproxy.dial import DialError
 from trio_tproxy.outbound.udp_socket import SocketLink, open_upstream, route_source
 
 

@@ -16,10 +16,11 @@ from typing import Protocol
 import trio
 
 from ..addr import SockAddr
+from ..dial import DialError, open_tcp
 from ..inbound.sockopt import SocketSetupError, set_mark
-from ..outbound.dial import DialError, open_tcp
-from ..outbound.direct import DirectOutbound
-from ..outbound.interface import (
+from ..resolver import Resolver
+from ..sock import addr_to_sockaddr, close_socket, family_of
+from ..upstreams import (
     Destination,
     FlowRefused,
     SocketUpstream,
@@ -27,8 +28,6 @@ from ..outbound.interface import (
     StreamUpstream,
     stream_capable,
 )
-from ..resolver import Resolver
-from ..sock import addr_to_sockaddr, close_socket, family_of
 
 __all__ = [
     "DatagramEndpoint", "DialerUnavailable", "DirectDialer", "UpstreamDialer",
@@ -153,8 +152,9 @@ class _StreamDialer:
 def dialer_for(outbound: object, resolver: Resolver) -> UpstreamDialer:
     """The dialer for DNS traffic routed to ``outbound`` (``resolver`` finds a proxy
     given by name); raises DialerUnavailable."""
-    if isinstance(outbound, DirectOutbound):
-        return DirectDialer(outbound.mark, outbound.tag)
+    direct_mark = getattr(outbound, "direct_mark", None)
+    if isinstance(direct_mark, int):  # it sends from this host itself: UDP included
+        return DirectDialer(direct_mark, getattr(outbound, "tag", "direct"))
     streams = stream_capable(outbound)
     if streams is not None and not getattr(outbound, "local_only", False):
         return _StreamDialer(streams)

@@ -13,11 +13,11 @@ from ..config import DirectOutbound as DirectConfig
 from ..config import DnsOutbound as DnsConfig
 from ..config import HttpOutbound as HttpConfig
 from ..config import SocksOutbound as SocksConfig
+from ..dial import DialError, open_tcp
 from ..resolver import Resolver, SystemResolver
 from ..sock import close_socket
 from .base import Destination, FlowContext, Outbound, TcpFlow, Upstream
 from .block import BlockOutbound
-from .dial import DialError, open_tcp
 from .direct import DirectOutbound
 from .dns import DnsOutbound
 from .http import HttpOutbound

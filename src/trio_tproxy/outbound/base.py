@@ -9,7 +9,7 @@ import attrs
 from ..addr import SockAddr
 from ..relay import BufferPool, RelayStats, RelayTimeouts
 from ..resolver import Resolver, SystemResolver
-from .interface import (
+from ..upstreams import (
     DatagramOutbound,
     DatagramSink,
     Destination,

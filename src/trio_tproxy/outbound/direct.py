@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 from ..addr import IPAddress
 from ..config import DirectOutbound as DirectConfig
+from ..dial import open_tcp, open_tcp_happy
 from ..resolver import Resolver, SystemResolver
 from . import udp_socket as udp_upstream
 from .base import Destination, SocketUpstream, UdpLink, UdpRequest
-from .dial import open_tcp, open_tcp_happy
 from .tunnel import socket_upstream
 
 log = logging.getLogger("trio_tproxy.outbound.direct")
@@ -38,6 +38,8 @@ class DirectOutbound:
     def __init__(self, cfg: DirectConfig, resolver: Resolver | None = None) -> None:
         self.tag: str = cfg.tag
         self.mark = cfg.mark
+        # Capability, for DNS servers routed here: plain sockets from this host, marked.
+        self.direct_mark: int = cfg.mark
         self.domain_strategy = cfg.domain_strategy
         self.resolver: Resolver = resolver or SystemResolver()
 

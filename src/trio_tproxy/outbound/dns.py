@@ -23,10 +23,10 @@ import trio
 
 from ..addr import Endpoint
 from ..config import DnsOutbound as DnsConfig
+from ..dial import DialError
 from ..dns.stream import serve_dns_stream
+from ..upstreams import ClientStream
 from .base import DatagramSink, Destination, LocalAnswer, UdpLink, UdpRequest
-from .dial import DialError
-from .interface import ClientStream
 
 if TYPE_CHECKING:
     from ..dns.service import DnsService

@@ -16,11 +16,11 @@ import errno
 import socket
 
 from ..config import HttpOutbound as HttpConfig
+from ..dial import DialError, ip_literal, recv_message
 from ..relay import send_all
 from ..resolver import Resolver, SystemResolver
 from ..sock import close_socket
 from .base import Destination, SocketUpstream
-from .dial import DialError, ip_literal, recv_message
 from .http_proto import ConnectResponse, authority, encode_connect, parse_connect_response
 from .socks_proto import Host
 from .tunnel import open_negotiated, socket_upstream

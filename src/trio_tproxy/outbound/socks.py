@@ -22,11 +22,11 @@ import attrs
 
 from ..addr import IPAddress
 from ..config import SocksOutbound as SocksConfig
+from ..dial import DialError, ip_literal, recv_message
 from ..relay import send_all
 from ..resolver import Resolver, SystemResolver
 from . import socks_proto as proto
 from .base import Destination, SocketUpstream, UdpRequest
-from .dial import DialError, ip_literal, recv_message
 from .socks_udp import SocksUdpLink
 from .tunnel import open_negotiated, socket_upstream
 

@@ -27,12 +27,12 @@ import attrs
 import trio
 
 from ..addr import Endpoint, SockAddr, unmap
+from ..dial import DialError, ip_literal
 from ..inbound.sockopt import set_mark
 from ..resolver import Resolver
 from ..sock import addr_to_sockaddr, close_socket, family_of, sockaddr_to_addr
 from . import socks_proto as proto
 from .base import DatagramSink
-from .dial import DialError, ip_literal
 
 log = logging.getLogger("trio_tproxy.outbound.socks_udp")
 

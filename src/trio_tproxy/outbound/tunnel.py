@@ -11,11 +11,11 @@ from typing import TypeVar
 import trio
 
 from ..addr import IPAddress
+from ..dial import DialError, open_tcp_host
 from ..relay import send_all
 from ..resolver import Resolver
 from ..sock import close_socket
 from .base import SocketUpstream
-from .dial import DialError, open_tcp_host
 
 T = TypeVar("T")
 

@@ -24,12 +24,12 @@ import trio
 
 from ..addr import Endpoint
 from ..addr import show as show_addr
+from ..dial import DialError
 from ..inbound import gso
 from ..inbound.sockopt import set_mark
 from ..inbound.udp import RCVBUF, set_buffer
 from ..sock import close_socket
 from .base import DatagramSink
-from .dial import DialError
 
 ROUTE_CACHE_TTL: Final = 5.0  # seconds; a route change is seen by new links this fast
 ROUTE_CACHE_SIZE: Final = 1024

@@ -22,8 +22,8 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from ..addr import Endpoint, SockAddr
-from ..resolver import Resolver, SystemResolver
+from .addr import Endpoint, SockAddr
+from .resolver import Resolver, SystemResolver
 
 
 @attrs.frozen
@@ -122,7 +122,9 @@ class StreamOutbound(Protocol):
         reached, FlowRefused to decline.
 
         An outbound that reaches no network (block, dns) says so with a true
-        ``local_only`` attribute: DNS servers are never asked through it."""
+        ``local_only`` attribute: DNS servers are never asked through it. One that
+        sends from this host itself (direct) has ``direct_mark``: the DNS splitter then
+        opens its own marked sockets, UDP included."""
 
 
 DatagramSink = Callable[[memoryview, Endpoint], None]

@@ -17,11 +17,11 @@ from typing import TypeVar
 
 import trio
 
-from ..addr import IPAddress, SockAddr, unmap
-from ..addr import show as show_addr
-from ..inbound.sockopt import set_mark
-from ..resolver import Resolver
-from ..sock import addr_to_sockaddr, close_socket, family_of
+from .addr import IPAddress, SockAddr, unmap
+from .addr import show as show_addr
+from .inbound.sockopt import set_mark
+from .resolver import Resolver
+from .sock import addr_to_sockaddr, close_socket, family_of
 
 T = TypeVar("T")
 
