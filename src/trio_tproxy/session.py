@@ -140,6 +140,10 @@ async def handle_tcp(
         log.exception("internal error in flow %s -> %s", _show(src), _show(dst))
         outcome = "internal error"
         set_reset_on_close(conn)
+    except BaseException:  # trio.Cancelled (maybe in a group): cut at the drain deadline
+        outcome = "cancelled"
+        set_reset_on_close(conn)  # the client must not mistake a cut flow for a complete one
+        raise
     finally:
         close_socket(conn)
         if rt.config.log.access:

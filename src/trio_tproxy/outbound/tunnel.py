@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import trio
 
-from ..inbound.sockopt import IPAddress
+from ..inbound.sockopt import IPAddress, set_reset_on_close
 from ..relay import relay, send_all
 from ..resolver import Resolver
 from .base import TcpFlow
@@ -20,9 +20,7 @@ T = TypeVar("T")
 
 
 def handshake_timeout(peer: str, seconds: float) -> DialError:
-    return DialError(
-        errno.ETIMEDOUT, f"{peer}: no answer within {seconds:g}s (policy.handshake)"
-    )
+    return DialError(errno.ETIMEDOUT, f"{peer}: no answer within {seconds:g}s (policy.handshake)")
 
 
 async def open_negotiated(
@@ -71,5 +69,8 @@ async def carry(flow: TcpFlow, upstream: socket.socket, early: bytes = b"") -> N
             await send_all(upstream, flow.prefix)
             flow.stats.up += len(flow.prefix)
         await relay(flow.client, upstream, flow.ctx.timeouts, flow.ctx.pool, stats=flow.stats)
+    except BaseException:  # cancelled (drain deadline): reset, never a clean FIN
+        set_reset_on_close(upstream)
+        raise
     finally:
         close_socket(upstream)
