@@ -117,6 +117,10 @@ async def handle_tcp(
         log.exception("internal error in flow %s -> %s", show_addr(src), show_addr(dst))
         outcome = "internal error"
         set_reset_on_close(conn)
+    except BaseException:  # trio.Cancelled (maybe in a group): cut at the drain deadline
+        outcome = "cancelled"
+        set_reset_on_close(conn)  # the client must not mistake a cut flow for a complete one
+        raise
     finally:
         close_socket(conn)
         if rt.config.log.access:
@@ -162,6 +166,9 @@ async def carry(flow: TcpFlow, outbound: object) -> None:
                 await send_all(flow.client, upstream.early)
                 stats.down += len(upstream.early)
             await relay(flow.client, upstream.sock, ctx.timeouts, ctx.pool, stats=stats)
+        except BaseException:  # cancelled (drain deadline): reset, never a clean FIN
+            set_reset_on_close(upstream.sock)
+            raise
         finally:
             close_socket(upstream.sock)
     else:

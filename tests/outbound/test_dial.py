@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from trio_tproxy import dial
 from trio_tproxy.addr import IPAddress, SockAddr
 from trio_tproxy.dial import (
     DialError,
@@ -21,7 +22,6 @@ from trio_tproxy.dial import (
     open_tcp_host,
     recv_message,
 )
-from trio_tproxy import dial
 from trio_tproxy.outbound.socks_proto import parse_reply
 
 A6 = ipaddress.IPv6Address("2001:db8::1")

@@ -23,10 +23,19 @@ from .sockopt import redirect_original_dst, set_transparent
 
 log = logging.getLogger("trio_tproxy.inbound")
 
-# accept() errors that concern one connection that died in the queue, not the listener
-_TRANSIENT_ACCEPT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN}
+# accept() errors that concern one connection that died in the queue, not the listener:
+# Linux accept(2) reports the pending network error of such a connection (accept(2),
+# "Error handling"), and netfilter may deny it (EPERM). Skip it and accept the next.
+_TRANSIENT_ACCEPT = {
+    errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
+    errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
+    errno.EOPNOTSUPP, errno.ENETUNREACH, errno.ETIMEDOUT, errno.EINTR,
+}  # fmt: skip
 _OUT_OF_FDS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 FD_BACKOFF = 0.1  # seconds to wait before accepting again when out of file descriptors
+# An errno nobody expected: logged once, then accepting goes on after this pause (so a
+# listener that fails every time cannot spin the CPU).
+UNEXPECTED_BACKOFF = 0.1
 
 ConnectionHandler = Callable[[socket.socket, SockAddr, SockAddr], Awaitable[None]]
 
@@ -53,9 +62,16 @@ async def accept_loop(
     handler: ConnectionHandler,
     flows: trio.Nursery,
 ) -> None:
-    """Accept until cancelled; each connection runs in ``flows`` (a longer-lived nursery)."""
+    """Accept until cancelled; each connection runs in ``flows`` (a longer-lived nursery).
+
+    No accept() error stops the listener: a connection that died in the queue is
+    skipped, running out of descriptors or memory pauses briefly, and an unexpected
+    errno is logged (once per errno) before accepting goes on. ``listener`` is anything
+    with the socket's ``accept()`` and ``fileno()`` (tests pass a stand-in).
+    """
     original_dst = original_dst_of(inbound)
     warned_fds = False
+    unexpected_logged: set[int | None] = set()
     while True:
         try:
             conn, peer = listener.accept()
@@ -75,7 +91,15 @@ async def accept_loop(
                     warned_fds = True
                 await trio.sleep(FD_BACKOFF)
                 continue
-            raise
+            if exc.errno not in unexpected_logged:
+                unexpected_logged.add(exc.errno)
+                log.error(
+                    "inbound %s: unexpected accept() error %s: %s (still accepting)",
+                    inbound.tag, errno.errorcode.get(exc.errno or 0, exc.errno),
+                    exc.strerror or exc,
+                )  # fmt: skip
+            await trio.sleep(UNEXPECTED_BACKOFF)
+            continue
         warned_fds = False
         conn.setblocking(False)
         try:
