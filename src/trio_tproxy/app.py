@@ -24,6 +24,7 @@ from .firewall.apply import AutoFirewall
 from .inbound.tcp import accept_loop, open_tcp_listener
 from .inbound.udp import open_udp_listener
 from .limits import check_connection_budget, raise_nofile_limit
+from .notify import Notifier
 from .outbound import UnavailableOutbound
 from .runtime import Runtime
 from .session import handle_tcp
@@ -98,6 +99,7 @@ class Gateway:
             log.info("dns.servers is empty: names are resolved by the system resolver")
         firewall = AutoFirewall.prepare(cfg)  # firewall.auto; clears a crashed run's leftovers
         listeners = []
+        notifier = Notifier()  # systemd Type=notify: a no-op without $NOTIFY_SOCKET
         dns_listeners: list[DnsListener] = []
         udp_services: list[UdpService] = []
         try:
@@ -122,10 +124,15 @@ class Gateway:
                               for u in udp_services),
                             *(f"dns on udp+tcp {dns.where}" for dns in dns_listeners),
                         ]))  # fmt: skip
+                        notifier.ready(f"{self.active_flows} active flow(s)")
+                        if (every := notifier.watchdog_interval()) is not None:
+                            accepting.start_soon(notifier.watchdog, every)
                         task_status.started()
                         async for signum in sigs:
                             if signum == signal.SIGHUP:
+                                notifier.reloading()
                                 self.reload()
+                                notifier.ready(f"{self.active_flows} active flow(s)")
                                 continue
                             break
                         accepting.cancel_scope.cancel()
@@ -135,6 +142,7 @@ class Gateway:
                     for dns in dns_listeners:
                         dns.close()
                     grace = self.runtime.config.policy.grace.seconds
+                    notifier.stopping(f"draining {self.active_flows} flow(s)")
                     log.info("stopping: no new flows; %d active flow(s) get %gs to finish",
                              self.active_flows, grace)  # fmt: skip
                     flows.cancel_scope.deadline = trio.current_time() + grace
@@ -146,6 +154,7 @@ class Gateway:
             for dns in dns_listeners:
                 dns.close()
             firewall.remove()  # after the drain: established flows needed the rules
+            notifier.close()
 
 
 def _where(ib: Inbound) -> str:
