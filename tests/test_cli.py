@@ -103,3 +103,22 @@ def test_help_for_every_command() -> None:
         result = cli(*args)
         assert result.returncode == 0
         assert "usage: trio-tproxy" in result.stdout
+
+
+def test_check_says_which_settings_are_not_in_effect_yet(tmp_path: Path) -> None:
+    """Sections the format accepts before their feature lands are never ignored silently."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[[inbounds]]\ntag = "in"\ntype = "tproxy"\nport = 12345\n'
+        '[[outbounds]]\ntag = "direct"\ntype = "direct"\n'
+        '[[outbounds]]\ntag = "ss"\ntype = "shadowsocks"\nserver = "192.0.2.1:8388"\n'
+        'method = "aes-128-gcm"\npassword = "x"\n'
+        '[process]\nworkers = 2\n[api]\nlisten = "127.0.0.1:9090"\n'
+    )
+    result = cli("check", str(config))
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("warning: [api]") for line in lines), lines
+    assert any("process.workers = 2" in line for line in lines), lines
+    assert any("'ss': type 'shadowsocks' is not implemented yet" in line for line in lines)
+    assert len(lines) == 3, lines  # each said once

@@ -18,7 +18,7 @@ from pathlib import Path
 import trio
 
 from .addr import SockAddr
-from .config import ConfigErrors, Inbound, load_config
+from .config import Config, ConfigErrors, Inbound, load_config
 from .dns.server import DnsListener, open_dns_listener
 from .firewall.apply import AutoFirewall
 from .inbound.tcp import accept_loop, open_tcp_listener
@@ -26,7 +26,7 @@ from .inbound.udp import open_udp_listener
 from .limits import check_connection_budget, raise_nofile_limit
 from .notify import Notifier
 from .outbound import UnavailableOutbound
-from .runtime import Runtime
+from .runtime import Runtime, not_yet_in_effect
 from .session import handle_tcp
 from .sock import set_reset_on_close
 from .udp.service import UdpService
@@ -78,6 +78,7 @@ class Gateway:
             for error in exc.errors:
                 log.error("  %s", error)
             return
+        warn_not_yet_in_effect(runtime.config)
         if runtime.config.inbounds != self.runtime.config.inbounds:
             log.warning("inbound changes take effect on restart; other changes applied")
         if runtime.config.dns.listen != self.runtime.config.dns.listen:
@@ -166,3 +167,8 @@ def _close_listeners(listeners: list[tuple[Inbound, socket.socket]]) -> None:
         if sock.fileno() >= 0:
             trio.lowlevel.notify_closing(sock)
             sock.close()
+
+
+def warn_not_yet_in_effect(cfg: Config) -> None:
+    for warning in not_yet_in_effect(cfg):
+        log.warning("%s", warning)

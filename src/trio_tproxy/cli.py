@@ -25,7 +25,7 @@ def _print_errors(errors: ConfigErrors) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
-    from .app import Gateway
+    from .app import Gateway, warn_not_yet_in_effect
     from .cache import RouterCache
     from .firewall.apply import FirewallError
     from .inbound.sockopt import SocketSetupError
@@ -40,6 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_errors(exc)
         return 1
     setup_logging(cfg.log.level)
+    warn_not_yet_in_effect(cfg)
     try:
         trio.run(Gateway(path, runtime).serve)
     except SocketSetupError as exc:
@@ -53,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from .cache import RouterCache
-    from .runtime import Runtime
+    from .runtime import Runtime, not_yet_in_effect
 
     try:
         cfg = load_config(args.config)
@@ -66,6 +67,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigErrors as exc:
         _print_errors(exc)
         return 1
+    for warning in not_yet_in_effect(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"{args.config}: ok: {len(cfg.inbounds)} inbound(s), {len(cfg.outbounds)} outbound(s), "
         f"{len(cfg.routing.rules)} rule(s), {len(cfg.dns.servers)} DNS server(s); "

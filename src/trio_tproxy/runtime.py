@@ -9,7 +9,7 @@ from .config import Config, Inbound
 from .dns.service import DnsService
 from .geo import GeoData
 from .limits import UdpLimits, pipe_budget
-from .outbound import FlowContext, Outbound, build_outbounds
+from .outbound import REGISTRY, FlowContext, Outbound, build_outbounds
 from .outbound.dns import DnsOutbound
 from .relay import BufferPool, RelayTimeouts
 from .resolver import LateResolver, Resolver
@@ -24,6 +24,25 @@ from .route import (
 )
 from .sniff import Sniffed
 from .splice import PipePool
+
+
+def not_yet_in_effect(cfg: Config) -> list[str]:
+    """Settings this version accepts (SPEC) but does not act on yet: said at every
+    start and reload, so nothing a user configured is ignored silently."""
+    unheeded = []
+    if cfg.api is not None:
+        unheeded.append("[api]: the controller API is not implemented yet; nothing listens on "
+                        f"{cfg.api.listen.host}:{cfg.api.listen.port}")  # fmt: skip
+    if cfg.process.workers != 1:
+        unheeded.append(f"process.workers = {cfg.process.workers!r}: one process serves all")
+    for i, ob in enumerate(cfg.outbounds):
+        if type(ob) not in REGISTRY:
+            unheeded.append(f"outbounds[{i}] {ob.tag!r}: type {ob.TYPE!r} is not implemented "
+                            "yet; flows routed to it are refused")  # fmt: skip
+    for key in ("geosite_dat", "geoip_dat"):
+        if getattr(cfg.geodata, key):
+            unheeded.append(f"geodata.{key} is not read yet: rules_dir and geoip are used")
+    return unheeded
 
 
 @attrs.frozen
