@@ -122,35 +122,27 @@ def main() -> int:
                 for mode, extra in modes.items():
                     for who, server in (("dnsmasq", UPSTREAM), ("trio-tproxy", gateway)):
                         results.setdefault((names, mode, who), []).append(
-                            dnsperf(lab, server, args.seconds, count, *extra)
-                        )
+                            dnsperf(lab, server, args.seconds, count, *extra))
         proxy.stop()
 
     def med(names: str, mode: str, who: str, key: str) -> float:
         return statistics.median(r[key] for r in results[(names, mode, who)])
 
-    print(
-        "Cached A queries, client -> gateway listener vs client -> dnsmasq; "
-        f"median of {args.runs} runs of {args.seconds:g}s (shared, noisy 2-core machine)"
-    )
+    print("Cached A queries, client -> gateway listener vs client -> dnsmasq; "
+          f"median of {args.runs} runs of {args.seconds:g}s (shared, noisy 2-core machine)")
     print(f"{'names':>10} {'mode':>10} {'server':>12} {'qps':>9} {'lost':>6} {'p50 ms':>8} "
           f"{'p99 ms':>8}")  # fmt: skip
     for names in NAME_SETS:
         for mode in modes:
             for who in ("dnsmasq", "trio-tproxy"):
-                print(
-                    f"{names:>10} {mode:>10} {who:>12} {med(names, mode, who, 'qps'):9.0f} "
-                    f"{med(names, mode, who, 'lost'):6.0f} "
-                    f"{med(names, mode, who, 'p50'):8.3f} {med(names, mode, who, 'p99'):8.3f}"
-                )
+                print(f"{names:>10} {mode:>10} {who:>12} {med(names, mode, who, 'qps'):9.0f} "
+                      f"{med(names, mode, who, 'lost'):6.0f} "
+                      f"{med(names, mode, who, 'p50'):8.3f} {med(names, mode, who, 'p99'):8.3f}")
         sat = med(names, "saturated", "trio-tproxy", "qps") / med(
-            names, "saturated", "dnsmasq", "qps"
-        )
+            names, "saturated", "dnsmasq", "qps")
         p99 = med(names, "paced", "trio-tproxy", "p99") / med(names, "paced", "dnsmasq", "p99")
-        print(
-            f"{names}: trio-tproxy/dnsmasq saturated qps {sat:.2f}, "
-            f"p99 latency at {args.rate} qps {p99:.2f}x"
-        )
+        print(f"{names}: trio-tproxy/dnsmasq saturated qps {sat:.2f}, "
+              f"p99 latency at {args.rate} qps {p99:.2f}x")
     return 0
 
 

@@ -139,8 +139,7 @@ def main() -> int:
                     for streams in streams_list:
                         for reverse in (False, True):
                             tput.setdefault((name, streams, reverse), []).append(
-                                iperf_tcp(lab, args.seconds, streams, reverse)
-                            )
+                                iperf_tcp(lab, args.seconds, streams, reverse))
                     rate, errors = connections_per_second(lab, args.requests, args.concurrency)
                     cps.setdefault(name, []).append(rate)
                     failed[name] += errors
@@ -155,10 +154,8 @@ def main() -> int:
 
 def report(args: argparse.Namespace, tput: dict[tuple[str, int, bool], list[float]],
            cps: dict[str, list[float]], streams_list: list[int]) -> None:  # fmt: skip
-    print(
-        f"\nSOCKS5 outbound -> microsocks; median of {args.runs} interleaved runs "
-        "(shared, noisy 2-core machine: compare ratios, not absolutes)"
-    )
+    print(f"\nSOCKS5 outbound -> microsocks; median of {args.runs} interleaved runs "
+          "(shared, noisy 2-core machine: compare ratios, not absolutes)")
     print(f"throughput, Gbit/s, iperf3 {args.seconds}s ('down' = server to client)")
     print(f"{'streams':>8} {'dir':>5} {'trio-tproxy':>12} {'v2ray':>8} {'trio/v2ray':>11}")
     for streams in streams_list:
@@ -167,9 +164,8 @@ def report(args: argparse.Namespace, tput: dict[tuple[str, int, bool], list[floa
             v = statistics.median(tput[("v2ray", streams, reverse)])
             print(f"{streams:>8} {'down' if reverse else 'up':>5} {t:12.2f} {v:8.2f} {t / v:11.2f}")
     t, v = statistics.median(cps["trio-tproxy"]), statistics.median(cps["v2ray"])
-    print(
-        f"connections/s (ab -n {args.requests} -c {args.concurrency}, one connection per request)"
-    )
+    print(f"connections/s (ab -n {args.requests} -c {args.concurrency}, "
+          "one connection per request)")
     print(f"{'':>14} {'trio-tproxy':>12} {'v2ray':>8} {'trio/v2ray':>11}")
     print(f"{'':>14} {t:12.0f} {v:8.0f} {t / v:11.2f}")
     print("all runs:", {k: [round(x) for x in xs] for k, xs in cps.items()})

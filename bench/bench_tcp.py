@@ -49,40 +49,31 @@ def main() -> int:
                     # interleave the contenders in every run: machine noise hits all alike
                     lab.gateway.remove_tproxy(plan)
                     results.setdefault(("kernel", streams, reverse), []).append(
-                        iperf_tcp(lab, args.seconds, streams, reverse)
-                    )
+                        iperf_tcp(lab, args.seconds, streams, reverse))
                     lab.gateway.install_tproxy(plan)
                     proxy = ProxyProcess(lab.gateway, TRIO_TPROXY, name=f"bench{run}")
                     proxy.wait_ready()
                     results.setdefault(("trio-tproxy", streams, reverse), []).append(
-                        iperf_tcp(lab, args.seconds, streams, reverse)
-                    )
+                        iperf_tcp(lab, args.seconds, streams, reverse))
                     proxy.stop()
                     if have_v2ray:
                         v2 = start_v2ray(lab, V2RAY)
                         results.setdefault(("v2ray", streams, reverse), []).append(
-                            iperf_tcp(lab, args.seconds, streams, reverse)
-                        )
+                            iperf_tcp(lab, args.seconds, streams, reverse))
                         v2.terminate()
                         v2.wait(5)
                     time.sleep(0.2)
-        print(
-            f"TCP throughput, Gbit/s, median of {args.runs} runs of {args.seconds}s "
-            "(client -> gateway -> server; 'down' = server to client)"
-        )
-        print(
-            f"{'streams':>8} {'dir':>5} {'kernel':>8} {'trio-tproxy':>12} {'v2ray':>8} "
-            f"{'trio/kernel':>12} {'trio/v2ray':>11}"
-        )
+        print(f"TCP throughput, Gbit/s, median of {args.runs} runs of {args.seconds}s "
+              "(client -> gateway -> server; 'down' = server to client)")
+        print(f"{'streams':>8} {'dir':>5} {'kernel':>8} {'trio-tproxy':>12} {'v2ray':>8} "
+              f"{'trio/kernel':>12} {'trio/v2ray':>11}")
         for streams in [int(s) for s in args.streams.split(",")]:
             for reverse in (False, True):
                 k = statistics.median(results[("kernel", streams, reverse)])
                 t = statistics.median(results[("trio-tproxy", streams, reverse)])
                 v = statistics.median(results.get(("v2ray", streams, reverse), [float("nan")]))
-                print(
-                    f"{streams:>8} {'down' if reverse else 'up':>5} {k:8.2f} {t:12.2f} "
-                    f"{v:8.2f} {t / k:12.2f} {t / v:11.2f}"
-                )
+                print(f"{streams:>8} {'down' if reverse else 'up':>5} {k:8.2f} {t:12.2f} "
+                      f"{v:8.2f} {t / k:12.2f} {t / v:11.2f}")
     return 0
 
 

@@ -30,9 +30,7 @@ async def recv_until_eof(sock: socket.socket) -> bytes:
         chunks.append(chunk)
 
 
-def relay_setup(
-    tcp_pairs: Pairs,
-) -> tuple[socket.socket, socket.socket, socket.socket, socket.socket]:
+def relay_setup(tcp_pairs: Pairs) -> tuple[socket.socket, socket.socket, socket.socket, socket.socket]:
     """client <-> (proxy_client ... proxy_upstream) <-> server"""
     client, proxy_client = tcp_pairs()
     proxy_upstream, server = tcp_pairs()
@@ -184,3 +182,4 @@ def test_buffer_pool_bounds_retained_buffers() -> None:
         pool.release(b)
     assert len(pool._free) == 2
     assert pool.acquire() is bufs[1]
+

@@ -109,7 +109,6 @@ def client_bulk(host: str, port: int, size: int, timeout: float) -> dict[str, ob
     got = hashlib.sha256()
     received = 0
     with connect(host, port, timeout) as sock:
-
         def sender() -> None:
             view = memoryview(data)
             for off in range(0, size, 1 << 20):

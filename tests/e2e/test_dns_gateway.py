@@ -79,24 +79,10 @@ def dns_lab() -> Iterator[Lab]:
 def resolvers(dns_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Resolvers:
     lab = dns_lab
     s = lab.server
-    domestic = Dnsmasq(
-        s.popen,
-        s.workdir,
-        "domestic",
-        listen=DOMESTIC_IP,
-        port=53,
-        records=DOMESTIC,
-        txt={"news.cn": "domestic", "video.com": "domestic"},
-    )
-    foreign = Dnsmasq(
-        s.popen,
-        s.workdir,
-        "foreign",
-        listen=FOREIGN_IP,
-        port=53,
-        records=FOREIGN,
-        txt={"news.cn": "foreign", "video.com": "foreign"},
-    )
+    domestic = Dnsmasq(s.popen, s.workdir, "domestic", listen=DOMESTIC_IP, port=53,
+                       records=DOMESTIC, txt={"news.cn": "domestic", "video.com": "domestic"})
+    foreign = Dnsmasq(s.popen, s.workdir, "foreign", listen=FOREIGN_IP, port=53,
+                      records=FOREIGN, txt={"news.cn": "foreign", "video.com": "foreign"})
     certs = make_certs(tmp_path_factory.mktemp("certs"), "dns.test", [s.ip4])
     # dnsdist (DoT, DoH) in front of the *domestic* resolver: an answer for *.dot.test or
     # *.doh.test with the domestic address proves the query took the encrypted path.

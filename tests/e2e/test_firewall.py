@@ -184,9 +184,7 @@ def test_the_gateways_own_services_stay_reachable(lab: Lab, tmp_path: Path) -> N
     firewall(gw, "apply", write(gw, config(lab, "fail_closed = true", bypass="[]")))
     for host in (gw.lan_ip4, gw.lan_ip6):
         assert curl(lab.client, host, max_time=5) == "hello\n"
-        assert ask(lab.client, host, 53) == {
-            "peer": lab.client.ip4 if "." in host else lab.client.ip6
-        }
+        assert ask(lab.client, host, 53) == {"peer": lab.client.ip4 if "." in host else lab.client.ip6}
 
 
 @pytest.mark.parametrize("family", [4, 6])

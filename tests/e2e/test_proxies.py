@@ -115,7 +115,7 @@ def start_with_hosts(ns: Netns, name: str, argv: list[str], port: int, *, udp: b
     host's /etc/hosts is never touched); wait until it listens on ``port``."""
     hosts = ns.workdir / "hosts"
     log = ns.workdir / f"{name}.log"
-    script = f'mount --bind {shlex.quote(str(hosts))} /etc/hosts && exec "$@"'
+    script = f"mount --bind {shlex.quote(str(hosts))} /etc/hosts && exec \"$@\""
     process = ns.popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
                         "sh", *argv], stdout=log.open("w"), stderr=subprocess.STDOUT)  # fmt: skip
     wait_listening(ns, port, udp=udp, process=process)
@@ -169,9 +169,7 @@ def upstreams(lab: Lab, tmp_path: Path) -> Iterator[Upstreams]:
     (tmp_path / "index.html").write_text(PAGE)
     nginx = start_http_server(s, tmp_path, port=WEB)
     logs = {}
-    _, logs["microsocks"] = start_with_hosts(
-        s, "microsocks", ["microsocks", "-i", s.ip4, "-p", str(SOCKS)], SOCKS
-    )
+    _, logs["microsocks"] = start_with_hosts(s, "microsocks", ["microsocks", "-i", s.ip4, "-p", str(SOCKS)], SOCKS)
     _, logs["microsocks-auth"] = start_with_hosts(
         s, "microsocks-auth",
         ["microsocks", "-i", s.ip4, "-p", str(SOCKS_AUTH), "-u", USER, "-P", PASSWORD], SOCKS_AUTH,
@@ -239,9 +237,7 @@ def test_socks_without_a_domain_sends_the_ip(proxied: tuple[Gateway, Upstreams])
     access_line(gw, "-> proxy (rule #")
 
 
-@pytest.mark.parametrize(
-    ("name", "log"), [("web", "tinyproxy-3128"), ("webauth", "tinyproxy-3129")]
-)
+@pytest.mark.parametrize(("name", "log"), [("web", "tinyproxy-3128"), ("webauth", "tinyproxy-3129")])
 def test_http_connect_carries_the_sniffed_domain(
     proxied: tuple[Gateway, Upstreams], name: str, log: str
 ) -> None:

@@ -38,16 +38,7 @@ outbound = "direct"
     log = gateway.proxy.wait_for("trio_tproxy.access", count=5)
     access = [line.split("access: ", 1)[1] for line in log.splitlines() if "access: " in line]
     assert any(f"-> {lab.server.ip4}:{ECHO} tcp tproxy-in -> direct (rule #2)" in a for a in access)
-    assert any(
-        f"-> [{lab.server.ip6}]:{ECHO} tcp tproxy-in -> direct (rule #2)" in a for a in access
-    )
-    assert any(
-        f"-> {lab.server.extra_ip4[0]}:{ECHO} tcp tproxy-in -> block (rule #0)" in a for a in access
-    )
-    assert any(
-        f"-> [{lab.server.extra_ip6[1]}]:{ECHO} tcp tproxy-in -> block (rule #0)" in a
-        for a in access
-    )
-    assert any(
-        f"-> {lab.server.ip4}:{HALFCLOSE} tcp tproxy-in -> block (rule #1)" in a for a in access
-    )
+    assert any(f"-> [{lab.server.ip6}]:{ECHO} tcp tproxy-in -> direct (rule #2)" in a for a in access)
+    assert any(f"-> {lab.server.extra_ip4[0]}:{ECHO} tcp tproxy-in -> block (rule #0)" in a for a in access)
+    assert any(f"-> [{lab.server.extra_ip6[1]}]:{ECHO} tcp tproxy-in -> block (rule #0)" in a for a in access)
+    assert any(f"-> {lab.server.ip4}:{HALFCLOSE} tcp tproxy-in -> block (rule #1)" in a for a in access)

@@ -20,7 +20,7 @@ SNIFF_TIMEOUT = 1.5
 
 
 def sniffing_gateway(make_gateway: Callable[..., Gateway], silent_block_ip: str) -> Gateway:
-    sniffing = f'[inbounds.sniffing]\nenabled = true\ntimeout = "{SNIFF_TIMEOUT}s"\n'
+    sniffing = (f'[inbounds.sniffing]\nenabled = true\ntimeout = "{SNIFF_TIMEOUT}s"\n')
     rules = f"""
 [[routing.rules]]
 domain = ["full:blocked.test", "domain:ads.test"]
@@ -29,9 +29,7 @@ outbound = "block"
 ip = ["{silent_block_ip}"]
 outbound = "block"
 """
-    config = proxy_config(policy="").replace(
-        'network = ["tcp"]\n', 'network = ["tcp"]\n' + sniffing
-    )
+    config = proxy_config(policy="").replace('network = ["tcp"]\n', 'network = ["tcp"]\n' + sniffing)
     return make_gateway(config + rules)
 
 
@@ -62,9 +60,7 @@ def test_tls_routed_by_sni(make_gateway: Callable[..., Gateway], tmp_path: Path)
 
 
 @pytest.mark.parametrize("family", [4, 6])
-def test_http_routed_by_host(
-    make_gateway: Callable[..., Gateway], tmp_path: Path, family: int
-) -> None:
+def test_http_routed_by_host(make_gateway: Callable[..., Gateway], tmp_path: Path, family: int) -> None:
     gateway = sniffing_gateway(make_gateway, "10.77.3.2")
     lab = gateway.lab
     (tmp_path / "index.html").write_text("http ok\n")
@@ -101,9 +97,7 @@ def test_server_first_protocol_is_not_delayed(make_gateway: Callable[..., Gatewa
     assert SNIFF_TIMEOUT * 0.8 < float(out[-1]) < SNIFF_TIMEOUT + 1.0
 
 
-def test_silent_client_is_routed_by_ip_after_the_timeout(
-    make_gateway: Callable[..., Gateway],
-) -> None:
+def test_silent_client_is_routed_by_ip_after_the_timeout(make_gateway: Callable[..., Gateway]) -> None:
     lab_ip = "10.77.3.2"
     gateway = sniffing_gateway(make_gateway, lab_ip)
     lab = gateway.lab

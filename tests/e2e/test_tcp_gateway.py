@@ -21,9 +21,7 @@ pytestmark = pytest.mark.netns
 
 
 @pytest.mark.parametrize("family", [4, 6])
-def test_http_reaches_the_original_destination(
-    gateway: Gateway, family: int, tmp_path: Path
-) -> None:
+def test_http_reaches_the_original_destination(gateway: Gateway, family: int, tmp_path: Path) -> None:
     lab = gateway.lab
     (tmp_path / "index.html").write_text("hello through trio-tproxy\n")
     server = start_http_server(lab.server, tmp_path, port=8080)
@@ -72,10 +70,7 @@ def test_unreachable_destination_fails_fast_and_alone(gateway: Gateway, family: 
     gateway.proxy.wait_for("failed: No route to host")
     # the other flow is still alive, and new flows work
     assert holder.poll() is None
-    assert gateway.client("many", lab.server.ip4, ECHO, count=1, size=1000) == {
-        "ok": 1,
-        "errors": [],
-    }
+    assert gateway.client("many", lab.server.ip4, ECHO, count=1, size=1000) == {"ok": 1, "errors": []}
     holder.kill()
 
 
@@ -166,10 +161,7 @@ def test_connection_limit_refuses_only_the_excess(make_gateway: Callable[..., Ga
     holder.kill()
     holder.wait(5)
     gateway.proxy.wait_for("trio_tproxy.access", count=5)
-    assert gateway.client("many", lab.server.ip4, ECHO, count=2, size=1000) == {
-        "ok": 2,
-        "errors": [],
-    }
+    assert gateway.client("many", lab.server.ip4, ECHO, count=2, size=1000) == {"ok": 2, "errors": []}
 
 
 def test_sighup_reloads_rules_and_rejects_a_bad_config(gateway: Gateway) -> None:

@@ -56,9 +56,7 @@ def show(host: str, port: int) -> str:
 
 def summary(log: str) -> dict[str, int]:
     """The UDP counters line the proxy logs when it stops."""
-    line = next(
-        line for line in log.splitlines() if "udp tproxy-in: " in line and " sessions (" in line
-    )
+    line = next(line for line in log.splitlines() if "udp tproxy-in: " in line and " sessions (" in line)
     numbers = re.search(
         r"(\d+) sessions \((\d+) expired, (\d+) evicted\), (\d+) flows; up (\d+) datagrams/"
         r"\d+ bytes, down (\d+)/\d+; (\d+) empty, (\d+) dropped, (\d+) refused \(loop\); "
@@ -213,10 +211,8 @@ def test_ten_thousand_client_sources_stay_bounded(make_gateway: Callable[..., Ga
         first += count
         assert int(result["answered"]) >= count * 0.99, result  # type: ignore[call-overload]
         samples.append((proxy.open_fds(), rss_kib()))
-    print(
-        f"10,000 sources, max_udp_sessions={limit}: fds {base_fds} -> "
-        f"{[fds for fds, _ in samples]}, RSS KiB {base_rss} -> {[rss for _, rss in samples]}"
-    )
+    print(f"10,000 sources, max_udp_sessions={limit}: fds {base_fds} -> "
+          f"{[fds for fds, _ in samples]}, RSS KiB {base_rss} -> {[rss for _, rss in samples]}")
     for fds, _ in samples:
         assert fds <= base_fds + limit + 16  # one upstream socket per live session
     # Once the table is full, memory stops growing with the number of sources seen.

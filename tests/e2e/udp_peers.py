@@ -71,9 +71,7 @@ def send(src: str, sport: int, host: str, port: int, payload: str) -> dict[str, 
     return {"sent": True}
 
 
-def round_trip(
-    sock: socket.socket, data: bytes, tries: int, timeout: float
-) -> tuple[bytes, object] | None:
+def round_trip(sock: socket.socket, data: bytes, tries: int, timeout: float) -> tuple[bytes, object] | None:
     for _ in range(tries):
         sock.send(data)
         deadline = time.monotonic() + timeout
@@ -131,9 +129,7 @@ def client_cone(host: str, port: int, timeout: float) -> dict[str, object]:
         return {"from": plain(peer), "payload": data.decode(errors="replace")}
 
 
-def client_stream(
-    host: str, port: int, count: int, interval: int, timeout: float
-) -> dict[str, object]:
+def client_stream(host: str, port: int, count: int, interval: int, timeout: float) -> dict[str, object]:
     """Ask for ``count`` datagrams ``interval`` ms apart; report how many came, from where."""
     got = 0
     sources: set[tuple[object, ...]] = set()
@@ -228,14 +224,12 @@ def main() -> None:
         return
     clients = {
         "send": lambda: send(a.src, a.sport, a.host, a.port, a.payload),
-        "echo": lambda: client_echo(
-            a.host, a.port, a.count, a.size, tries=a.tries, timeout=a.timeout
-        ),
+        "echo": lambda: client_echo(a.host, a.port, a.count, a.size, tries=a.tries,
+                                     timeout=a.timeout),
         "cone": lambda: client_cone(a.host, a.port, a.timeout),
         "stream": lambda: client_stream(a.host, a.port, a.count, a.interval, a.timeout),
-        "sources": lambda: client_sources(
-            a.host, a.port, a.count, a.batch, timeout=a.timeout, first_port=a.first_port
-        ),
+        "sources": lambda: client_sources(a.host, a.port, a.count, a.batch, timeout=a.timeout,
+                                          first_port=a.first_port),
         "flood": lambda: client_flood(a.host, a.port, a.seconds, a.ports),
     }
     print(json.dumps(clients[a.mode]()), flush=True)

@@ -66,20 +66,11 @@ def errors_of(text: str, geo: GeoData | None = None) -> list[str]:
 
 def test_defaults_divert_tcp_and_udp_to_the_inbound_and_bypass_geoip_private() -> None:
     plan = plan_of(config())
-    assert (plan.tproxy_port, plan.tproxy_protocols, plan.udp_port) == (
-        12345,
-        ("tcp", "udp"),
-        12345,
-    )
+    assert (plan.tproxy_port, plan.tproxy_protocols, plan.udp_port) == (12345, ("tcp", "udp"), 12345)
     assert (plan.tcp_address, plan.udp_address, plan.redirect_port) == (None, None, None)
     assert (plan.fwmark, plan.route_table, plan.table) == (1, 100, "trio_tproxy")
     assert plan.proxy_marks == (255,)
-    assert (plan.local, plan.fail_closed, plan.ipv6, plan.lan_interfaces) == (
-        False,
-        False,
-        True,
-        (),
-    )
+    assert (plan.local, plan.fail_closed, plan.ipv6, plan.lan_interfaces) == (False, False, True, ())
     assert plan.priority_mangle == -150
     # geoip:private, merged: 224/4 + 240/4 + 255.255.255.255 is one /3.
     assert plan.bypass_v4 == (*RESERVED_V4[:-3], "224.0.0.0/3")
@@ -101,12 +92,7 @@ skip_users = ["nobody", "1000"]
 ipv6 = false
 """, inbound='listen = "0.0.0.0"'))  # fmt: skip
     assert plan.lan_interfaces == ("br-lan", "wlan*")
-    assert (plan.fwmark, plan.route_table, plan.table, plan.priority_mangle) == (
-        16,
-        200,
-        "tp",
-        -140,
-    )
+    assert (plan.fwmark, plan.route_table, plan.table, plan.priority_mangle) == (16, 200, "tp", -140)
     assert (plan.local, plan.fail_closed, plan.ipv6) == (True, True, False)
     assert plan.skip_users == ("nobody", "1000")
     assert plan.bypass_v4 == ("10.0.0.0/8", "192.0.2.7/32")
@@ -214,9 +200,7 @@ def test_geoip_country_and_its_complement(geo: GeoData) -> None:
 
 def test_an_unknown_country_names_the_database(geo: GeoData) -> None:
     (message,) = errors_of(config('[firewall]\nbypass = ["geoip:zz"]'), geo)
-    assert message.startswith("country 'ZZ' is not in ") and message.endswith(
-        "$.firewall.bypass[0]"
-    )
+    assert message.startswith("country 'ZZ' is not in ") and message.endswith("$.firewall.bypass[0]")
 
 
 def test_remove_needs_no_geoip_database() -> None:

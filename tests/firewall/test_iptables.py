@@ -96,9 +96,7 @@ def test_a_listener_address_limits_tproxy_to_its_family() -> None:
                          bypass_v4=(), bypass_v6=(), fail_closed=True)  # fmt: skip
     v4 = _lines(render_iptables(plan), "iptables")
     v6 = _lines(render_iptables(plan), "ip6tables")
-    assert (
-        "-A trio_tproxy_divert -p tcp -j TPROXY --on-ip 127.0.0.1 --on-port 5 --tproxy-mark 1" in v4
-    )
+    assert "-A trio_tproxy_divert -p tcp -j TPROXY --on-ip 127.0.0.1 --on-port 5 --tproxy-mark 1" in v4
     assert not any("TPROXY" in line for line in v6)
     assert "-A trio_tproxy_divert -p tcp -j DROP" in v6  # fail-closed: no listener for IPv6
 

@@ -26,9 +26,7 @@ def errors_of(text: str) -> list[str]:
 
 
 def test_socks_and_http_are_built() -> None:
-    cfg = parse_config_text(
-        BASE
-        + """
+    cfg = parse_config_text(BASE + """
 [[outbounds]]
 tag = "proxy"
 type = "socks"
@@ -40,8 +38,7 @@ mark = 255
 tag = "web"
 type = "http"
 server = "proxy.lan:3128"
-"""
-    )
+""")
     obs = build_outbounds(cfg)
     socks, http = obs["proxy"], obs["web"]
     assert isinstance(socks, SocksOutbound) and isinstance(http, HttpOutbound)
@@ -52,9 +49,7 @@ server = "proxy.lan:3128"
 
 def test_credential_limits_are_config_errors() -> None:
     long = "x" * 256
-    assert errors_of(
-        BASE
-        + f"""
+    assert errors_of(BASE + f"""
 [[outbounds]]
 tag = "proxy"
 type = "socks"
@@ -67,8 +62,7 @@ type = "http"
 server = "10.0.0.1:3128"
 username = "a:b"
 password = "c"
-"""
-    ) == [
+""") == [
         "SOCKS5 username must be 1-255 bytes (RFC 1929) @ $.outbounds[1].username",
         "SOCKS5 password must be 1-255 bytes (RFC 1929) @ $.outbounds[1].password",
         "an HTTP proxy username cannot contain ':' @ $.outbounds[2].username",

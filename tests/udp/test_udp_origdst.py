@@ -17,21 +17,12 @@ from trio_tproxy.inbound.udp import (
 
 
 def sockaddr_in(ip: str, port: int) -> bytes:
-    return (
-        struct.pack("=H", socket.AF_INET)
-        + struct.pack("!H", port)
-        + socket.inet_aton(ip)
-        + bytes(8)
-    )
+    return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_aton(ip) + bytes(8)
 
 
 def sockaddr_in6(ip: str, port: int) -> bytes:
-    return (
-        struct.pack("=H", socket.AF_INET6)
-        + struct.pack("!HI", port, 0)
-        + socket.inet_pton(socket.AF_INET6, ip)
-        + struct.pack("=I", 0)
-    )
+    return (struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", port, 0)
+            + socket.inet_pton(socket.AF_INET6, ip) + struct.pack("=I", 0))
 
 
 def test_ipv4() -> None:
