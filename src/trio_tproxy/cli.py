@@ -1,4 +1,4 @@
-"""Command line: run | check | match | geodata | firewall.
+"""Command line: run | check | match | geodata | firewall | service.
 
 Errors a user can cause (bad config, missing file, port in use, missing privileges)
 end in clear lines on stderr and a non-zero exit, never a traceback.
@@ -178,6 +178,21 @@ def cmd_firewall(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_service_print(args: argparse.Namespace) -> int:
+    from .service import console_script, unit
+
+    path = Path(args.config).absolute()
+    try:
+        cfg = load_config(path)
+    except ConfigErrors as exc:
+        _print_errors(exc)
+        return 1
+    sys.stdout.write(unit(path, executable=console_script(),
+                          max_connections=cfg.policy.max_connections,
+                          grace=cfg.policy.grace.seconds))  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trio-tproxy",
@@ -252,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
             "iptables/ip6tables commands instead of nft" if action == "print" else argparse.SUPPRESS
         ))  # fmt: skip
         command.set_defaults(func=cmd_firewall)
+
+    service = sub.add_parser("service", help="run as a systemd service",
+                             description="The systemd unit for this installation.")  # fmt: skip
+    service_sub = service.add_subparsers(dest="service_command", required=True, metavar="ACTION")
+    unit = service_sub.add_parser(
+        "print", help="print the systemd unit (Type=notify, own user, three capabilities)",
+        description="Print a systemd unit that runs this installation's trio-tproxy with "
+        "CONFIG (made absolute) as user trio-tproxy with CAP_NET_ADMIN CAP_NET_RAW "
+        "CAP_NET_BIND_SERVICE only. README 'Running as a service' shows how to install it.",
+    )  # fmt: skip
+    unit.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="config file (TOML)")
+    unit.set_defaults(func=cmd_service_print)
     return parser
 
 
