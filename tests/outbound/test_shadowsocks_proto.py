@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import shutil
 import time
 
 import pytest
@@ -218,3 +219,68 @@ def test_fuzz_decryptor(method: str, pieces: list[bytes]) -> None:
                 dec.feed(p)
         except ShadowsocksError:
             pass
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not shutil.which("ss-server"), reason="ss-server (shadowsocks-libev) missing")
+def test_interop_ss_server_aes_256_gcm() -> None:
+    import socket
+    import subprocess
+    import threading
+
+    echo = socket.create_server(("127.0.0.1", 0))
+    echo.settimeout(10)
+    echo_port = echo.getsockname()[1]
+
+    def serve() -> None:
+        try:
+            conn, _ = echo.accept()
+            with conn:
+                conn.settimeout(10)
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+        except OSError:
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    method, port = "aes-256-gcm", _free_port()
+    proc = subprocess.Popen(
+        ["ss-server", "-s", "127.0.0.1", "-p", str(port), "-k", "pw", "-m", method],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with sock:
+            sock.settimeout(10)
+            key = master_key(method, "pw")
+            enc, dec = Encryptor(method, key), Decryptor(method, key)
+            from trio_tproxy.outbound.socks_proto import encode_address
+
+            payload = os.urandom(20000)
+            sock.sendall(enc.encrypt(encode_address(ipaddress.IPv4Address("127.0.0.1"),
+                                                    echo_port) + payload))
+            got = b""
+            while len(got) < len(payload):
+                data = sock.recv(65536)
+                assert data, "ss-server closed early"
+                got += dec.feed(data)
+            assert got == payload
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+        echo.close()
