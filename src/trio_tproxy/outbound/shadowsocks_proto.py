@@ -1,0 +1,523 @@
+"""Shadowsocks AEAD (SIP004) and Shadowsocks 2022 (SIP022) framing, sans-IO.
+
+No sockets and no trio: encryptors turn plaintext into wire bytes, decryptors take wire
+bytes in any pieces and hand back plaintext once whole chunks are in.
+
+* SIP004 (aes-128-gcm, aes-256-gcm, chacha20-ietf-poly1305): master key from the
+  password by EVP_BytesToKey (MD5 chain, no salt); per-stream subkey
+  HKDF-SHA1(master, salt, info=b"ss-subkey"). A TCP stream is the salt, then chunks
+  ``[len(2, BE, <= 0x3FFF) + tag][payload + tag]``; the 12-byte nonce is a little-endian
+  counter bumped after every AEAD operation. A UDP packet is salt + AEAD(nonce 0,
+  address + payload).
+* SIP022 (2022-blake3-*): the PSK is the base64 password; the session subkey is BLAKE3
+  ``derive_key("shadowsocks 2022 session subkey", psk + salt)``. The request carries a
+  fixed header (type, timestamp, variable header length) and a variable header
+  (address, padding, initial payload); the response header echoes the request salt.
+  UDP with AES uses an AES-ECB encrypted separate header (session id, packet id);
+  UDP for 2022-blake3-chacha20-poly1305 (XChaCha20) is not implemented here.
+
+The target address is the SOCKS5 encoding (ATYP 1/3/4, address, port) of socks_proto.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import struct
+import time
+from dataclasses import dataclass
+
+import blake3
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .socks_proto import Host, SocksProtocolError, encode_address, parse_address
+
+TAG_LEN = 16
+NONCE_LEN = 12
+MAX_PAYLOAD = 0x3FFF  # SIP004 chunk payload
+MAX_PAYLOAD_2022 = 0xFFFF  # SIP022 chunk payload
+SUBKEY_INFO = b"ss-subkey"
+SUBKEY_CONTEXT_2022 = "shadowsocks 2022 session subkey"
+TYPE_CLIENT = 0
+TYPE_SERVER = 1
+MAX_TIME_DIFF = 30  # seconds, SIP022
+MAX_PADDING = 900
+AUTH_FAILED = "authentication failed (wrong password or method?)"
+
+# name -> (key length, AEAD class)
+AEAD_METHODS = {
+    "aes-128-gcm": (16, AESGCM),
+    "aes-256-gcm": (32, AESGCM),
+    "chacha20-ietf-poly1305": (32, ChaCha20Poly1305),
+}
+METHODS_2022 = {
+    "2022-blake3-aes-128-gcm": (16, AESGCM),
+    "2022-blake3-aes-256-gcm": (32, AESGCM),
+    "2022-blake3-chacha20-poly1305": (32, ChaCha20Poly1305),
+}
+
+
+class ShadowsocksError(ValueError):
+    """The peer's bytes are not valid Shadowsocks for our key; ``str()`` says what."""
+
+
+def _method(method: str) -> tuple[int, type, bool]:
+    if method in AEAD_METHODS:
+        key_len, cls = AEAD_METHODS[method]
+        return key_len, cls, False
+    if method in METHODS_2022:
+        key_len, cls = METHODS_2022[method]
+        return key_len, cls, True
+    raise ValueError(f"unknown Shadowsocks method {method!r}")
+
+
+def is_2022(method: str) -> bool:
+    return _method(method)[2]
+
+
+def key_length(method: str) -> int:
+    return _method(method)[0]
+
+
+def evp_bytes_to_key(password: bytes, key_len: int) -> bytes:
+    """OpenSSL EVP_BytesToKey with MD5, one iteration, no salt (the SIP004 master key)."""
+    out = b""
+    prev = b""
+    while len(out) < key_len:
+        prev = hashlib.md5(prev + password, usedforsecurity=False).digest()
+        out += prev
+    return out[:key_len]
+
+
+def hkdf_sha1(master: bytes, salt: bytes, key_len: int) -> bytes:
+    sha1 = hashes.SHA1()  # noqa: S303 - SIP004 mandates HKDF-SHA1
+    return HKDF(sha1, key_len, salt, SUBKEY_INFO).derive(master)
+
+
+def session_subkey_2022(psk: bytes, salt: bytes) -> bytes:
+    return blake3.blake3(psk + salt, derive_key_context=SUBKEY_CONTEXT_2022).digest(
+        length=len(psk)
+    )
+
+
+def decode_psk(password: str, method: str) -> bytes:
+    """The SIP022 PSK: base64 of exactly the method's key length."""
+    key_len = key_length(method)
+    try:
+        psk = base64.b64decode(password, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{method} needs a base64 password (a {key_len}-byte key)") from None
+    if len(psk) != key_len:
+        raise ValueError(
+            f"{method} needs a base64 key of exactly {key_len} bytes, this one has {len(psk)}"
+        )
+    return psk
+
+
+def master_key(method: str, password: str) -> bytes:
+    """The key the salt is mixed into: EVP_BytesToKey (SIP004) or the PSK (SIP022)."""
+    if is_2022(method):
+        return decode_psk(password, method)
+    return evp_bytes_to_key(password.encode(), key_length(method))
+
+
+def _subkey(method: str, key: bytes, salt: bytes) -> bytes:
+    if is_2022(method):
+        return session_subkey_2022(key, salt)
+    return hkdf_sha1(key, salt, len(key))
+
+
+class _Aead:
+    """An AEAD with the SIP004/SIP022 little-endian nonce counter."""
+
+    def __init__(self, cls: type, subkey: bytes) -> None:
+        self._aead = cls(subkey)
+        self._counter = 0
+
+    def _nonce(self) -> bytes:
+        nonce = self._counter.to_bytes(NONCE_LEN, "little")
+        self._counter += 1
+        return nonce
+
+    def seal(self, data: bytes) -> bytes:
+        return self._aead.encrypt(self._nonce(), data, None)
+
+    def open(self, data: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(self._nonce(), data, None)
+        except InvalidTag:
+            raise ShadowsocksError(AUTH_FAILED) from None
+
+
+class Encryptor:
+    """Plaintext -> TCP wire bytes for one direction. The first output carries the salt.
+
+    For SIP022 this only does the length/payload chunks; the request and response
+    headers are :class:`RequestEncoder` / :func:`encode_response_header`'s job.
+    """
+
+    def __init__(self, method: str, key: bytes, salt: bytes | None = None) -> None:
+        key_len, cls, self._v2022 = _method(method)
+        if len(key) != key_len:
+            raise ValueError(f"{method} key is {key_len} bytes")
+        self.salt = os.urandom(key_len) if salt is None else salt
+        if len(self.salt) != key_len:
+            raise ValueError(f"{method} salt is {key_len} bytes")
+        self._aead = _Aead(cls, _subkey(method, key, self.salt))
+        self._salt_sent = False
+        self.max_payload = MAX_PAYLOAD_2022 if self._v2022 else MAX_PAYLOAD
+
+    def _prefix(self) -> bytes:
+        if self._salt_sent:
+            return b""
+        self._salt_sent = True
+        return self.salt
+
+    def _chunk(self, payload: bytes) -> bytes:
+        return self._aead.seal(struct.pack("!H", len(payload))) + self._aead.seal(payload)
+
+    def encrypt(self, data: bytes) -> bytes:
+        out = [self._prefix()]
+        view = memoryview(data)
+        for i in range(0, len(view), self.max_payload):
+            out.append(self._chunk(bytes(view[i : i + self.max_payload])))
+        return b"".join(out)
+
+
+class Decryptor:
+    """TCP wire bytes in any pieces -> plaintext, for SIP004 streams (and SIP022 after
+    its header: see :class:`ResponseDecoder`)."""
+
+    def __init__(self, method: str, key: bytes) -> None:
+        self._key_len, self._cls, self._v2022 = _method(method)
+        if len(key) != self._key_len:
+            raise ValueError(f"{method} key is {self._key_len} bytes")
+        self._method = method
+        self._key = key
+        self._aead: _Aead | None = None
+        self._buf = bytearray()
+        self._pending: int | None = None  # payload length read, payload not yet
+        self.max_payload = MAX_PAYLOAD_2022 if self._v2022 else MAX_PAYLOAD
+        self.salt: bytes | None = None
+
+    def _start(self, salt: bytes) -> None:
+        self.salt = salt
+        self._aead = _Aead(self._cls, _subkey(self._method, self._key, salt))
+
+    def _take_salt(self) -> bool:
+        if self._aead is not None:
+            return True
+        if len(self._buf) < self._key_len:
+            return False
+        self._start(bytes(self._buf[: self._key_len]))
+        del self._buf[: self._key_len]
+        return True
+
+    def _take(self, n: int) -> bytes | None:
+        if len(self._buf) < n:
+            return None
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    def _open_length(self, sealed: bytes) -> int:
+        assert self._aead is not None
+        (length,) = struct.unpack("!H", self._aead.open(sealed))
+        if length > self.max_payload:
+            raise ShadowsocksError(
+                f"chunk length {length} over {self.max_payload}: " + AUTH_FAILED
+            )
+        return length
+
+    def _chunks(self) -> bytes:
+        assert self._aead is not None
+        out: list[bytes] = []
+        while True:
+            if self._pending is None:
+                sealed = self._take(2 + TAG_LEN)
+                if sealed is None:
+                    break
+                self._pending = self._open_length(sealed)
+            sealed = self._take(self._pending + TAG_LEN)
+            if sealed is None:
+                break
+            self._pending = None
+            out.append(self._aead.open(sealed))
+        return b"".join(out)
+
+    def feed(self, data: bytes) -> bytes:
+        self._buf += data
+        if not self._take_salt():
+            return b""
+        return self._chunks()
+
+
+# --- SIP004 UDP ---------------------------------------------------------------------
+
+
+def udp_seal(method: str, key: bytes, host: Host, port: int, payload: bytes,
+             *, salt: bytes | None = None) -> bytes:
+    """One SIP004 UDP packet: salt + AEAD(subkey, nonce 0, address + payload)."""
+    key_len, cls, v2022 = _method(method)
+    if v2022:
+        raise ValueError(f"{method} UDP is udp2022_seal's job")
+    salt = os.urandom(key_len) if salt is None else salt
+    aead = cls(hkdf_sha1(key, salt, key_len))
+    return salt + aead.encrypt(bytes(NONCE_LEN), encode_address(host, port) + payload, None)
+
+
+def _parse_addr(buf: bytes, offset: int) -> tuple[Host, int, int]:
+    try:
+        parsed = parse_address(buf, offset)
+    except SocksProtocolError as exc:
+        raise ShadowsocksError(f"address: {exc}") from None
+    if parsed is None:
+        raise ShadowsocksError("packet ends inside the address")
+    return parsed
+
+
+def udp_open(method: str, key: bytes, packet: bytes) -> tuple[Host, int, bytes]:
+    key_len, cls, v2022 = _method(method)
+    if v2022:
+        raise ValueError(f"{method} UDP is udp2022_open's job")
+    if len(packet) < key_len + TAG_LEN:
+        raise ShadowsocksError("UDP packet shorter than salt + tag")
+    salt = packet[:key_len]
+    try:
+        plain = cls(hkdf_sha1(key, salt, key_len)).decrypt(
+            bytes(NONCE_LEN), packet[key_len:], None
+        )
+    except InvalidTag:
+        raise ShadowsocksError(AUTH_FAILED) from None
+    host, port, end = _parse_addr(plain, 0)
+    return host, port, plain[end:]
+
+
+# --- SIP022 TCP ---------------------------------------------------------------------
+
+
+def _check_time(ts: int, now: float | None) -> None:
+    now = time.time() if now is None else now
+    if abs(now - ts) > MAX_TIME_DIFF:
+        raise ShadowsocksError(
+            f"timestamp {ts} is {int(now - ts)} s off our clock (over {MAX_TIME_DIFF} s)"
+        )
+
+
+class RequestEncoder(Encryptor):
+    """SIP022 client stream: :meth:`header` first (salt + fixed + variable header), then
+    :meth:`encrypt` for the rest."""
+
+    def header(self, host: Host, port: int, payload: bytes = b"",
+               now: float | None = None) -> bytes:
+        if not self._v2022:
+            raise ValueError("a SIP004 request is just encrypt(address + payload)")
+        if payload:
+            padding = b""
+        else:
+            padding = os.urandom(1 + int.from_bytes(os.urandom(2), "big") % MAX_PADDING)
+        var = encode_address(host, port) + struct.pack("!H", len(padding)) + padding + payload
+        if len(var) > MAX_PAYLOAD_2022:
+            raise ValueError("request header and initial payload over 0xFFFF bytes")
+        ts = int(time.time() if now is None else now)
+        fixed = struct.pack("!BQH", TYPE_CLIENT, ts, len(var))
+        return self._prefix() + self._aead.seal(fixed) + self._aead.seal(var)
+
+
+def encode_response_header(enc: Encryptor, request_salt: bytes, payload: bytes,
+                           now: float | None = None) -> bytes:
+    """SIP022 server side (for tests and a future inbound): salt + fixed header + first
+    payload chunk."""
+    ts = int(time.time() if now is None else now)
+    fixed = struct.pack("!BQ", TYPE_SERVER, ts) + request_salt + struct.pack("!H", len(payload))
+    return enc._prefix() + enc._aead.seal(fixed) + enc._aead.seal(payload)
+
+
+class ResponseDecoder(Decryptor):
+    """SIP022 client side of the response: checks type, timestamp and request salt, then
+    decodes chunks like :class:`Decryptor`."""
+
+    def __init__(self, method: str, key: bytes, request_salt: bytes,
+                 now: float | None = None) -> None:
+        super().__init__(method, key)
+        if not self._v2022:
+            raise ValueError("ResponseDecoder is for 2022 methods; use Decryptor")
+        self._request_salt = request_salt
+        self._now = now
+        self._header_done = False
+
+    def feed(self, data: bytes) -> bytes:
+        self._buf += data
+        if not self._take_salt():
+            return b""
+        if not self._header_done:
+            assert self._aead is not None
+            if self._pending is None:
+                sealed = self._take(1 + 8 + self._key_len + 2 + TAG_LEN)
+                if sealed is None:
+                    return b""
+                fixed = self._aead.open(sealed)
+                kind, ts = struct.unpack_from("!BQ", fixed)
+                if kind != TYPE_SERVER:
+                    raise ShadowsocksError(f"response header type {kind}, not {TYPE_SERVER}")
+                _check_time(ts, self._now)
+                if fixed[9 : 9 + self._key_len] != self._request_salt:
+                    raise ShadowsocksError("response is not for our request (salt differs)")
+                (self._pending,) = struct.unpack_from("!H", fixed, 9 + self._key_len)
+            self._header_done = True
+        return self._chunks()
+
+
+class RequestDecoder(Decryptor):
+    """SIP022 server side of the request (tests, and a future inbound)."""
+
+    def __init__(self, method: str, key: bytes, now: float | None = None) -> None:
+        super().__init__(method, key)
+        if not self._v2022:
+            raise ValueError("RequestDecoder is for 2022 methods; use Decryptor")
+        self._now = now
+        self.target: tuple[Host, int] | None = None
+        self._var_len: int | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        self._buf += data
+        if not self._take_salt():
+            return b""
+        assert self._aead is not None
+        out = b""
+        if self.target is None:
+            if self._var_len is None:
+                sealed = self._take(11 + TAG_LEN)
+                if sealed is None:
+                    return b""
+                kind, ts, self._var_len = struct.unpack("!BQH", self._aead.open(sealed))
+                if kind != TYPE_CLIENT:
+                    raise ShadowsocksError(f"request header type {kind}, not {TYPE_CLIENT}")
+                _check_time(ts, self._now)
+            sealed = self._take(self._var_len + TAG_LEN)
+            if sealed is None:
+                return b""
+            var = self._aead.open(sealed)
+            host, port, end = _parse_addr(var, 0)
+            if len(var) < end + 2:
+                raise ShadowsocksError("request header ends before the padding length")
+            (pad,) = struct.unpack_from("!H", var, end)
+            if end + 2 + pad > len(var):
+                raise ShadowsocksError("request padding runs past the header")
+            self.target = (host, port)
+            out = var[end + 2 + pad :]
+        return out + self._chunks()
+
+
+# --- SIP022 UDP (AES) -----------------------------------------------------------------
+
+
+class ReplayWindow:
+    """Sliding bitmap over packet ids: a new id is accepted once, an id more than
+    ``size`` below the highest seen is rejected."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._top = -1
+        self._bits = 0
+
+    def check(self, pid: int) -> bool:
+        """Would ``pid`` be accepted? (does not record it)"""
+        if pid > self._top:
+            return True
+        back = self._top - pid
+        return back < self.size and not (self._bits >> back) & 1
+
+    def accept(self, pid: int) -> bool:
+        """Record ``pid``; False if it is a replay or too old."""
+        if not self.check(pid):
+            return False
+        if pid > self._top:
+            shift = pid - self._top
+            self._bits = ((self._bits << shift) | 1) & ((1 << self.size) - 1)
+            self._top = pid
+        else:
+            self._bits |= 1 << (self._top - pid)
+        return True
+
+
+@dataclass
+class Udp2022Packet:
+    session_id: bytes
+    packet_id: int
+    host: Host
+    port: int
+    payload: bytes
+    client_session_id: bytes | None = None  # server -> client only
+
+
+def _ecb(psk: bytes) -> Cipher:
+    return Cipher(algorithms.AES(psk), modes.ECB())  # noqa: S305 - SIP022: one block
+
+
+def _udp2022_aead(method: str) -> type:
+    _, cls, v2022 = _method(method)
+    if not v2022:
+        raise ValueError(f"{method} is not a 2022 method")
+    if cls is not AESGCM:
+        raise ValueError(f"{method} UDP (XChaCha20-Poly1305) is not implemented")
+    return cls
+
+
+def udp2022_seal(  # noqa: PLR0917 the packet fields, in wire order
+                 method: str, psk: bytes, session_id: bytes, packet_id: int, host: Host,
+                 port: int, payload: bytes, *, client_session_id: bytes | None = None,
+                 padding: bytes = b"", now: float | None = None) -> bytes:
+    """One SIP022 UDP packet; pass ``client_session_id`` for server -> client."""
+    cls = _udp2022_aead(method)
+    if len(session_id) != 8:
+        raise ValueError("session id is 8 bytes")
+    header = session_id + struct.pack("!Q", packet_id)
+    enc = _ecb(psk).encryptor()
+    sep = enc.update(header) + enc.finalize()
+    ts = int(time.time() if now is None else now)
+    if client_session_id is None:
+        body = struct.pack("!BQ", TYPE_CLIENT, ts)
+    else:
+        body = struct.pack("!BQ", TYPE_SERVER, ts) + client_session_id
+    body += struct.pack("!H", len(padding)) + padding + encode_address(host, port) + payload
+    aead = cls(session_subkey_2022(psk, session_id))
+    return sep + aead.encrypt(header[4:], body, None)
+
+
+def udp2022_open(method: str, psk: bytes, packet: bytes, *, from_server: bool,
+                 now: float | None = None) -> Udp2022Packet:
+    """Decrypt and check one SIP022 UDP packet (replay checking is the caller's, with a
+    :class:`ReplayWindow` per session)."""
+    cls = _udp2022_aead(method)
+    if len(packet) < 16 + TAG_LEN:
+        raise ShadowsocksError("UDP packet shorter than header + tag")
+    dec = _ecb(psk).decryptor()
+    header = dec.update(packet[:16]) + dec.finalize()
+    session_id = header[:8]
+    (packet_id,) = struct.unpack_from("!Q", header, 8)
+    try:
+        body = cls(session_subkey_2022(psk, session_id)).decrypt(header[4:], packet[16:], None)
+    except InvalidTag:
+        raise ShadowsocksError(AUTH_FAILED) from None
+    want = TYPE_SERVER if from_server else TYPE_CLIENT
+    pos = 9 + (8 if from_server else 0)
+    if len(body) < pos + 2:
+        raise ShadowsocksError("UDP body shorter than its header")
+    kind, ts = struct.unpack_from("!BQ", body)
+    if kind != want:
+        raise ShadowsocksError(f"UDP header type {kind}, not {want}")
+    _check_time(ts, now)
+    client_sid = body[9:17] if from_server else None
+    (pad,) = struct.unpack_from("!H", body, pos)
+    pos += 2 + pad
+    if pos > len(body):
+        raise ShadowsocksError("UDP padding runs past the packet")
+    host, port, end = _parse_addr(body, pos)
+    return Udp2022Packet(session_id, packet_id, host, port, body[end:], client_sid)

@@ -1,0 +1,286 @@
+"""Shadowsocks AEAD (SIP004) and 2022 (SIP022) codec: round trips, known answers,
+tampering, header checks, the replay window, and a fuzzed decryptor."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import os
+import shutil
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_tproxy.outbound.shadowsocks_proto import (
+    AEAD_METHODS,
+    METHODS_2022,
+    Decryptor,
+    Encryptor,
+    ReplayWindow,
+    RequestDecoder,
+    RequestEncoder,
+    ResponseDecoder,
+    ShadowsocksError,
+    decode_psk,
+    encode_response_header,
+    evp_bytes_to_key,
+    hkdf_sha1,
+    key_length,
+    master_key,
+    udp2022_open,
+    udp2022_seal,
+    udp_open,
+    udp_seal,
+)
+
+V4 = ipaddress.IPv4Address("192.0.2.7")
+
+
+def psk_for(method: str) -> str:
+    return base64.b64encode(os.urandom(key_length(method))).decode()
+
+
+def _split(data: bytes, sizes: list[int]) -> list[bytes]:
+    out, i = [], 0
+    for n in sizes:
+        out.append(data[i : i + n])
+        i += n
+    out.append(data[i:])
+    return out
+
+
+def test_evp_bytes_to_key_known_answer() -> None:
+    key = evp_bytes_to_key(b"foobar", 32)
+    first = hashlib.md5(b"foobar").digest()
+    assert key[:16] == first
+    assert key[:16].hex() == "3858f62230ac3c915f300c664312c63f"
+    assert key[16:] == hashlib.md5(first + b"foobar").digest()
+
+
+def test_hkdf_sha1_independent() -> None:
+    master, salt = b"k" * 32, b"s" * 32
+    prk = hmac.new(salt, master, hashlib.sha1).digest()
+    okm, t, i = b"", b"", 1
+    while len(okm) < 32:
+        t = hmac.new(prk, t + b"ss-subkey" + bytes([i]), hashlib.sha1).digest()
+        okm += t
+        i += 1
+    assert hkdf_sha1(master, salt, 32) == okm[:32]
+
+
+@pytest.mark.parametrize("method", sorted(AEAD_METHODS))
+def test_aead_round_trip_fragmented(method: str) -> None:
+    key = master_key(method, "pw")
+    enc, dec = Encryptor(method, key), Decryptor(method, key)
+    data = os.urandom(40000)  # three chunks
+    wire = enc.encrypt(data[:5]) + enc.encrypt(data[5:])
+    assert wire.startswith(enc.salt)
+    got = b"".join(dec.feed(p) for p in _split(wire, [1, 7, 30, 1000, 3, 17000]))
+    assert got == data
+    assert b"".join(dec.feed(bytes([b])) for b in enc.encrypt(b"more")) == b"more"
+
+
+@pytest.mark.parametrize("method", sorted(AEAD_METHODS))
+def test_tampered_byte(method: str) -> None:
+    key = master_key(method, "pw")
+    wire = bytearray(Encryptor(method, key).encrypt(b"hello world"))
+    wire[-3] ^= 1
+    with pytest.raises(ShadowsocksError, match="authentication failed"):
+        Decryptor(method, key).feed(bytes(wire))
+    with pytest.raises(ShadowsocksError, match="authentication failed"):
+        Decryptor(method, master_key(method, "other")).feed(bytes(wire))
+
+
+def test_oversize_length() -> None:
+    method = "aes-256-gcm"
+    key = master_key(method, "pw")
+    enc = Encryptor(method, key)
+    forged = enc._prefix() + enc._aead.seal((0x4000).to_bytes(2, "big"))
+    with pytest.raises(ShadowsocksError, match="over 16383"):
+        Decryptor(method, key).feed(forged)
+
+
+@pytest.mark.parametrize("method", sorted(AEAD_METHODS))
+def test_udp_round_trip(method: str) -> None:
+    key = master_key(method, "pw")
+    pkt = udp_seal(method, key, "example.com", 53, b"query")
+    assert udp_open(method, key, pkt) == ("example.com", 53, b"query")
+    bad = bytearray(pkt)
+    bad[-1] ^= 1
+    with pytest.raises(ShadowsocksError, match="authentication failed"):
+        udp_open(method, key, bytes(bad))
+
+
+def test_psk_validation() -> None:
+    m = "2022-blake3-aes-256-gcm"
+    assert len(decode_psk(psk_for(m), m)) == 32
+    with pytest.raises(ValueError, match="exactly 32 bytes"):
+        decode_psk(base64.b64encode(b"x" * 16).decode(), m)
+    with pytest.raises(ValueError, match="base64"):
+        decode_psk("not base64!!", m)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS_2022))
+@pytest.mark.parametrize("initial", [b"", b"GET / HTTP/1.1\r\n\r\n"])
+def test_2022_tcp_round_trip(method: str, initial: bytes) -> None:
+    psk = master_key(method, psk_for(method))
+    client = RequestEncoder(method, psk)
+    wire = client.header("example.com", 443, initial) + client.encrypt(b"x" * 70000)
+    server = RequestDecoder(method, psk)
+    got = b"".join(server.feed(p) for p in _split(wire, [3, 20, 40, 5, 900, 2]))
+    assert server.target == ("example.com", 443)
+    assert got == initial + b"x" * 70000
+    assert server.salt == client.salt
+
+    reply = Encryptor(method, psk)
+    rwire = encode_response_header(reply, client.salt, b"HTTP/1.1 200") + reply.encrypt(b"!")
+    dec = ResponseDecoder(method, psk, client.salt)
+    assert b"".join(dec.feed(bytes([b])) for b in rwire) == b"HTTP/1.1 200!"
+
+
+def test_2022_padding_without_payload() -> None:
+    m = "2022-blake3-aes-128-gcm"
+    psk = master_key(m, psk_for(m))
+    assert len(RequestEncoder(m, psk).header(V4, 80)) > 16 + 11 + 16 + 7 + 2 + 16
+
+
+def test_2022_response_checks() -> None:
+    m = "2022-blake3-aes-256-gcm"
+    psk = master_key(m, psk_for(m))
+    ours = os.urandom(32)
+    enc = Encryptor(m, psk)
+    wire = encode_response_header(enc, os.urandom(32), b"hi")
+    with pytest.raises(ShadowsocksError, match="salt differs"):
+        ResponseDecoder(m, psk, ours).feed(wire)
+    enc = Encryptor(m, psk)
+    wire = encode_response_header(enc, ours, b"hi", now=time.time() - 60)
+    with pytest.raises(ShadowsocksError, match="timestamp"):
+        ResponseDecoder(m, psk, ours).feed(wire)
+    # a client header is not a response: it fails authentication or the type check
+    client = RequestEncoder(m, psk)
+    with pytest.raises(ShadowsocksError):
+        ResponseDecoder(m, psk, client.salt).feed(client.header(V4, 1, b"x" * 100))
+
+
+@pytest.mark.parametrize("method", ["2022-blake3-aes-128-gcm", "2022-blake3-aes-256-gcm"])
+def test_2022_udp_round_trip(method: str) -> None:
+    psk = master_key(method, psk_for(method))
+    sid, csid = os.urandom(8), os.urandom(8)
+    pkt = udp2022_seal(method, psk, csid, 7, "example.com", 53, b"q", padding=b"\0" * 5)
+    got = udp2022_open(method, psk, pkt, from_server=False)
+    assert (got.session_id, got.packet_id, got.host, got.port, got.payload) == (
+        csid, 7, "example.com", 53, b"q")
+    pkt = udp2022_seal(method, psk, sid, 1, V4, 53, b"a", client_session_id=csid)
+    got = udp2022_open(method, psk, pkt, from_server=True)
+    assert got.client_session_id == csid and got.host == V4 and got.payload == b"a"
+    with pytest.raises(ShadowsocksError):
+        udp2022_open(method, psk, pkt, from_server=False)
+    bad = bytearray(pkt)
+    bad[20] ^= 1
+    with pytest.raises(ShadowsocksError, match="authentication failed"):
+        udp2022_open(method, psk, bytes(bad), from_server=True)
+    old = udp2022_seal(method, psk, sid, 2, V4, 53, b"a", now=time.time() - 100)
+    with pytest.raises(ShadowsocksError, match="timestamp"):
+        udp2022_open(method, psk, old, from_server=False)
+
+
+def test_2022_chacha_udp_not_implemented() -> None:
+    m = "2022-blake3-chacha20-poly1305"
+    with pytest.raises(ValueError, match="not implemented"):
+        udp2022_seal(m, b"k" * 32, b"s" * 8, 0, V4, 1, b"")
+
+
+def test_replay_window() -> None:
+    w = ReplayWindow(1024)
+    assert w.accept(0) and w.accept(5) and w.accept(3)
+    assert not w.accept(5) and not w.accept(3) and not w.accept(0)
+    assert w.accept(2000)
+    assert not w.accept(5)  # too old now
+    assert w.accept(1000) and not w.accept(1000)
+    assert not w.accept(2000 - 1024) and w.accept(2000 - 1023)
+    assert w.accept(10**6) and not w.check(10**6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(AEAD_METHODS) + sorted(METHODS_2022)),
+       st.lists(st.binary(max_size=200), max_size=8))
+def test_fuzz_decryptor(method: str, pieces: list[bytes]) -> None:
+    key = b"k" * key_length(method)
+    decoders: list[Decryptor] = [Decryptor(method, key)]
+    if method in METHODS_2022:
+        decoders += [RequestDecoder(method, key), ResponseDecoder(method, key, b"s" * len(key))]
+    for dec in decoders:
+        try:
+            for p in pieces:
+                dec.feed(p)
+        except ShadowsocksError:
+            pass
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not shutil.which("ss-server"), reason="ss-server (shadowsocks-libev) missing")
+def test_interop_ss_server_aes_256_gcm() -> None:
+    import socket
+    import subprocess
+    import threading
+
+    echo = socket.create_server(("127.0.0.1", 0))
+    echo.settimeout(10)
+    echo_port = echo.getsockname()[1]
+
+    def serve() -> None:
+        try:
+            conn, _ = echo.accept()
+            with conn:
+                conn.settimeout(10)
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+        except OSError:
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    method, port = "aes-256-gcm", _free_port()
+    proc = subprocess.Popen(
+        ["ss-server", "-s", "127.0.0.1", "-p", str(port), "-k", "pw", "-m", method],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with sock:
+            sock.settimeout(10)
+            key = master_key(method, "pw")
+            enc, dec = Encryptor(method, key), Decryptor(method, key)
+            from trio_tproxy.outbound.socks_proto import encode_address
+
+            payload = os.urandom(20000)
+            sock.sendall(enc.encrypt(encode_address(ipaddress.IPv4Address("127.0.0.1"),
+                                                    echo_port) + payload))
+            got = b""
+            while len(got) < len(payload):
+                data = sock.recv(65536)
+                assert data, "ss-server closed early"
+                got += dec.feed(data)
+            assert got == payload
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+        echo.close()
