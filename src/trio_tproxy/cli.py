@@ -193,6 +193,11 @@ def cmd_service_print(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_argument(command: argparse.ArgumentParser) -> None:
+    """The optional CONFIG positional every config-reading command takes."""
+    command.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="config file (TOML)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trio-tproxy",
@@ -205,14 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Start the gateway. Logs one line when every listener is bound. SIGTERM/SIGINT: "
         "stop accepting, let flows drain for policy.grace, exit 0. SIGHUP: reload the "
         "config."))  # fmt: skip
-    run.add_argument("config", nargs="?", default=DEFAULT_CONFIG,
-                     help="config file (TOML)")  # fmt: skip
+    _config_argument(run)
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate config, rule lists and geodata",
                            description="Validate the config, the rule lists it uses and the "
                            "geodata; print every error as 'message @ $.path'.")  # fmt: skip
-    check.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="config file (TOML)")
+    _config_argument(check)
     check.set_defaults(func=cmd_check)
 
     match = sub.add_parser("match", help="which outbound and rule a domain or IP would get",
@@ -262,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("remove", "remove the rules without a trace (needs CAP_NET_ADMIN)"),
     ):
         command = firewall_sub.add_parser(action, help=what, description=f"Firewall: {what}.")
-        command.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="config file (TOML)")
+        _config_argument(command)
         command.add_argument("--iptables", action="store_true", help=(
             "iptables/ip6tables commands instead of nft" if action == "print" else argparse.SUPPRESS
         ))  # fmt: skip
@@ -277,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         "CONFIG (made absolute) as user trio-tproxy with CAP_NET_ADMIN CAP_NET_RAW "
         "CAP_NET_BIND_SERVICE only. README 'Running as a service' shows how to install it.",
     )  # fmt: skip
-    unit.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="config file (TOML)")
+    _config_argument(unit)
     unit.set_defaults(func=cmd_service_print)
     return parser
 
