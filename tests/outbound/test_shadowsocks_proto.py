@@ -25,9 +25,11 @@ from trio_tproxy.outbound.shadowsocks_proto import (
     RequestEncoder,
     ResponseDecoder,
     ShadowsocksError,
+    XChaCha20Poly1305,
     decode_psk,
     encode_response_header,
     evp_bytes_to_key,
+    hchacha20,
     hkdf_sha1,
     key_length,
     master_key,
@@ -188,10 +190,41 @@ def test_2022_udp_round_trip(method: str) -> None:
         udp2022_open(method, psk, old, from_server=False)
 
 
-def test_2022_chacha_udp_not_implemented() -> None:
+def test_hchacha20_vector() -> None:
+    # draft-irtf-cfrg-xchacha-03 §2.2.1
+    key = bytes(range(32))
+    nonce = bytes.fromhex("000000090000004a0000000031415927")
+    assert hchacha20(key, nonce).hex() == (
+        "82413b4227b27bfed30e42508a877d73a0f9e4d58a74a853c12ec41326d3ecdc"
+    )
+
+
+def test_xchacha20_poly1305_vector() -> None:
+    # draft-irtf-cfrg-xchacha-03 §A.3.1 (AEAD_XChaCha20_Poly1305)
+    plaintext = (b"Ladies and Gentlemen of the class of '99: If I could offer you only one "
+                 b"tip for the future, sunscreen would be it.")
+    aad = bytes.fromhex("50515253c0c1c2c3c4c5c6c7")
+    key = bytes(range(0x80, 0xA0))
+    nonce = bytes.fromhex("404142434445464748494a4b4c4d4e4f5051525354555657")
+    sealed = XChaCha20Poly1305(key).encrypt(nonce, plaintext, aad)
+    assert sealed[:16].hex() == "bd6d179d3e83d43b9576579493c0e939"
+    assert sealed[-16:].hex() == "c0875924c1c7987947deafd8780acf49"
+    assert XChaCha20Poly1305(key).decrypt(nonce, sealed, aad) == plaintext
+
+
+def test_2022_chacha_udp_round_trip() -> None:
     m = "2022-blake3-chacha20-poly1305"
-    with pytest.raises(ValueError, match="not implemented"):
-        udp2022_seal(m, b"k" * 32, b"s" * 8, 0, V4, 1, b"")
+    psk = os.urandom(32)
+    pkt = udp2022_seal(m, psk, b"s" * 8, 9, V4, 53, b"q", padding=b"\0" * 3)
+    got = udp2022_open(m, psk, pkt, from_server=False)
+    assert (got.session_id, got.packet_id, got.host, got.port, got.payload) == (
+        b"s" * 8, 9, V4, 53, b"q")
+    bad = bytearray(pkt)
+    bad[30] ^= 1
+    with pytest.raises(ShadowsocksError, match="authentication"):
+        udp2022_open(m, psk, bytes(bad), from_server=False)
+    with pytest.raises(ShadowsocksError, match="shorter"):
+        udp2022_open(m, psk, pkt[:30], from_server=False)
 
 
 def test_replay_window() -> None:

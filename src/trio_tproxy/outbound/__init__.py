@@ -12,6 +12,7 @@ from ..config import Config
 from ..config import DirectOutbound as DirectConfig
 from ..config import DnsOutbound as DnsConfig
 from ..config import HttpOutbound as HttpConfig
+from ..config import ShadowsocksOutbound as ShadowsocksConfig
 from ..config import SocksOutbound as SocksConfig
 from ..dial import DialError, open_tcp
 from ..resolver import Resolver, SystemResolver
@@ -21,6 +22,7 @@ from .block import BlockOutbound
 from .direct import DirectOutbound
 from .dns import DnsOutbound
 from .http import HttpOutbound
+from .shadowsocks import ShadowsocksOutbound
 from .socks import SocksOutbound
 
 # dns is structured and checked by config/ already; its implementation plugs in here
@@ -30,6 +32,7 @@ REGISTRY: dict[type[Any], Callable[[Any, Resolver], Outbound]] = {
     BlockConfig: BlockOutbound,
     SocksConfig: SocksOutbound,
     HttpConfig: HttpOutbound,
+    ShadowsocksConfig: ShadowsocksOutbound,
     DnsConfig: DnsOutbound,  # attached to the runtime's DNS service by Runtime.build
 }
 
@@ -73,6 +76,6 @@ def build_outbounds(cfg: Config, resolver: Resolver | None = None) -> dict[str, 
 
 __all__ = [
     "BlockOutbound", "DialError", "DirectOutbound", "FlowContext", "HttpOutbound", "Outbound",
-    "SocksOutbound", "TcpFlow",
+    "ShadowsocksOutbound", "SocksOutbound", "TcpFlow",
     "UnavailableOutbound", "build_outbounds", "close_socket", "open_tcp",
 ]  # fmt: skip

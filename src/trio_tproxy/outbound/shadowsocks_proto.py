@@ -14,7 +14,7 @@ bytes in any pieces and hand back plaintext once whole chunks are in.
   fixed header (type, timestamp, variable header length) and a variable header
   (address, padding, initial payload); the response header echoes the request salt.
   UDP with AES uses an AES-ECB encrypted separate header (session id, packet id);
-  UDP for 2022-blake3-chacha20-poly1305 (XChaCha20) is not implemented here.
+  2022-blake3-chacha20-poly1305 seals header and body with XChaCha20-Poly1305.
 
 The target address is the SOCKS5 encoding (ATYP 1/3/4, address, port) of socks_proto.
 """
@@ -50,13 +50,15 @@ MAX_TIME_DIFF = 30  # seconds, SIP022
 MAX_PADDING = 900
 AUTH_FAILED = "authentication failed (wrong password or method?)"
 
+AeadType = type[AESGCM] | type[ChaCha20Poly1305]
+
 # name -> (key length, AEAD class)
-AEAD_METHODS = {
+AEAD_METHODS: dict[str, tuple[int, AeadType]] = {
     "aes-128-gcm": (16, AESGCM),
     "aes-256-gcm": (32, AESGCM),
     "chacha20-ietf-poly1305": (32, ChaCha20Poly1305),
 }
-METHODS_2022 = {
+METHODS_2022: dict[str, tuple[int, AeadType]] = {
     "2022-blake3-aes-128-gcm": (16, AESGCM),
     "2022-blake3-aes-256-gcm": (32, AESGCM),
     "2022-blake3-chacha20-poly1305": (32, ChaCha20Poly1305),
@@ -67,7 +69,7 @@ class ShadowsocksError(ValueError):
     """The peer's bytes are not valid Shadowsocks for our key; ``str()`` says what."""
 
 
-def _method(method: str) -> tuple[int, type, bool]:
+def _method(method: str) -> tuple[int, AeadType, bool]:
     if method in AEAD_METHODS:
         key_len, cls = AEAD_METHODS[method]
         return key_len, cls, False
@@ -136,8 +138,8 @@ def _subkey(method: str, key: bytes, salt: bytes) -> bytes:
 class _Aead:
     """An AEAD with the SIP004/SIP022 little-endian nonce counter."""
 
-    def __init__(self, cls: type, subkey: bytes) -> None:
-        self._aead = cls(subkey)
+    def __init__(self, cls: AeadType, subkey: bytes) -> None:
+        self._aead: AESGCM | ChaCha20Poly1305 = cls(subkey)
         self._counter = 0
 
     def _nonce(self) -> bytes:
@@ -228,7 +230,7 @@ class Decryptor:
 
     def _open_length(self, sealed: bytes) -> int:
         assert self._aead is not None
-        (length,) = struct.unpack("!H", self._aead.open(sealed))
+        length = int.from_bytes(self._aead.open(sealed), "big")
         if length > self.max_payload:
             raise ShadowsocksError(
                 f"chunk length {length} over {self.max_payload}: " + AUTH_FAILED
@@ -415,7 +417,7 @@ class RequestDecoder(Decryptor):
         return out + self._chunks()
 
 
-# --- SIP022 UDP (AES) -----------------------------------------------------------------
+# --- SIP022 UDP ------------------------------------------------------------------------
 
 
 class ReplayWindow:
@@ -457,55 +459,117 @@ class Udp2022Packet:
     client_session_id: bytes | None = None  # server -> client only
 
 
-def _ecb(psk: bytes) -> Cipher:
+def _ecb(psk: bytes) -> Cipher[modes.ECB]:
     return Cipher(algorithms.AES(psk), modes.ECB())  # noqa: S305 - SIP022: one block
 
 
-def _udp2022_aead(method: str) -> type:
+_CHACHA_CONSTANTS = struct.unpack("<4I", b"expand 32-byte k")
+
+
+def hchacha20(key: bytes, nonce16: bytes) -> bytes:
+    """HChaCha20 (draft-irtf-cfrg-xchacha §2.2): the 20 rounds without the final
+    addition, words 0-3 and 12-15. cryptography's ChaCha20 block is rounds + input, and
+    its 16-byte nonce is exactly input words 12-15, so subtracting the input back out
+    of one keystream block gives the HChaCha20 output."""
+    block = Cipher(algorithms.ChaCha20(key, nonce16), mode=None).encryptor().update(bytes(64))
+    words = struct.unpack("<16I", block)
+    given = struct.unpack("<4I", nonce16)
+    out = [(words[i] - _CHACHA_CONSTANTS[i]) & 0xFFFFFFFF for i in range(4)]
+    out += [(words[12 + i] - given[i]) & 0xFFFFFFFF for i in range(4)]
+    return struct.pack("<8I", *out)
+
+
+class XChaCha20Poly1305:
+    """XChaCha20-Poly1305 (24-byte nonce) from HChaCha20 + ChaCha20-Poly1305, which is
+    all cryptography offers; SIP022 UDP for 2022-blake3-chacha20-poly1305 needs it."""
+
+    NONCE_LEN = 24
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("XChaCha20-Poly1305 key is 32 bytes")
+        self._key = key
+
+    def _inner(self, nonce: bytes) -> tuple[ChaCha20Poly1305, bytes]:
+        if len(nonce) != self.NONCE_LEN:
+            raise ValueError("XChaCha20-Poly1305 nonce is 24 bytes")
+        return ChaCha20Poly1305(hchacha20(self._key, nonce[:16])), bytes(4) + nonce[16:]
+
+    def encrypt(self, nonce: bytes, data: bytes, aad: bytes | None) -> bytes:
+        aead, inner_nonce = self._inner(nonce)
+        return aead.encrypt(inner_nonce, data, aad)
+
+    def decrypt(self, nonce: bytes, data: bytes, aad: bytes | None) -> bytes:
+        aead, inner_nonce = self._inner(nonce)
+        return aead.decrypt(inner_nonce, data, aad)
+
+
+def _udp2022_cls(method: str) -> AeadType:
     _, cls, v2022 = _method(method)
     if not v2022:
         raise ValueError(f"{method} is not a 2022 method")
-    if cls is not AESGCM:
-        raise ValueError(f"{method} UDP (XChaCha20-Poly1305) is not implemented")
     return cls
 
 
 def udp2022_seal(  # noqa: PLR0917 the packet fields, in wire order
                  method: str, psk: bytes, session_id: bytes, packet_id: int, host: Host,
                  port: int, payload: bytes, *, client_session_id: bytes | None = None,
-                 padding: bytes = b"", now: float | None = None) -> bytes:
-    """One SIP022 UDP packet; pass ``client_session_id`` for server -> client."""
-    cls = _udp2022_aead(method)
+                 padding: bytes = b"", now: float | None = None,
+                 nonce: bytes | None = None) -> bytes:
+    """One SIP022 UDP packet; pass ``client_session_id`` for server -> client.
+
+    AES methods: the 16-byte session id + packet id header, AES-ECB encrypted with the
+    PSK, then the body sealed with the session subkey (nonce: header bytes 4-16).
+    2022-blake3-chacha20-poly1305: a random 24-byte nonce, then header and body sealed
+    together with XChaCha20-Poly1305 under the PSK itself."""
+    cls = _udp2022_cls(method)
     if len(session_id) != 8:
         raise ValueError("session id is 8 bytes")
     header = session_id + struct.pack("!Q", packet_id)
-    enc = _ecb(psk).encryptor()
-    sep = enc.update(header) + enc.finalize()
     ts = int(time.time() if now is None else now)
     if client_session_id is None:
         body = struct.pack("!BQ", TYPE_CLIENT, ts)
     else:
         body = struct.pack("!BQ", TYPE_SERVER, ts) + client_session_id
     body += struct.pack("!H", len(padding)) + padding + encode_address(host, port) + payload
+    if cls is ChaCha20Poly1305:
+        nonce = os.urandom(XChaCha20Poly1305.NONCE_LEN) if nonce is None else nonce
+        return nonce + XChaCha20Poly1305(psk).encrypt(nonce, header + body, None)
+    enc = _ecb(psk).encryptor()
+    sep = enc.update(header) + enc.finalize()
     aead = cls(session_subkey_2022(psk, session_id))
-    return sep + aead.encrypt(header[4:], body, None)
+    sealed: bytes = aead.encrypt(header[4:], body, None)
+    return sep + sealed
+
+
+def _udp2022_unseal(cls: AeadType, psk: bytes, packet: bytes) -> tuple[bytes, bytes]:
+    """(16-byte header, body) of a SIP022 UDP packet; ShadowsocksError if it fails."""
+    try:
+        if cls is ChaCha20Poly1305:
+            n = XChaCha20Poly1305.NONCE_LEN
+            if len(packet) < n + 16 + TAG_LEN:
+                raise ShadowsocksError("UDP packet shorter than nonce + header + tag")
+            plain = XChaCha20Poly1305(psk).decrypt(packet[:n], packet[n:], None)
+            return plain[:16], plain[16:]
+        if len(packet) < 16 + TAG_LEN:
+            raise ShadowsocksError("UDP packet shorter than header + tag")
+        dec = _ecb(psk).decryptor()
+        header = dec.update(packet[:16]) + dec.finalize()
+        body: bytes = cls(session_subkey_2022(psk, header[:8])).decrypt(
+            header[4:], packet[16:], None
+        )
+    except InvalidTag:
+        raise ShadowsocksError(AUTH_FAILED) from None
+    return header, body
 
 
 def udp2022_open(method: str, psk: bytes, packet: bytes, *, from_server: bool,
                  now: float | None = None) -> Udp2022Packet:
     """Decrypt and check one SIP022 UDP packet (replay checking is the caller's, with a
     :class:`ReplayWindow` per session)."""
-    cls = _udp2022_aead(method)
-    if len(packet) < 16 + TAG_LEN:
-        raise ShadowsocksError("UDP packet shorter than header + tag")
-    dec = _ecb(psk).decryptor()
-    header = dec.update(packet[:16]) + dec.finalize()
+    header, body = _udp2022_unseal(_udp2022_cls(method), psk, packet)
     session_id = header[:8]
     (packet_id,) = struct.unpack_from("!Q", header, 8)
-    try:
-        body = cls(session_subkey_2022(psk, session_id)).decrypt(header[4:], packet[16:], None)
-    except InvalidTag:
-        raise ShadowsocksError(AUTH_FAILED) from None
     want = TYPE_SERVER if from_server else TYPE_CLIENT
     pos = 9 + (8 if from_server else 0)
     if len(body) < pos + 2:

@@ -1,0 +1,370 @@
+"""The ``shadowsocks`` outbound: AEAD (SIP004) and 2022 (SIP022) methods, TCP and UDP.
+
+TCP: one connection to the server per flow. The first write carries the salt, the
+request header (the SOCKS-style address: the sniffed domain when there is one, else
+the IP) and the client's first bytes, so the flow costs no extra round trip. The
+connection is a :class:`~trio_tproxy.upstreams.StreamUpstream`: bytes are encrypted and
+decrypted in userspace (shadowsocks_proto.py, sans-IO) by the relay's two pumps.
+
+A Shadowsocks server never says "wrong key": ss-server holds such a connection open
+in silence, others close it. So until a response has once decrypted with our key, a
+flow whose server has not answered within ``policy.handshake`` of its request is cut
+and logged as a likely wrong password or method; once the key is proven (a valid
+response in the last :data:`PROVEN_FOR` seconds) slow destinations (long polls) are
+left alone. A response that fails authentication, a replayed or stale 2022 header, or a
+close before any answer all reset the flow with one line naming the outbound.
+
+UDP (``network`` includes "udp"): one socket per client session, connected to the
+server; every datagram is sealed on its own (SIP004: a fresh salt; SIP022: the
+session id and a packet counter, replies checked against a replay window per server
+session). A datagram that would not fit in one UDP packet after the overhead is dropped
+and counted, never fragmented.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+
+import attrs
+import trio
+
+from ..addr import Endpoint, IPAddress
+from ..config import ShadowsocksOutbound as ShadowsocksConfig
+from ..dial import DialError, ip_literal, open_tcp_host
+from ..inbound.sockopt import set_mark
+from ..relay import send_all
+from ..resolver import Resolver, SystemResolver
+from ..sock import addr_to_sockaddr, close_socket, family_of, set_reset_on_close
+from . import shadowsocks_proto as proto
+from .base import DatagramSink, Destination, StreamUpstream, UdpRequest
+from .socks_proto import Host, encode_address
+from .tunnel import handshake_timeout
+from .udp_map import ReplyMap
+
+log = logging.getLogger("trio_tproxy.outbound.shadowsocks")
+
+# A key counts as proven for this long after a response decrypted with it.
+PROVEN_FOR = 600.0
+RECV_SIZE = 65536
+# The largest UDP payload one IPv4 packet carries (65535 - IP and UDP headers).
+MAX_DATAGRAM = 65507
+RECV_BATCH = 64
+# Server sessions (SIP022 UDP) whose replay windows are kept per link.
+MAX_SERVER_SESSIONS = 16
+WARN_EVERY = 60.0  # seconds between two warnings about the same outbound's key
+
+
+@attrs.define
+class UdpCounters:
+    sent: int = 0
+    received: int = 0
+    dropped: int = 0  # could not send (buffer full, ICMP error, unencodable target)
+    oversize: int = 0  # over one UDP packet after the overhead: dropped
+    malformed: int = 0  # failed authentication, replayed, stale, or a name never sent to
+
+
+class ShadowsocksOutbound:
+    def __init__(self, cfg: ShadowsocksConfig, resolver: Resolver | None = None) -> None:
+        self.tag: str = cfg.tag
+        self.method: str = cfg.method
+        self.v2022 = proto.is_2022(cfg.method)
+        # ValueError for a 2022 password that is not a key of the right length: `check`
+        # reports it with its path before anything is built.
+        self.key = proto.master_key(cfg.method, cfg.password)
+        self.host = cfg.server.host
+        self.port = cfg.server.port
+        self.ip: IPAddress | None = ip_literal(self.host)
+        self.mark = cfg.mark
+        self.udp = "udp" in cfg.network
+        self.tcp = "tcp" in cfg.network
+        self.resolver: Resolver = resolver or SystemResolver()
+        self.name = f"shadowsocks {self.tag}"
+        self._proven_until = -1.0
+        self._warned_at = -WARN_EVERY
+
+    # -- key state -------------------------------------------------------------------
+
+    def proven(self) -> bool:
+        return trio.current_time() < self._proven_until
+
+    def prove(self) -> None:
+        self._proven_until = trio.current_time() + PROVEN_FOR
+
+    def failed(self, reason: str) -> DialError:
+        """The flow's error for a likely key problem; warns at most every WARN_EVERY."""
+        message = f"{self.name}: {reason}"
+        now = trio.current_time()
+        if now - self._warned_at >= WARN_EVERY:
+            self._warned_at = now
+            log.warning("%s", message)
+        return DialError(errno.EPROTO, message)
+
+    # -- TCP -------------------------------------------------------------------------
+
+    def _target(self, destination: Destination) -> Host:
+        return destination.domain if destination.domain else destination.address[0]
+
+    def _request(self, host: Host, port: int, initial: bytes) -> tuple[bytes, proto.Encryptor]:
+        """The first write (salt, header, first bytes) and the encryptor for the rest."""
+        if not self.v2022:
+            enc = proto.Encryptor(self.method, self.key)
+            return enc.encrypt(encode_address(host, port) + initial), enc
+        enc2022 = proto.RequestEncoder(self.method, self.key)
+        # The variable header holds at most 0xFFFF bytes: what does not fit follows.
+        room = proto.MAX_PAYLOAD_2022 - len(encode_address(host, port)) - 2
+        head = enc2022.header(host, port, initial[:room])
+        if len(initial) > room:
+            head += enc2022.encrypt(initial[room:])
+        return head, enc2022
+
+    async def open_stream(
+        self,
+        destination: Destination,
+        *,
+        timeout: float,  # noqa: ASYNC109
+        initial: bytes = b"",
+    ) -> StreamUpstream:
+        if not self.tcp:
+            raise DialError(errno.EPROTONOSUPPORT, f"{self.name}: network excludes tcp")
+        try:
+            first, enc = self._request(self._target(destination), destination.port, initial)
+        except ValueError as exc:  # a name over 255 bytes
+            raise DialError(errno.EINVAL, f"{self.name}: cannot request it: {exc}") from exc
+        deadline = trio.current_time() + timeout
+        sock: socket.socket | None = None
+        with trio.move_on_at(deadline) as scope:
+            try:
+                sock = await open_tcp_host(
+                    self.ip or self.host, self.port, resolver=self.resolver, mark=self.mark,
+                    timeout=timeout,
+                )  # fmt: skip
+            except DialError as exc:
+                raise DialError(exc.errno, f"{self.name}: {exc}") from exc
+            try:
+                await send_all(sock, first)
+            except OSError as exc:
+                close_socket(sock)
+                reason = f"{self.name}: sending the request failed: {exc}"
+                raise DialError(exc.errno or errno.EIO, reason) from exc
+        if scope.cancelled_caught:
+            if sock is not None:
+                close_socket(sock)
+            raise handshake_timeout(self.name, timeout)
+        assert sock is not None
+        if self.v2022:
+            dec: proto.Decryptor = proto.ResponseDecoder(self.method, self.key, enc.salt)
+        else:
+            dec = proto.Decryptor(self.method, self.key)
+        stream = ShadowsocksStream(self, sock, enc, dec, deadline, timeout)
+        return StreamUpstream(stream, chain=(self.tag,))
+
+    # -- UDP -------------------------------------------------------------------------
+
+    async def open_udp(self, request: UdpRequest) -> ShadowsocksUdpLink:
+        if not self.udp:
+            raise DialError(errno.EPROTONOSUPPORT,
+                            f"outbound {self.tag!r} (shadowsocks) does not carry UDP: "
+                            "network excludes udp")  # fmt: skip
+        ip = self.ip
+        if ip is None:
+            with trio.move_on_after(request.handshake_timeout):
+                ips = await request.resolver.resolve(self.host)
+                ip = ips[0] if ips else None
+            if ip is None:
+                raise DialError(errno.EHOSTUNREACH, f"{self.name}: cannot resolve {self.host!r}")
+        sock = socket.socket(family_of(ip), socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            set_mark(sock, self.mark)
+            # Connected: the kernel drops datagrams from anyone but the server.
+            sock.connect(addr_to_sockaddr((ip, self.port), sock.family))
+        except OSError as exc:
+            sock.close()
+            raise DialError(exc.errno or errno.EIO,
+                            f"{self.name}: UDP socket: {exc.strerror or exc}") from exc  # fmt: skip
+        return ShadowsocksUdpLink(self, sock, request.buffer)
+
+
+class ShadowsocksStream:
+    """One flow's connection to the server, as the relay's ByteStream."""
+
+    def __init__(  # noqa: PLR0917
+        self, outbound: ShadowsocksOutbound, sock: socket.socket, enc: proto.Encryptor,
+        dec: proto.Decryptor, deadline: float, timeout: float,
+    ) -> None:  # fmt: skip
+        self._ob = outbound
+        self._sock = sock
+        self._enc = enc
+        self._dec = dec
+        self._deadline = deadline  # for the first answer, while the key is unproven
+        self._timeout = timeout
+        self._answered = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await send_all(self._sock, self._enc.encrypt(bytes(data)))
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        while True:
+            if self._answered or self._ob.proven():
+                data = await self._recv()
+            else:
+                data = None
+                with trio.move_on_at(self._deadline):
+                    data = await self._recv()
+                if data is None:
+                    raise self._ob.failed(
+                        f"no answer within {self._timeout:g}s of the request (policy.handshake)"
+                        " - wrong password or method? (servers stay silent then)"
+                    )
+            if not data:
+                if not self._answered:
+                    raise self._ob.failed("the server closed the connection without "
+                                          "answering (wrong password or method?)")  # fmt: skip
+                return b""
+            try:
+                plain = self._dec.feed(data)
+            except proto.ShadowsocksError as exc:
+                raise self._ob.failed(str(exc)) from None
+            if plain:
+                if not self._answered:
+                    self._answered = True
+                    self._ob.prove()
+                return plain
+
+    async def _recv(self) -> bytes:
+        sock = self._sock
+        while True:
+            try:
+                return sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+            except OSError as exc:
+                if not self._answered:
+                    raise self._ob.failed(f"{exc.strerror or exc} before any answer "
+                                          "(wrong password or method?)") from exc  # fmt: skip
+                raise
+
+    async def send_eof(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+        await trio.lowlevel.checkpoint()
+
+    def close(self, *, reset: bool = False) -> None:
+        if reset:
+            set_reset_on_close(self._sock)
+        close_socket(self._sock)
+
+
+class ShadowsocksUdpLink:
+    """One client session's datagrams through the server, as a UdpLink."""
+
+    outcome: str | None = None
+
+    def __init__(self, outbound: ShadowsocksOutbound, sock: socket.socket,
+                 buffer: bytearray) -> None:  # fmt: skip
+        self._ob = outbound
+        self.sock = sock
+        self.counters = UdpCounters()
+        self.closed = False
+        self._buffer = buffer
+        self._map = ReplyMap()
+        # SIP022: our session id and packet counter; a replay window per server session.
+        self._session_id = os.urandom(8)
+        self._packet_id = 0
+        self._windows: dict[bytes, proto.ReplayWindow] = {}
+
+    def _seal(self, host: Host, port: int, payload: bytes) -> bytes:
+        ob = self._ob
+        if not ob.v2022:
+            return proto.udp_seal(ob.method, ob.key, host, port, payload)
+        packet_id = self._packet_id
+        self._packet_id += 1
+        return proto.udp2022_seal(ob.method, ob.key, self._session_id, packet_id, host, port,
+                                  payload)  # fmt: skip
+
+    def send(self, payload: memoryview, dst: Endpoint, domain: str | None) -> str | None:
+        if self.closed:
+            return "link closed"
+        host: Host = domain if domain is not None else (ip_literal(dst[0]) or dst[0])
+        try:
+            packet = self._seal(host, dst[1], bytes(payload))
+        except ValueError as exc:  # a name over 255 bytes
+            self.counters.dropped += 1
+            return str(exc)
+        if len(packet) > MAX_DATAGRAM:
+            self.counters.oversize += 1
+            return (f"{len(payload)}-byte datagram is {len(packet)} bytes sealed, over one "
+                    f"UDP packet ({MAX_DATAGRAM}): dropped")  # fmt: skip
+        self._map.sent(dst, domain)
+        try:
+            self.sock.send(packet)
+        except BlockingIOError:
+            self.counters.dropped += 1
+            return "send buffer full"
+        except OSError as exc:  # an ICMP error from the server for an earlier datagram
+            self.counters.dropped += 1
+            return exc.strerror or str(exc)
+        self.counters.sent += 1
+        return None
+
+    def _open(self, packet: bytes) -> tuple[Host, int, bytes]:
+        ob = self._ob
+        if not ob.v2022:
+            return proto.udp_open(ob.method, ob.key, packet)
+        opened = proto.udp2022_open(ob.method, ob.key, packet, from_server=True)
+        if opened.client_session_id != self._session_id:
+            raise proto.ShadowsocksError("reply for another client session")
+        window = self._windows.get(opened.session_id)
+        if window is None:
+            if len(self._windows) >= MAX_SERVER_SESSIONS:
+                self._windows.pop(next(iter(self._windows)))
+            window = self._windows[opened.session_id] = proto.ReplayWindow()
+        if not window.accept(opened.packet_id):
+            raise proto.ShadowsocksError(f"replayed or too old packet id {opened.packet_id}")
+        return opened.host, opened.port, opened.payload
+
+    async def receive(self, deliver: DatagramSink) -> None:
+        sock, buffer = self.sock, self._buffer
+        view = memoryview(buffer)
+        while not self.closed:
+            for _ in range(RECV_BATCH):
+                try:
+                    size = sock.recv_into(buffer)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if self.closed or sock.fileno() < 0:
+                        return
+                    log.debug("%s: UDP: %s", self._ob.name, exc)  # ICMP for an earlier send
+                    break
+                try:
+                    host, port, payload = self._open(bytes(view[:size]))
+                except proto.ShadowsocksError as exc:
+                    self.counters.malformed += 1
+                    log.debug("%s: dropped a UDP reply: %s", self._ob.name, exc)
+                    continue
+                remote = self._map.remote(host, port)
+                if remote is None:
+                    self.counters.malformed += 1
+                    continue
+                self._ob.prove()
+                self.counters.received += 1
+                deliver(memoryview(payload), remote)
+            else:
+                await trio.lowlevel.checkpoint()  # a flood must not starve the rest
+                continue
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except (trio.ClosedResourceError, OSError):
+                return
+
+    def close(self) -> None:
+        self.closed = True
+        close_socket(self.sock)
+
+
+__all__ = ["ShadowsocksOutbound", "ShadowsocksStream", "ShadowsocksUdpLink"]
