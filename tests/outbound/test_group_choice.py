@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import trio_tproxy.outbound.group_choice as group_choice
+from trio_tproxy.outbound import group_choice
 from trio_tproxy.outbound.group_choice import GroupView, alive, choose, show_delays
 from trio_tproxy.outbound.health import HISTORY, HealthBook
 

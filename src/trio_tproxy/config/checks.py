@@ -78,7 +78,9 @@ def _check_groups(cfg: Config) -> Iterator[ConfigError]:
     """Members exist, no group reaches itself (directly or through other groups), the
     probe URL is one we can send."""
     tags = {ob.tag for ob in cfg.outbounds}
-    graph = {ob.tag: ob.outbounds for ob in cfg.outbounds if isinstance(ob, GROUP_TYPES)}
+    graph: dict[str, tuple[str, ...]] = {
+        ob.tag: ob.outbounds for ob in cfg.outbounds if isinstance(ob, GROUP_TYPES)
+    }
     for i, ob in enumerate(cfg.outbounds):
         if not isinstance(ob, GROUP_TYPES):
             continue

@@ -171,15 +171,16 @@ class GroupOutbound:
     async def probe_member(self, member: str) -> int:
         """Probe one member now and record it; the delay in ms, 0 when it failed."""
         outbound = self.outbounds.get(member)
-        try:
-            if self._probe is not None:
-                delay = await self._probe(outbound, self.url, self.timeout)
-            else:
-                delay = await probe_delay(outbound, self.url, self.timeout,
-                                          resolver=self.resolver)  # fmt: skip
-        except (OSError, TimeoutError) as exc:
-            log.debug("group %r: probe through %r failed: %s", self.tag, member, exc)
-            delay = 0
+        delay = 0
+        with trio.move_on_after(self.timeout):  # probe_delay keeps it; a fake may not
+            try:
+                if self._probe is not None:
+                    delay = await self._probe(outbound, self.url, self.timeout)
+                else:
+                    delay = await probe_delay(outbound, self.url, self.timeout,
+                                              resolver=self.resolver)  # fmt: skip
+            except (OSError, TimeoutError) as exc:
+                log.debug("group %r: probe through %r failed: %s", self.tag, member, exc)
         self.state.health.record(member, delay)
         return delay
 

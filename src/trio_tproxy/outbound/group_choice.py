@@ -82,4 +82,3 @@ def show_delays(members: Sequence[str], delays: Mapping[str, int | None]) -> str
         text = "untested" if delay is None else "failed" if delay == 0 else f"{delay}ms"
         parts.append(f"{member} {text}")
     return ", ".join(parts)
-

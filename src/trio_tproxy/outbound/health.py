@@ -150,7 +150,10 @@ async def _destination(
 
 
 async def _exchange(
-    opener: Any, destination: Destination, target: ProbeTarget, timeout: float  # noqa: ASYNC109
+    opener: Any,
+    destination: Destination,
+    target: ProbeTarget,
+    timeout: float,  # noqa: ASYNC109
 ) -> None:
     plain = target.scheme == "http"
     initial = target.request() if plain else b""
