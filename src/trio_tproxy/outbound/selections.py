@@ -16,6 +16,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("trio_tproxy.outbound.selections")
 
@@ -103,3 +104,15 @@ def _read(path: Path) -> dict[str, str]:
         log.warning("selector choices in %s ignored: not a JSON object", path)
         return {}
     return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def describe_group(group: Any, store: SelectionStore) -> dict[str, Any]:
+    """What ``match`` says offline about the group a flow would go to (``group``: its
+    config): a selector's member is known (its saved choice, else the first); urltest
+    and fallback choose by probes, so only the running gateway knows theirs."""
+    member = None
+    if group.TYPE == "selector":
+        chosen = store.get(group.tag)
+        member = chosen if chosen in group.outbounds else group.outbounds[0]
+    return {"group": {"tag": group.tag, "type": group.TYPE, "members": list(group.outbounds)},
+            "member": member}  # fmt: skip
