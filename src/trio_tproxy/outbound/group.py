@@ -108,9 +108,12 @@ class GroupOutbound:
         previous = state.picks.get(self.tag)
         if member != previous:
             state.picks[self.tag] = member
-            if previous is not None:
+            delays = show_delays(self.members, view.delays)
+            if previous is None:
+                log.info("group %r (%s) uses %r (%s)", self.tag, self.kind, member, delays)
+            else:
                 log.info("group %r (%s) now uses %r instead of %r (%s)", self.tag, self.kind,
-                         member, previous, show_delays(self.members, view.delays))  # fmt: skip
+                         member, previous, delays)  # fmt: skip
         return member
 
     def current(self) -> str:
