@@ -13,6 +13,7 @@ interval + timeout (+ one probe's own delay and log polling).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -161,7 +162,9 @@ def last_access(proxy: ProxyProcess, host: str) -> str:
 def wait_switch(proxy: ProxyProcess, text: str, since: float) -> float:
     """Wait for ``text`` in the log; seconds since ``since``."""
     proxy.wait_for(text, timeout=SWITCH + 3)
-    return time.monotonic() - since
+    took = time.monotonic() - since
+    print(f"{took:.2f}s until: {text}")
+    return took
 
 
 def test_urltest_follows_the_fastest_and_a_flow_keeps_its_member(
@@ -175,6 +178,13 @@ def test_urltest_follows_the_fastest_and_a_flow_keeps_its_member(
     proxy.wait_for("group 'auto' (urltest) uses 'a' (b ", timeout=5)
     echo_through(gw, host)
     assert "-> auto[a] (rule #0)" in last_access(proxy, host)
+    # a reload keeps the probe history and the choice (a fresh state would start on b,
+    # the first member, and say so)
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_for("configuration reloaded")
+    echo_through(gw, host)
+    assert "-> auto[a] (rule #0)" in last_access(proxy, host)
+    assert proxy.log().count("group 'auto' (urltest) uses") == 1
 
     # a long flow on a, then a slows down: new flows move to b, the long flow stays
     trickle = lab.client.popen([sys.executable, str(GROUP_PEERS), "trickle", "--host", host,
@@ -191,7 +201,7 @@ def test_urltest_follows_the_fastest_and_a_flow_keeps_its_member(
     result = json.loads(out.strip().splitlines()[-1])
     assert (result["intact"], result["clean_eof"]) == (15, True), result
     long_flow = [ln for ln in proxy.access_lines() if "auto[a]" in ln and ln.endswith("done")]
-    assert len(long_flow) == 2, proxy.access_lines()  # the first echo and the trickle
+    assert len(long_flow) == 3, proxy.access_lines()  # two echoes and the trickle
 
     # b dies: back to the slow but living a
     killed = time.monotonic()

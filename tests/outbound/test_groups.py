@@ -29,6 +29,8 @@ from trio_tproxy.outbound.health import HealthBook, probe_delay
 from trio_tproxy.outbound.selections import FILE_NAME, SelectionStore, state_dir
 from trio_tproxy.runtime import Runtime
 
+from .fakes import FakeResolver
+
 BASE = """
 [[inbounds]]
 tag = "in"
@@ -305,7 +307,7 @@ async def serve_http(listener: trio.SocketListener, answer: bytes | None) -> Non
                 if not chunk:
                     return
                 request += chunk
-            assert request.startswith(b"GET /generate_204 HTTP/1.1\r\nHost: 127.0.0.1:")
+            assert request.startswith(b"GET /generate_204 HTTP/1.1\r\nHost: ")
             if answer is None:
                 await trio.sleep_forever()
             await stream.send_all(answer)
@@ -342,9 +344,36 @@ async def test_probe_delay_over_direct(answer: bytes | None, outcome: str | None
         nursery.cancel_scope.cancel()
 
 
+async def test_probe_by_name_through_direct_and_through_a_group() -> None:
+    """direct needs the probe host's address (looked up through the runtime's resolver),
+    also when it is reached through a group; the real probe is what probe_all uses."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    resolver = FakeResolver({"probe.test": [ipaddress.IPv4Address("127.0.0.1")]})
+    direct = DirectOutbound(DirectConfig(tag="direct"), resolver)
+    cfg = parse_config_text(BASE + '[[outbounds]]\ntag = "g"\ntype = "fallback"\n'
+                            f'outbounds = ["direct"]\nurl = "http://probe.test:{port}/generate_204"\n')  # fmt: skip
+    table: dict[str, object] = {"direct": direct}
+    group = table["g"] = GroupOutbound(
+        cfg.outbound("g"),
+        table,
+        GroupState(selections=SelectionStore(None)),
+        resolver,  # type: ignore[arg-type]
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_http, listeners[0], b"HTTP/1.1 204 No Content\r\n\r\n")
+        url = f"http://probe.test:{port}/generate_204"
+        assert await probe_delay(direct, url, 1.0, resolver=resolver) >= 1
+        assert await probe_delay(group, url, 1.0, resolver=resolver) >= 1
+        assert (await group.probe_all())["direct"] >= 1
+        assert group.state.health.alive("direct")
+        nursery.cancel_scope.cancel()
+    assert resolver.asked == ["probe.test"] * 3
+
+
 async def test_probe_through_a_refusing_member_is_an_oserror() -> None:
     with pytest.raises(OSError):
-        await probe_delay(FakeMember("x", 1) if False else _Down(), "http://192.0.2.1/", 1.0)
+        await probe_delay(_Down(), "http://192.0.2.1/", 1.0)
 
 
 class _Down:

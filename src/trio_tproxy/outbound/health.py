@@ -16,6 +16,7 @@ import ipaddress
 import ssl
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,6 +45,8 @@ MAX_RESPONSE_HEAD = 8192
 # Placeholder address for a probe URL given by name through a proxy: the proxy gets
 # the name (Destination.domain) and resolves it itself.
 _UNSPECIFIED = ipaddress.IPv4Address(0)
+# Groups nest without cycles (check); this only bounds the walk to a group's member.
+MAX_GROUP_DEPTH = 16
 
 
 @attrs.frozen
@@ -141,12 +144,25 @@ async def _destination(
     ip = ip_literal(target.host)
     if ip is not None:
         return Destination((ip, target.port))
-    if resolver is not None and getattr(outbound, "direct_mark", None) is not None:
+    if resolver is not None and _sends_directly(outbound):
         ips = await resolver.resolve(target.host)
         if not ips:
             raise DialError(errno.EHOSTUNREACH, f"cannot resolve {target.host!r}")
         return Destination((ips[0], target.port), target.host)
     return Destination((_UNSPECIFIED, target.port), target.host)
+
+
+def _sends_directly(outbound: object) -> bool:
+    """Whether ``outbound`` (through groups, to the member they use now) dials from this
+    host: then it needs the URL's address; a proxy resolves the name itself."""
+    for _ in range(MAX_GROUP_DEPTH):
+        if getattr(outbound, "direct_mark", None) is not None:
+            return True
+        current, members = getattr(outbound, "current", None), getattr(outbound, "outbounds", None)
+        if current is None or not isinstance(members, Mapping):
+            return False
+        outbound = members.get(current())
+    return False
 
 
 async def _exchange(
