@@ -9,6 +9,7 @@ read back (a restart); a rebuilt runtime keeping history and choices (a reload).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import json
@@ -383,3 +384,38 @@ class _Down:
                           initial: bytes = b"") -> SocketUpstream:  # fmt: skip
         await trio.lowlevel.checkpoint()
         raise DialError(errno.ECONNREFUSED, "refused")
+
+
+async def test_probe_over_https(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An https:// probe URL: TLS through the member's stream, the name verified."""
+    import ssl
+
+    from trio_tproxy.netlab.servers import make_certificate
+
+    cert = make_certificate(tmp_path, ("probe.test",))
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert.path, cert.key)
+    trusting = ssl.create_default_context(cafile=str(cert.path))
+    monkeypatch.setattr("trio_tproxy.outbound.health.ssl.create_default_context", lambda: trusting)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    tls_listener = trio.SSLListener(listeners[0], server_ctx)
+    resolver = FakeResolver({"probe.test": [ipaddress.IPv4Address("127.0.0.1")]})
+    direct = DirectOutbound(DirectConfig(tag="direct"), resolver)
+
+    async def one(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        request = b""
+        with trio.move_on_after(5), contextlib.suppress(trio.BrokenResourceError):
+            while b"\r\n\r\n" not in request:  # the bad case breaks in the handshake
+                request += await stream.receive_some(4096)
+            await stream.send_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await trio.aclose_forcefully(stream)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, one, [tls_listener])
+        url = f"https://probe.test:{port}/generate_204"
+        assert await probe_delay(direct, url, 2.0, resolver=resolver) >= 1
+        bad = f"https://127.0.0.1:{port}/generate_204"  # the certificate does not name it
+        with pytest.raises(OSError, match="probe connection broke"):
+            await probe_delay(direct, bad, 2.0, resolver=resolver)
+        nursery.cancel_scope.cancel()
