@@ -47,8 +47,13 @@ class SelectionStore:
 
     @classmethod
     def default(cls) -> SelectionStore:
-        """The state directory's file (read on first use)."""
-        return cls(state_dir() / FILE_NAME)
+        """The state directory's file (read on first use); in memory only when there
+        is no state directory to be had (no $STATE_DIRECTORY, no root, no home)."""
+        try:
+            return cls(state_dir() / FILE_NAME)
+        except RuntimeError as exc:  # Path.home() without $HOME or a passwd entry
+            log.warning("selector choices are not kept across restarts: %s", exc)
+            return cls(None)
 
     @classmethod
     def load(cls, path: Path) -> SelectionStore:
