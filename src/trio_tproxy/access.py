@@ -28,6 +28,7 @@ class FlowRecord:
     domain: str | None = None
     protocol: str | None = None
     decision: Decision | None = None
+    chain: tuple[str, ...] = ()  # the outbound that carried it, then its groups
 
 
 def log_access(
@@ -37,7 +38,10 @@ def log_access(
     d = record.decision
     routed = "-"
     if d is not None:
-        routed = f"{d.outbound} ({'default' if d.rule_index is None else f'rule #{d.rule_index}'})"
+        via = d.outbound
+        if len(record.chain) > 1:  # a group: name the member that carried it, auto[ss-hk]
+            via = f"{d.outbound}[{record.chain[0]}]"
+        routed = f"{via} ({'default' if d.rule_index is None else f'rule #{d.rule_index}'})"
     access_log.info(
         "%s -> %s%s %s %s -> %s up=%d down=%d%s %.3fs %s",
         show_addr(record.src), show_addr(record.dst),

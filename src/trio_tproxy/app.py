@@ -26,6 +26,7 @@ from .inbound.udp import open_udp_listener
 from .limits import check_connection_budget, raise_nofile_limit
 from .notify import Notifier
 from .outbound import UnavailableOutbound
+from .outbound.group import probe_groups
 from .runtime import Runtime, not_yet_in_effect
 from .session import handle_tcp
 from .sock import set_reset_on_close
@@ -40,6 +41,7 @@ class Gateway:
         self.runtime = runtime
         self.active_flows = 0
         self._over_limit_logged = False
+        self._probing = trio.CancelScope()  # the running runtime's group probers
 
     def _handler(
         self, inbound: Inbound
@@ -72,6 +74,7 @@ class Gateway:
                 load_config(self.config_path),
                 pipes=self.runtime.flow_context.pool.pipes,
                 router_cache=self.runtime.router_cache,
+                groups=self.runtime.groups,
             )
         except ConfigErrors as exc:
             log.error("reload rejected, keeping the running configuration:")
@@ -128,11 +131,13 @@ class Gateway:
                         notifier.ready(f"{self.active_flows} active flow(s)")
                         if (every := notifier.watchdog_interval()) is not None:
                             accepting.start_soon(notifier.watchdog, every)
+                        self._start_probers(accepting)
                         task_status.started()
                         async for signum in sigs:
                             if signum == signal.SIGHUP:
                                 notifier.reloading()
                                 self.reload()
+                                self._start_probers(accepting)
                                 notifier.ready(f"{self.active_flows} active flow(s)")
                                 continue
                             break
@@ -156,6 +161,19 @@ class Gateway:
                 dns.close()
             firewall.remove()  # after the drain: established flows needed the rules
             notifier.close()
+
+
+    def _start_probers(self, nursery: trio.Nursery) -> None:
+        """Probe the current runtime's groups (the previous runtime's probers stop)."""
+        self._probing.cancel()
+        self._probing = scope = trio.CancelScope()
+        outbounds = self.runtime.outbounds
+
+        async def probe() -> None:
+            with scope:
+                await probe_groups(outbounds)
+
+        nursery.start_soon(probe)
 
 
 def _where(ib: Inbound) -> str:

@@ -10,9 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
-from .config import ConfigErrors, load_config
+from .config import Config, ConfigErrors, load_config
 
 DEFAULT_CONFIG = "conf/main.toml"
 
@@ -127,11 +128,28 @@ def cmd_match(args: argparse.Namespace) -> int:
             return 1
         resolved = trio.run(runtime.resolver.resolve, domain)
     explanation = explain(router, facts, resolved)
+    group = _group_of(cfg, explanation.decision.outbound)
     if args.json:
-        print(json.dumps(render_json(explanation), indent=2))
+        print(json.dumps({**render_json(explanation), **group}, indent=2))
     else:
         print(render_text(explanation))
+        if group:
+            info = group["group"]
+            print(f"group:    {info['tag']} ({info['type']}: {', '.join(info['members'])})")
+            print(f"member:   {group['member'] or 'chosen by probes while running'}")
     return 0
+
+
+def _group_of(cfg: Config, tag: str) -> dict[str, Any]:
+    """``group`` and ``member`` for ``match`` when ``tag`` is a group; else nothing."""
+    from .config import GROUP_TYPES
+
+    ob = cfg.outbound(tag)
+    if not isinstance(ob, GROUP_TYPES):
+        return {}
+    from .outbound.selections import SelectionStore, describe_group  # imports trio: only now
+
+    return describe_group(ob, SelectionStore.default())
 
 
 def cmd_geodata_build(args: argparse.Namespace) -> int:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import attrs
 
 from .cache import RouterCache
-from .config import Config, Inbound
+from .config import GROUP_TYPES, Config, Inbound
 from .dns.service import DnsService
 from .geo import GeoData
 from .limits import UdpLimits, pipe_budget
-from .outbound import REGISTRY, FlowContext, Outbound, build_outbounds
+from .outbound import REGISTRY, FlowContext, GroupState, Outbound, build_outbounds
 from .outbound.dns import DnsOutbound
+from .outbound.health import HealthBook
 from .relay import BufferPool, RelayTimeouts
 from .resolver import LateResolver, Resolver
 from .route import (
@@ -36,7 +37,7 @@ def not_yet_in_effect(cfg: Config) -> list[str]:
     if cfg.process.workers != 1:
         unheeded.append(f"process.workers = {cfg.process.workers!r}: one process serves all")
     for i, ob in enumerate(cfg.outbounds):
-        if type(ob) not in REGISTRY:
+        if type(ob) not in REGISTRY and not isinstance(ob, GROUP_TYPES):
             unheeded.append(f"outbounds[{i}] {ob.tag!r}: type {ob.TYPE!r} is not implemented "
                             "yet; flows routed to it are refused")  # fmt: skip
     for key in ("geosite_dat", "geoip_dat"):
@@ -57,15 +58,27 @@ class Runtime:
     dns: DnsService  # the splitter: also `resolver`, the dns outbound's and dns.listen's
     udp_limits: UdpLimits  # the UDP session table's (policy.udp_idle, max_udp_sessions, ...)
     router_cache: RouterCache | None = None  # compiled rules kept on disk (trio_tproxy/cache.py)
+    # Group probe history and choices: a reload passes the running one on.
+    groups: GroupState = attrs.field(factory=GroupState)
+
+    @property
+    def health(self) -> HealthBook:
+        return self.groups.health
 
     @classmethod
     def build(
-        cls, cfg: Config, pipes: PipePool | None = None, router_cache: RouterCache | None = None
+        cls,
+        cfg: Config,
+        pipes: PipePool | None = None,
+        router_cache: RouterCache | None = None,
+        groups: GroupState | None = None,
     ) -> Runtime:
         """Compile routing and outbounds; raises ConfigErrors (lists, geodata) with paths.
 
         ``pipes``: the splice pipe pool to keep (a reload passes the running one);
-        ``router_cache``: where compiled rules are kept between runs (None: nowhere)."""
+        ``router_cache``: where compiled rules are kept between runs (None: nowhere);
+        ``groups``: group state to keep (a reload passes the running one; default: fresh,
+        with selector choices read from the state directory)."""
         geo = GeoData.load(cfg.geodata)
         router = compile_router(cfg, geo, cache=router_cache)
         excluded: dict[str, DomainMatcher] = {
@@ -76,7 +89,8 @@ class Runtime:
         }
         policy = cfg.policy
         late = LateResolver()  # the outbounds resolve through the DNS built after them
-        outbounds = build_outbounds(cfg, late)
+        groups = groups or GroupState()
+        outbounds = build_outbounds(cfg, late, groups)
         # The built-in DNS resolves for everything (routing, outbounds, the dns outbound
         # and listener); with no dns.servers it asks the system resolver, as v2ray does.
         dns = DnsService(cfg, geo, router, outbounds)
@@ -110,6 +124,7 @@ class Runtime:
             dns=dns,
             udp_limits=UdpLimits.from_policy(policy),
             router_cache=router_cache,
+            groups=groups,
         )
 
     async def decide(self, facts: FlowFacts) -> Decision:

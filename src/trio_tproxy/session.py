@@ -129,6 +129,8 @@ async def handle_tcp(
 
 def _log_access(record: FlowRecord, flow: TcpFlow | None, outcome: str) -> None:
     up, down = (flow.stats.up, flow.stats.down) if flow else (0, 0)
+    if flow:
+        record.chain = flow.chain
     log_access(record, "tcp", up, down, outcome)
 
 
@@ -150,6 +152,7 @@ async def carry(flow: TcpFlow, outbound: object) -> None:
         await _refuse(flow, refused)
         return
     stats = flow.stats
+    flow.chain = upstream.chain
     if isinstance(upstream, LocalAnswer):
         client = trio.SocketStream(trio.socket.from_stdlib_socket(flow.client))
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from .errors import BadValue, ConfigError
-from .schema import Config, DnsConfig, HttpOutbound, PolicyConfig, SocksOutbound
+from .schema import GROUP_TYPES, Config, DnsConfig, HttpOutbound, PolicyConfig, SocksOutbound
 from .values import HostPort, check_domain_entry, parse_ip
 
 MAX_MARK = 0xFFFFFFFF
@@ -27,6 +27,7 @@ def check_config(cfg: Config) -> list[ConfigError]:
     return [
         *_check_inbounds(cfg),
         *_check_outbounds(cfg),
+        *_check_groups(cfg),
         *_check_rules(cfg),
         *_check_dns(cfg.dns, {ob.tag for ob in cfg.outbounds}),
         *_check_firewall(cfg),
@@ -71,6 +72,62 @@ def _check_outbounds(cfg: Config) -> Iterator[ConfigError]:
         ):
             yield ConfigError("username and password go together", path)
         yield from _check_credentials(ob, path)
+
+
+def _check_groups(cfg: Config) -> Iterator[ConfigError]:
+    """Members exist, no group reaches itself (directly or through other groups), the
+    probe URL is one we can send."""
+    tags = {ob.tag for ob in cfg.outbounds}
+    graph: dict[str, tuple[str, ...]] = {
+        ob.tag: ob.outbounds for ob in cfg.outbounds if isinstance(ob, GROUP_TYPES)
+    }
+    for i, ob in enumerate(cfg.outbounds):
+        if not isinstance(ob, GROUP_TYPES):
+            continue
+        path = f"$.outbounds[{i}]"
+        if not ob.outbounds:
+            yield ConfigError("a group needs at least one member", f"{path}.outbounds")
+        for j, member in enumerate(ob.outbounds):
+            if member not in tags:
+                yield ConfigError(f"unknown outbound tag {member!r}", f"{path}.outbounds[{j}]")
+        cycle = _group_cycle(ob.tag, graph)
+        if cycle is not None:
+            yield ConfigError(f"group {ob.tag!r} contains itself: {' -> '.join(cycle)}",
+                              f"{path}.outbounds")  # fmt: skip
+        problem = _probe_url_problem(ob.url)
+        if problem is not None:
+            yield ConfigError(problem, f"{path}.url")
+        for key in ("interval", "timeout"):
+            if getattr(ob, key).seconds <= 0:
+                yield ConfigError(f"{key} must be positive", f"{path}.{key}")
+
+
+def _group_cycle(tag: str, graph: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """A path of group memberships from ``tag`` back to itself, or None."""
+    stack: list[list[str]] = [[tag]]
+    seen: set[str] = set()
+    while stack:
+        path = stack.pop()
+        for member in graph.get(path[-1], ()):
+            if member == tag:
+                return [*path, tag]
+            if member not in seen:
+                seen.add(member)
+                stack.append([*path, member])
+    return None
+
+
+def _probe_url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        return f"bad probe url {url!r}: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return f"probe url must start with http:// or https://: {url!r}"
+    if not parts.hostname:
+        return f"probe url has no host: {url!r}"
+    return None
 
 
 def _check_credentials(ob: object, path: str) -> Iterator[ConfigError]:

@@ -7,8 +7,8 @@ from typing import Any
 
 import trio
 
+from ..config import GROUP_TYPES, Config
 from ..config import BlockOutbound as BlockConfig
-from ..config import Config
 from ..config import DirectOutbound as DirectConfig
 from ..config import DnsOutbound as DnsConfig
 from ..config import HttpOutbound as HttpConfig
@@ -21,6 +21,7 @@ from .base import Destination, FlowContext, Outbound, TcpFlow, Upstream
 from .block import BlockOutbound
 from .direct import DirectOutbound
 from .dns import DnsOutbound
+from .group import GroupOutbound, GroupState
 from .http import HttpOutbound
 from .shadowsocks import ShadowsocksOutbound
 from .socks import SocksOutbound
@@ -60,14 +61,20 @@ class UnavailableOutbound:
         raise DialError(0, f"outbound {self.tag!r} ({self.kind}) is not implemented yet")
 
 
-def build_outbounds(cfg: Config, resolver: Resolver | None = None) -> dict[str, Outbound]:
+def build_outbounds(
+    cfg: Config, resolver: Resolver | None = None, groups: GroupState | None = None
+) -> dict[str, Outbound]:
     """Every configured outbound; ``resolver`` is what they look names up with (the
-    runtime's DNS: a proxy given by name, direct's use_ip)."""
+    runtime's DNS: a proxy given by name, direct's use_ip); ``groups``: the group state
+    a reload keeps (probe history, choices)."""
     resolver = resolver or SystemResolver()
+    groups = groups or GroupState()
     outbounds: dict[str, Outbound] = {}
     for ob in cfg.outbounds:
         factory = REGISTRY.get(type(ob))
-        if factory is None:
+        if isinstance(ob, GROUP_TYPES):  # members are looked up in `outbounds` per flow
+            outbounds[ob.tag] = GroupOutbound(ob, outbounds, groups, resolver)
+        elif factory is None:
             outbounds[ob.tag] = UnavailableOutbound(ob.tag, type(ob).TYPE)
         else:
             outbounds[ob.tag] = factory(ob, resolver)
@@ -75,7 +82,8 @@ def build_outbounds(cfg: Config, resolver: Resolver | None = None) -> dict[str, 
 
 
 __all__ = [
-    "BlockOutbound", "DialError", "DirectOutbound", "FlowContext", "HttpOutbound", "Outbound",
+    "BlockOutbound", "DialError", "DirectOutbound", "FlowContext", "GroupOutbound",
+    "GroupState", "HttpOutbound", "Outbound",
     "ShadowsocksOutbound", "SocksOutbound", "TcpFlow",
     "UnavailableOutbound", "build_outbounds", "close_socket", "open_tcp",
 ]  # fmt: skip

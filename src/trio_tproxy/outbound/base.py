@@ -57,6 +57,7 @@ class TcpFlow:
     prefix: bytes
     ctx: FlowContext
     stats: RelayStats = attrs.field(factory=RelayStats)
+    chain: tuple[str, ...] = ()  # who carried it: the outbound, then its groups
 
     @property
     def destination(self) -> Destination:
