@@ -111,8 +111,8 @@ def test_check_says_which_settings_are_not_in_effect_yet(tmp_path: Path) -> None
     config.write_text(
         '[[inbounds]]\ntag = "in"\ntype = "tproxy"\nport = 12345\n'
         '[[outbounds]]\ntag = "direct"\ntype = "direct"\n'
-        '[[outbounds]]\ntag = "ss"\ntype = "shadowsocks"\nserver = "192.0.2.1:8388"\n'
-        'method = "aes-128-gcm"\npassword = "x"\n'
+        '[[outbounds]]\ntag = "tj"\ntype = "trojan"\nserver = "192.0.2.1:443"\n'
+        'password = "x"\n'
         '[process]\nworkers = 2\n[api]\nlisten = "127.0.0.1:9090"\n'
     )
     result = cli("check", str(config))
@@ -120,5 +120,5 @@ def test_check_says_which_settings_are_not_in_effect_yet(tmp_path: Path) -> None
     lines = result.stderr.splitlines()
     assert any(line.startswith("warning: [api]") for line in lines), lines
     assert any("process.workers = 2" in line for line in lines), lines
-    assert any("'ss': type 'shadowsocks' is not implemented yet" in line for line in lines)
+    assert any("'tj': type 'trojan' is not implemented yet" in line for line in lines)
     assert len(lines) == 3, lines  # each said once
