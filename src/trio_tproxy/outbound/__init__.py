@@ -14,6 +14,7 @@ from ..config import DnsOutbound as DnsConfig
 from ..config import HttpOutbound as HttpConfig
 from ..config import ShadowsocksOutbound as ShadowsocksConfig
 from ..config import SocksOutbound as SocksConfig
+from ..config import TrojanOutbound as TrojanConfig
 from ..dial import DialError, open_tcp
 from ..resolver import Resolver, SystemResolver
 from ..sock import close_socket
@@ -25,6 +26,7 @@ from .group import GroupOutbound, GroupState
 from .http import HttpOutbound
 from .shadowsocks import ShadowsocksOutbound
 from .socks import SocksOutbound
+from .trojan import TrojanOutbound
 
 # dns is structured and checked by config/ already; its implementation plugs in here
 # (issue 7).
@@ -34,6 +36,7 @@ REGISTRY: dict[type[Any], Callable[[Any, Resolver], Outbound]] = {
     SocksConfig: SocksOutbound,
     HttpConfig: HttpOutbound,
     ShadowsocksConfig: ShadowsocksOutbound,
+    TrojanConfig: TrojanOutbound,
     DnsConfig: DnsOutbound,  # attached to the runtime's DNS service by Runtime.build
 }
 
@@ -84,6 +87,6 @@ def build_outbounds(
 __all__ = [
     "BlockOutbound", "DialError", "DirectOutbound", "FlowContext", "GroupOutbound",
     "GroupState", "HttpOutbound", "Outbound",
-    "ShadowsocksOutbound", "SocksOutbound", "TcpFlow",
+    "ShadowsocksOutbound", "SocksOutbound", "TcpFlow", "TrojanOutbound",
     "UnavailableOutbound", "build_outbounds", "close_socket", "open_tcp",
 ]  # fmt: skip

@@ -1,0 +1,291 @@
+"""The ``trojan`` outbound: Trojan over TLS, TCP (CONNECT) and UDP (UDP ASSOCIATE).
+
+Each flow opens a TLS connection to the server (SNI ``sni``, else the server's host
+name; no SNI when the server is an IP, whose certificate is then checked for that IP),
+verified against the system store plus ``ca``, unless ``insecure``. The request — the
+password's hex SHA-224, CRLF, the command, the SOCKS-style address (the sniffed domain
+when there is one), CRLF — goes out in one TLS record together with the client's first
+bytes. Trojan has no reply: the server relays at once.
+
+A wrong password is not refused either: the server hands the connection to its decoy
+web site, whose answer would reach the client as if the destination had sent it. When
+the first bytes back are an HTTP response although the client did not send an HTTP
+request, that is the decoy, and the flow is reset with a line saying so. (A client that
+did speak HTTP gets the decoy's reply, usually "400 Bad Request"; we cannot tell.)
+
+TLS cannot half-close (a close_notify ends both directions), so the client's EOF is not
+passed on; the relay's ``downlink_only`` timer ends the flow as it does for any upstream
+that keeps talking. Python's TLS is OpenSSL's: the ClientHello has OpenSSL's
+fingerprint, not a browser's (docs/upstreams.md).
+
+UDP: one TLS connection per client session; each datagram travels as a frame
+(address, length, CRLF, payload) and replies come back the same way.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from ..addr import Endpoint, IPAddress
+from ..config import TrojanOutbound as TrojanConfig
+from ..dial import DialError, ip_literal, open_tcp_host
+from ..resolver import Resolver, SystemResolver
+from ..sock import close_socket, set_reset_on_close
+from . import trojan_proto as proto
+from .base import DatagramSink, Destination, StreamUpstream, UdpRequest
+from .socks_proto import Host
+from .tunnel import handshake_timeout
+from .udp_map import ReplyMap
+
+log = logging.getLogger("trio_tproxy.outbound.trojan")
+
+RECV_SIZE = 65536
+# Datagrams waiting for the TLS connection, per UDP link; more are dropped (it is UDP).
+UDP_QUEUE = 256
+HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ",
+                b"CONNECT ", b"TRACE ", b"PRI ")  # fmt: skip
+
+
+def tls_context(cfg: TrojanConfig) -> ssl.SSLContext:
+    """The outbound's TLS settings, built once (loading the system store costs ~ms).
+    OSError / ssl.SSLError for an unreadable ``ca``: `check` reports it first."""
+    ctx = ssl.create_default_context()
+    if cfg.ca:
+        ctx.load_verify_locations(cafile=cfg.ca)
+    if cfg.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cfg.alpn:
+        ctx.set_alpn_protocols(list(cfg.alpn))
+    return ctx
+
+
+def looks_like_decoy(initial: bytes, first: bytes) -> bool:
+    """The server's fallback site answered: an HTTP response (or, from an HTTP/0.9-style
+    error page, bare HTML) to a request that was not HTTP."""
+    if initial.startswith(HTTP_METHODS):
+        return False
+    head = first.lstrip()[:9].lower()
+    return head.startswith((b"http/1.", b"<!doctype", b"<html"))
+
+
+class TrojanOutbound:
+    def __init__(self, cfg: TrojanConfig, resolver: Resolver | None = None) -> None:
+        self.tag: str = cfg.tag
+        self.host = cfg.server.host
+        self.port = cfg.server.port
+        self.ip: IPAddress | None = ip_literal(self.host)
+        # SNI: as configured, else the host name; an IP server is verified by its IP.
+        self.server_hostname: str | None = cfg.sni or self.host
+        self.mark = cfg.mark
+        self.tcp = "tcp" in cfg.network
+        self.udp = "udp" in cfg.network
+        self.insecure = cfg.insecure
+        self.password_hash = proto.password_hash(cfg.password)
+        self.context = tls_context(cfg)
+        self.resolver: Resolver = resolver or SystemResolver()
+        self.name = f"trojan {self.tag}"
+
+    async def _connect(self, command: int, host: Host, port: int, payload: bytes,
+                       timeout: float) -> tuple[trio.SSLStream[trio.SocketStream], socket.socket]:  # noqa: ASYNC109 # fmt: skip
+        """TLS to the server and the request, within ``timeout``."""
+        request = proto.encode_request(self.password_hash, command, host, port, payload)
+        raw: socket.socket | None = None
+        tls: trio.SSLStream[trio.SocketStream] | None = None
+        with trio.move_on_after(timeout) as scope:
+            try:
+                raw = await open_tcp_host(self.ip or self.host, self.port, resolver=self.resolver,
+                                          mark=self.mark, timeout=timeout)  # fmt: skip
+            except DialError as exc:
+                raise DialError(exc.errno, f"{self.name}: {exc}") from exc
+            try:
+                tcp = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+                tls = trio.SSLStream(tcp, self.context, server_hostname=self.server_hostname,
+                                     https_compatible=True)  # fmt: skip
+                await tls.do_handshake()
+                await tls.send_all(request)
+            except (trio.BrokenResourceError, OSError) as exc:
+                close_socket(raw)
+                raise DialError(errno.ECONNABORTED, f"{self.name}: {_tls_reason(exc)}") from exc
+            except BaseException:
+                close_socket(raw)
+                raise
+        if scope.cancelled_caught:
+            if raw is not None:
+                close_socket(raw)
+            raise handshake_timeout(self.name, timeout)
+        assert tls is not None and raw is not None
+        return tls, raw
+
+    async def open_stream(
+        self,
+        destination: Destination,
+        *,
+        timeout: float,  # noqa: ASYNC109
+        initial: bytes = b"",
+    ) -> StreamUpstream:
+        if not self.tcp:
+            raise DialError(errno.EPROTONOSUPPORT, f"{self.name}: network excludes tcp")
+        target: Host = destination.domain if destination.domain else destination.address[0]
+        try:
+            tls, raw = await self._connect(proto.CMD_CONNECT, target, destination.port, initial,
+                                           timeout)  # fmt: skip
+        except ValueError as exc:  # a name over 255 bytes
+            raise DialError(errno.EINVAL, f"{self.name}: cannot request it: {exc}") from exc
+        return StreamUpstream(TrojanStream(self, tls, raw, initial), chain=(self.tag,))
+
+    async def open_udp(self, request: UdpRequest) -> TrojanUdpLink:
+        if not self.udp:
+            raise DialError(errno.EPROTONOSUPPORT,
+                            f"outbound {self.tag!r} (trojan) does not carry UDP: "
+                            "network excludes udp")  # fmt: skip
+        host = ip_literal(request.first_dst[0]) or request.first_dst[0]
+        tls, raw = await self._connect(proto.CMD_UDP_ASSOCIATE, host, request.first_dst[1], b"",
+                                       request.handshake_timeout)  # fmt: skip
+        return TrojanUdpLink(self, tls, raw)
+
+
+def _tls_reason(exc: BaseException) -> str:
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"certificate verification failed: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS failed: {cause.reason or cause}"
+    if isinstance(cause, OSError):
+        return f"TLS failed: {cause.strerror or cause}"
+    return f"TLS failed: {cause or exc}"
+
+
+class TrojanStream:
+    """One flow's TLS connection to the server, as the relay's ByteStream."""
+
+    def __init__(self, outbound: TrojanOutbound, tls: trio.SSLStream[trio.SocketStream],
+                 raw: socket.socket, initial: bytes) -> None:  # fmt: skip
+        self._ob = outbound
+        self._tls = tls
+        self._raw = raw
+        self._initial = initial
+        self._answered = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self._tls.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise OSError(errno.EPIPE, f"{self._ob.name}: {_tls_reason(exc)}") from exc
+
+    async def receive_some(self, max_bytes: int) -> bytes | bytearray:
+        try:
+            data = await self._tls.receive_some(max(max_bytes, RECV_SIZE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise OSError(errno.ECONNRESET, f"{self._ob.name}: {_tls_reason(exc)}") from exc
+        if not self._answered and data:
+            self._answered = True
+            if looks_like_decoy(self._initial, bytes(data[:64])):
+                message = (f"{self._ob.name}: the server's fallback web site answered "
+                           "(wrong password?)")  # fmt: skip
+                log.warning("%s", message)
+                raise DialError(errno.EACCES, message)
+        return data
+
+    async def send_eof(self) -> None:
+        # TLS has no half-close: the downlink goes on until the server ends it or the
+        # relay's downlink_only timer does.
+        await trio.lowlevel.checkpoint()
+
+    def close(self, *, reset: bool = False) -> None:
+        if reset:
+            set_reset_on_close(self._raw)
+        close_socket(self._raw)
+
+
+class TrojanUdpLink:
+    """One client session's datagrams over one TLS connection, as a UdpLink."""
+
+    outcome: str | None = None
+
+    def __init__(self, outbound: TrojanOutbound, tls: trio.SSLStream[trio.SocketStream],
+                 raw: socket.socket) -> None:  # fmt: skip
+        self._ob = outbound
+        self._tls = tls
+        self._raw = raw
+        self._map = ReplyMap()
+        self._out, self._queue = trio.open_memory_channel[bytes](UDP_QUEUE)
+        self.closed = False
+        self.sent = self.received = self.dropped = 0
+
+    def send(self, payload: memoryview, dst: Endpoint, domain: str | None) -> str | None:
+        if self.closed:
+            return "link closed"
+        host: Host = domain if domain is not None else (ip_literal(dst[0]) or dst[0])
+        try:
+            frame = proto.encode_udp_frame(host, dst[1], bytes(payload))
+        except ValueError as exc:  # over 0xFFFF bytes, a name over 255
+            self.dropped += 1
+            return str(exc)
+        try:
+            self._out.send_nowait(frame)
+        except trio.WouldBlock:
+            self.dropped += 1
+            return "send queue full"
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return "link closed"
+        self._map.sent(dst, domain)
+        self.sent += 1
+        return None
+
+    async def _write(self) -> None:
+        async for frame in self._queue:
+            batch = [frame]
+            while len(batch) < 64:  # coalesce what is waiting into one TLS write
+                try:
+                    batch.append(self._queue.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._tls.send_all(b"".join(batch))
+
+    async def _read(self, deliver: DatagramSink) -> None:
+        decoder = proto.UdpFrameDecoder()
+        first = True
+        while data := await self._tls.receive_some(RECV_SIZE):
+            if first and looks_like_decoy(b"", bytes(data[:64])):
+                raise proto.TrojanProtocolError("the server's fallback web site answered "
+                                                "(wrong password?)")  # fmt: skip
+            first = False
+            for host, port, payload in decoder.feed(bytes(data)):
+                remote = self._map.remote(host, port)
+                if remote is None:
+                    continue
+                self.received += 1
+                deliver(memoryview(payload), remote)
+
+    async def receive(self, deliver: DatagramSink) -> None:
+        """Deliver replies until closed; DialError when the server ends the connection
+        (the session then opens a new link for the next datagram)."""
+        ended: list[str] = []
+
+        async def guarded(part: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await part()
+                ended.append("the server closed the connection")
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                ended.append(_tls_reason(exc))
+            except proto.TrojanProtocolError as exc:
+                ended.append(str(exc))
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(guarded, self._write)
+            nursery.start_soon(guarded, lambda: self._read(deliver))
+        if not self.closed:
+            raise DialError(errno.ECONNRESET, f"{self._ob.name}: UDP: {ended[0]}")
+
+    def close(self) -> None:
+        self.closed = True
+        self._out.close()
+        close_socket(self._raw)
