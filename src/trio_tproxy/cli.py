@@ -27,6 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .app import Gateway, warn_not_yet_in_effect
     from .cache import RouterCache
+    from .caps import refusals
     from .firewall.apply import FirewallError
     from .inbound.sockopt import SocketSetupError
     from .logs import setup_logging
@@ -35,6 +36,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = Path(args.config)
     try:
         cfg = load_config(path)
+        if missing := refusals(cfg):  # before anything is bound or compiled
+            for line in missing:
+                print(f"error: {line}", file=sys.stderr)
+            return 1
         runtime = Runtime.build(cfg, router_cache=RouterCache.default())
     except ConfigErrors as exc:
         _print_errors(exc)
