@@ -142,10 +142,15 @@ def refusals(cfg: Config) -> list[str]:
     return list(missing_lines(unmet(needs(cfg, unprivileged_port_start()), mask)))
 
 
+def by_capability(missing: Iterable[Need]) -> dict[int, list[str]]:
+    """capability -> the purposes that need it, in the order first needed."""
+    grouped: dict[int, list[str]] = {}
+    for need in missing:
+        grouped.setdefault(need.capability, []).append(need.purpose)
+    return grouped
+
+
 def missing_lines(missing: Iterable[Need]) -> Iterator[str]:
     """One line per capability, naming everything that needs it."""
-    by_cap: dict[int, list[str]] = {}
-    for need in missing:
-        by_cap.setdefault(need.capability, []).append(need.purpose)
-    for cap, purposes in by_cap.items():
+    for cap, purposes in by_capability(missing).items():
         yield missing_line(cap, purposes)
