@@ -119,7 +119,9 @@ def test_doctor_on_a_working_gateway_and_each_broken_item(lab: Lab) -> None:
     code, lines = doctor(lab.gateway, config)
     fix = "ip -4 rule add fwmark 1 lookup 100"
     assert code == 1
-    assert only(lines, "✘") == [f"✘ policy routing IPv4: no ip rule fwmark 1 lookup 100 — fix: {fix}"]
+    assert only(lines, "✘") == [
+        f"✘ policy routing IPv4: no ip rule fwmark 1 lookup 100 — fix: {fix}"
+    ]
     lab.gateway.run(fix.split())
     assert doctor(lab.gateway, config)[0] == 0
 
@@ -129,8 +131,12 @@ def test_doctor_on_a_working_gateway_and_each_broken_item(lab: Lab) -> None:
     code, lines = doctor(lab.gateway, config)
     assert code == 1
     failed = only(lines, "✘")
-    assert len(failed) == 1 and failed[0].startswith(f"✘ DNS server udp://{lab.server.ip4}:53: no reply"), lines
-    assert failed[0].endswith(f" — fix: check the path: ip route get {lab.server.ip4} (dns.servers[0])")
+    assert len(failed) == 1 and failed[0].startswith(
+        f"✘ DNS server udp://{lab.server.ip4}:53: no reply"
+    ), lines
+    assert failed[0].endswith(
+        f" — fix: check the path: ip route get {lab.server.ip4} (dns.servers[0])"
+    )
 
     # the gateway stopped (firewall.auto takes its table and rules along)
     assert proxy.stop() == 0
@@ -142,7 +148,9 @@ def test_doctor_on_a_working_gateway_and_each_broken_item(lab: Lab) -> None:
                                ("dns.listen", "udp", 53), ("dns.listen", "tcp", 53)):  # fmt: skip
         assert (f"✘ {where}: nothing listens on {proto} port {port}: is the gateway running? "
                 f"— fix: {start}") in lines, lines  # fmt: skip
-    assert f"✘ nft table inet trio_tproxy: missing — fix: trio-tproxy firewall apply {config}" in lines
+    assert (
+        f"✘ nft table inet trio_tproxy: missing — fix: trio-tproxy firewall apply {config}" in lines
+    )
     assert not any(line.startswith("✔ gateway process") for line in lines)
 
 
