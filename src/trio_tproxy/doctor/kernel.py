@@ -141,7 +141,8 @@ def rp_filter(system: System, plan: DiversionPlan) -> Iterator[Finding]:
         names = ["all"] if pattern == "all" else fnmatch.filter(present, pattern)
         if not names and not pattern.endswith("*"):
             yield warn(f"LAN interface {pattern}", "not present now (firewall.lan_interfaces)",
-                       "ip link show")  # fmt: skip
+                       "create it, or name the LAN interfaces in firewall.lan_interfaces "
+                       "(ip link show lists them)")  # fmt: skip
         for name in names:
             value = max(overall, _rp_value(system, name))
             subject = f"rp_filter {name}"

@@ -20,7 +20,8 @@ TCP_LISTEN = 0x0A  # include/net/tcp_states.h
 UDP_UNCONNECTED = 0x07  # TCP_CLOSE: how /proc/net/udp shows a bound, unconnected socket
 _DEFAULT_ROUTES = ("default", "0.0.0.0/0", "::/0")
 _TPROXY = re.compile(
-    r"meta l4proto (?P<protos>\w+|\{[\w ,]+\}) tproxy (?:ip6? )?to (?P<address>\S*?):(?P<port>\d+)"
+    r"meta l4proto (?P<protos>\w+|\{[\w ,]+\}) tproxy (?:ip6? )?to "
+    r"(?P<address>\[[0-9a-fA-F:.]*\]|[0-9.]*):(?P<port>\d+)"
 )
 _REDIRECT = re.compile(r"\bredirect to :(?P<port>\d+)")
 
