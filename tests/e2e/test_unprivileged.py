@@ -174,6 +174,25 @@ def test_three_ambient_capabilities_are_enough(
             udp = udp_peer(lab.client, "echo", host=host, port=UDP_ECHO, count=5, size=300)
             assert udp["ok"] == 5 and udp["intact"], udp
         assert lab.gateway.run(["nft", "list", "table", "inet", "trio_tproxy"]).returncode == 0
+        # doctor (as root) sees the unprivileged process and its three capabilities
+        doctor = [sys.executable, "-m", "trio_tproxy", "doctor", str(proxy.config_path)]
+        report = lab.gateway.run(doctor, check=False, timeout=60)
+        assert report.returncode == 0, report.stdout + report.stderr
+        assert (
+            f"✔ gateway process {proxy.pid}: capabilities CAP_NET_ADMIN, CAP_NET_RAW, "
+            "CAP_NET_BIND_SERVICE: all the config needs\n"
+        ) in report.stdout, report.stdout
+        assert f"(pid {proxy.pid} python, uid 65534)" in report.stdout, report.stdout
+        # doctor as nobody without capabilities: advice where it cannot look, no traceback
+        report = lab.gateway.run(["setpriv", "--reuid", NOBODY, "--regid", NOBODY,
+                                  "--clear-groups", str(world_python), "-m", "trio_tproxy",
+                                  "doctor", str(proxy.config_path)], check=False, timeout=60)  # fmt: skip
+        assert report.stderr == "" and report.returncode == 0, report.stdout + report.stderr
+        assert (
+            "⚠ kernel: cannot ask nft without CAP_NET_ADMIN — fix: run trio-tproxy doctor as root\n"
+            in report.stdout
+        )
+        assert "⚠ gateway process: cannot tell which process listens" in report.stdout
     finally:
         code = proxy.stop()
     log = proxy.log()

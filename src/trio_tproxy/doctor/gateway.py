@@ -18,7 +18,7 @@ from ..config.schema import Config
 from ..limits import FD_RESERVE, FDS_PER_FLOW
 from ..service import nofile_limit
 from . import parse
-from .report import Finding, fail, ok
+from .report import Finding, fail, ok, warn
 from .system import System
 
 _RESTART = "then systemctl restart trio-tproxy"
@@ -65,6 +65,9 @@ def listeners(system: System, cfg: Config, config: str) -> tuple[list[Finding], 
             gateway_pid = pids[0]
         who = f" (pid {pids[0]} {_name(system, pids[0])})" if pids else ""
         findings.append(ok(port.subject, f"listening on {port.protocol} port {port.port}{who}"))
+    if gateway_pid is None and any(found.values()):
+        findings.append(warn("gateway process", "cannot tell which process listens (another "
+                             "user's /proc/PID/fd)", "run trio-tproxy doctor as root"))  # fmt: skip
     return findings, gateway_pid
 
 
