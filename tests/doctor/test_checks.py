@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import attrs
 
 from trio_tproxy.config.load import parse_config_text
-from trio_tproxy.doctor import gateway, kernel
+from trio_tproxy.doctor import diagnose, gateway, kernel
 from trio_tproxy.doctor.report import Finding
 from trio_tproxy.doctor.system import Ran, System
 from trio_tproxy.firewall import plan_from_config
@@ -196,3 +196,22 @@ def test_listeners_and_the_process_behind_them() -> None:
         "✘ gateway process 77: open-file limit 1024, but policy.max_connections = 4096 needs "
         f"8256 — fix: LimitNOFILE=11328 {unit}",
     ]
+
+
+def test_a_config_without_a_ruleset_still_gets_every_other_check() -> None:
+    cfg = parse_config_text(
+        CONFIG.format(firewall="").replace("port = 12345", 'port = 12345\nlisten = "0.0.0.0"')
+    )
+    found = lines(diagnose(cfg, "c.toml", FakeSystem()))
+    assert found[2] == (
+        "✘ firewall: no ruleset for this config: listens on IPv4 only (0.0.0.0), so diverted IPv6 "
+        'traffic would find no listener: listen on "::" or set firewall.ipv6 = false @ '
+        "$.inbounds[0].listen — fix: edit c.toml (trio-tproxy firewall print reports it too)"
+    )
+    assert [line.split(":")[0] for line in found] == [
+        "✔ kernel",
+        "✔ kernel",
+        "✘ firewall",
+        "✘ inbound 'tproxy-in'",
+        "✘ inbound 'tproxy-in'",
+    ]  # no DNS servers configured: none asked

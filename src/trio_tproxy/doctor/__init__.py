@@ -9,31 +9,45 @@ running process has. It only reads; the one thing sent is a DNS question per ser
 
 from __future__ import annotations
 
+import shlex
+
 import trio
 
+from ..config.errors import ConfigErrors
 from ..config.schema import Config
 from ..firewall import plan_from_config
 from ..runtime import Runtime
 from . import gateway, kernel
 from .dns import ask_servers
-from .report import Finding, exit_code, render
+from .report import Finding, exit_code, fail, render
 from .system import System
 
 __all__ = ["Finding", "System", "diagnose", "exit_code", "render"]
 
 
 def diagnose(cfg: Config, config: str, system: System | None = None) -> list[Finding]:
-    """Every check for ``cfg`` (named ``config`` in the fixes); raises ConfigErrors."""
+    """Every check for ``cfg`` (named ``config`` in the fixes)."""
     system = system or System()
-    # The bypass sets are not compared: no GeoIP lookups needed.
-    plan = plan_from_config(cfg, resolve_bypass=False)
-    runtime = Runtime.build(cfg)  # no router cache: the doctor writes nothing
-    findings = [*kernel.kernel(system), *kernel.policy_routing(system, plan),
-                *kernel.nft_table(system, plan, config), *kernel.forwarding(system, plan),
-                *kernel.rp_filter(system, plan)]  # fmt: skip
+    findings = list(kernel.kernel(system))
+    check = f"trio-tproxy check {shlex.quote(config)}"
+    try:
+        # The bypass sets are not compared: no GeoIP lookups needed.
+        plan = plan_from_config(cfg, resolve_bypass=False)
+    except ConfigErrors as exc:
+        report = f"edit {shlex.quote(config)} (trio-tproxy firewall print reports it too)"
+        findings.append(fail("firewall", f"no ruleset for this config: {exc.errors[0]}", report))
+    else:
+        findings += [*kernel.policy_routing(system, plan), *kernel.nft_table(system, plan, config),
+                     *kernel.forwarding(system, plan), *kernel.rp_filter(system, plan)]  # fmt: skip
     listening, pid = gateway.listeners(system, cfg, config)
     findings += listening
     if pid is not None:
         findings += gateway.process(system, cfg, pid)
-    findings += trio.run(ask_servers, runtime)
+    if cfg.dns.servers:
+        try:
+            runtime = Runtime.build(cfg)  # no router cache: the doctor writes nothing
+        except ConfigErrors as exc:
+            findings.append(fail("DNS servers", f"not asked: {exc.errors[0]}", check))
+        else:
+            findings += trio.run(ask_servers, runtime)
     return findings
