@@ -92,6 +92,11 @@ def test_kernel_support_by_trying() -> None:
     unprivileged = FakeSystem({check: Ran(1, "", "Error: cache initialization failed: Operation "
                                                 "not permitted")}, transparent={2: 1, 10: 1})  # fmt: skip
     assert [f.status for f in kernel.kernel(unprivileged)] == ["warn", "warn"]
+    ipv4_only = FakeSystem(transparent={10: errno.EAFNOSUPPORT})
+    assert lines(list(kernel.kernel(ipv4_only, ipv6=False))) == [
+        "✔ kernel: nft accepts the socket and tproxy expressions (IPv4)",
+        "✔ kernel: IP_TRANSPARENT accepted (IPv4)",
+    ]
     assert lines(list(kernel.kernel(FakeSystem({check: None}))))[0] == (
         "✘ kernel: nft is not installed — fix: apt-get install nftables"
     )

@@ -28,7 +28,7 @@ __all__ = ["Finding", "System", "diagnose", "exit_code", "render"]
 def diagnose(cfg: Config, config: str, system: System | None = None) -> list[Finding]:
     """Every check for ``cfg`` (named ``config`` in the fixes)."""
     system = system or System()
-    findings = list(kernel.kernel(system))
+    findings = list(kernel.kernel(system, ipv6=cfg.firewall.ipv6))
     check = f"trio-tproxy check {shlex.quote(config)}"
     try:
         # The bypass sets are not compared: no GeoIP lookups needed.

@@ -34,14 +34,17 @@ _MODULES = ("modprobe -a nft_tproxy nft_socket nf_tproxy_ipv4 nf_tproxy_ipv6 (or
 _CONF = "/proc/sys/net/ipv4/conf"
 
 
-def kernel(system: System) -> Iterator[Finding]:
+def kernel(system: System, *, ipv6: bool = True) -> Iterator[Finding]:
+    """``ipv6``: whether IPv6 is diverted too (firewall.ipv6)."""
     subject = "kernel"
-    probe = DiversionPlan(tproxy_port=9, bypass_v4=(), bypass_v6=(), table=PROBE_TABLE)
+    probe = DiversionPlan(tproxy_port=9, bypass_v4=(), bypass_v6=(), table=PROBE_TABLE, ipv6=ipv6)
+    families = [("IPv4", socket.AF_INET), ("IPv6", socket.AF_INET6)][: 2 if ipv6 else 1]
+    shown = ", ".join(name for name, _ in families)
     ran = system.run(["nft", "--check", "-f", "-"], input=render_nft(probe))
     if ran is None:
         yield fail(subject, "nft is not installed", "apt-get install nftables")
     elif ran.returncode == 0:
-        yield ok(subject, "nft accepts the socket and tproxy expressions (IPv4, IPv6)")
+        yield ok(subject, f"nft accepts the socket and tproxy expressions ({shown})")
     elif _NO_PERMISSION in ran.stderr:
         yield warn(subject, "cannot ask nft without CAP_NET_ADMIN", _ROOT)
     else:
@@ -49,12 +52,10 @@ def kernel(system: System) -> Iterator[Finding]:
         yield fail(subject, f"nft refuses the TPROXY ruleset: {ran.first_error()} "
                    f"{' '.join(where)}".strip(), _MODULES)  # fmt: skip
     refused = {
-        name: code
-        for name, family in (("IPv4", socket.AF_INET), ("IPv6", socket.AF_INET6))
-        if (code := system.try_ip_transparent(family))
+        name: code for name, family in families if (code := system.try_ip_transparent(family))
     }
     if not refused:
-        yield ok(subject, "IP_TRANSPARENT accepted (IPv4, IPv6)")
+        yield ok(subject, f"IP_TRANSPARENT accepted ({shown})")
     elif set(refused.values()) == {errno.EPERM}:
         yield warn(subject, "cannot try IP_TRANSPARENT without CAP_NET_ADMIN", _ROOT)
     else:
