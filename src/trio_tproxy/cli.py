@@ -1,4 +1,4 @@
-"""Command line: run | check | match | geodata | firewall | service.
+"""Command line: run | check | match | geodata | firewall | service | doctor.
 
 Errors a user can cause (bad config, missing file, port in use, missing privileges)
 end in clear lines on stderr and a non-zero exit, never a traceback.
@@ -28,6 +28,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .app import Gateway, warn_not_yet_in_effect
     from .cache import RouterCache
+    from .caps import refusals
     from .firewall.apply import FirewallError
     from .inbound.sockopt import SocketSetupError
     from .logs import setup_logging
@@ -36,6 +37,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = Path(args.config)
     try:
         cfg = load_config(path)
+        if missing := refusals(cfg):  # before anything is bound or compiled
+            for line in missing:
+                print(f"error: {line}", file=sys.stderr)
+            return 1
         runtime = Runtime.build(cfg, router_cache=RouterCache.default())
     except ConfigErrors as exc:
         _print_errors(exc)
@@ -211,6 +216,18 @@ def cmd_service_print(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose, exit_code, render
+
+    try:
+        findings = diagnose(load_config(args.config), args.config)
+    except ConfigErrors as exc:
+        _print_errors(exc)
+        return 1
+    sys.stdout.write(render(findings))
+    return exit_code(findings)
+
+
 def _config_argument(command: argparse.ArgumentParser) -> None:
     """The optional CONFIG positional every config-reading command takes."""
     command.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="config file (TOML)")
@@ -301,6 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _config_argument(unit)
     unit.set_defaults(func=cmd_service_print)
+
+    doctor = sub.add_parser(
+        "doctor", help="check why traffic may not go through the proxy",
+        description="Check the machine as it is against CONFIG: kernel support, policy "
+        "routing, the nft table, ip_forward, rp_filter, a listener on each port, the "
+        "running process's capabilities and file limit, each DNS server. One line each: "
+        "✔, ✘ with the command that fixes it, or ⚠ (advice). Changes nothing; exit 1 if "
+        "anything is ✘. Run it as root, in the gateway's network namespace.",
+    )  # fmt: skip
+    _config_argument(doctor)
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

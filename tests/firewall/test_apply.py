@@ -181,7 +181,9 @@ def test_the_iptables_script_is_idempotent_and_removable(
     ("firewall_lines", "prefix", "expected"),
     [
         ("auto = true", ("setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin"),
-         "error: firewall.auto = true needs CAP_NET_ADMIN (run it as root): nothing was changed\n"),
+         "error: CAP_NET_ADMIN is missing: needed for SO_MARK=2 on the replies of inbound "
+         "'tproxy-in' (port 12345), SO_MARK=255 on outbound 'direct', nft and ip rule for "
+         "firewall.auto; run as root"),
         ('auto = true\nbypass = ["geoip:cn"]\n[geodata]\ngeoip = "/nonexistent.mmdb"', (),
          "error: GeoIP database /nonexistent.mmdb not found; build one with"),
     ],

@@ -20,6 +20,7 @@ from typing import Final
 
 import trio
 
+from ..caps import bind_refusal
 from ..config.values import HostPort
 from ..inbound.sockopt import SocketSetupError
 from .service import DnsService
@@ -155,5 +156,7 @@ def open_dns_listener(where: HostPort) -> DnsListener:
         tcp.close()
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
         message = f"dns.listen: cannot listen on {where}: {reason}"
+        if refusal := bind_refusal(exc.errno or 0, where.port):
+            message = f"dns.listen {where}: {refusal}"
         raise SocketSetupError(exc.errno, message) from None
     return DnsListener(where, udp, tcp)

@@ -21,6 +21,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
+from .. import caps
 from ..config.errors import ConfigErrors
 from ..config.schema import Config
 from .from_config import plan_from_config
@@ -29,7 +30,6 @@ from .plan import DiversionPlan
 
 log = logging.getLogger("trio_tproxy.firewall")
 
-CAP_NET_ADMIN = 12  # linux/capability.h
 _TIMEOUT = 60.0  # seconds for one nft/ip command (a country-sized set takes a while)
 # `ip rule del` removes one copy per call; more than this many copies is not ours.
 _MAX_DUPLICATE_RULES = 64
@@ -42,14 +42,8 @@ class FirewallError(Exception):
 
 
 def has_net_admin(status: Path = Path("/proc/self/status")) -> bool:
-    """Whether this process may change the firewall and routing (CapEff bit 12)."""
-    try:
-        for line in status.read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return False
+    """Whether this process may change the firewall and routing."""
+    return caps.has(caps.CAP_NET_ADMIN, status)
 
 
 def require_net_admin(what: str) -> None:
@@ -152,6 +146,8 @@ def _run(
     if check and result.returncode != 0:
         lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
         detail = lines[0] if lines else f"exit status {result.returncode}"
+        if "Operation not permitted" in detail:  # held in CapEff, refused by this netns
+            detail = caps.missing_line(caps.CAP_NET_ADMIN, [argv[0]])
         raise FirewallError(f"{shlex.join(argv[:4])}: {detail}")
     return result
 

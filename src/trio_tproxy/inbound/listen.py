@@ -11,6 +11,7 @@ import ipaddress
 import socket
 from collections.abc import Callable
 
+from ..caps import bind_refusal
 from ..config import Inbound
 from ..sock import family_of
 from .sockopt import SocketSetupError
@@ -42,6 +43,9 @@ def open_inbound_socket(
         raise SocketSetupError(exc.errno, f"inbound {inbound.tag!r} ({where}): {exc}") from None
     except OSError as exc:
         sock.close()
+        if refusal := bind_refusal(exc.errno or 0, inbound.port):
+            message = f"inbound {inbound.tag!r} ({where}): {refusal}"
+            raise SocketSetupError(exc.errno, message) from None
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
         raise SocketSetupError(
             exc.errno, f"inbound {inbound.tag!r}: cannot listen on {where}: {reason}"

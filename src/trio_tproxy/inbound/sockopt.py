@@ -12,6 +12,7 @@ import socket
 import struct
 
 from ..addr import IPAddress, SockAddr, unmap
+from ..caps import CAP_NET_ADMIN, missing_line
 from ..sock import family_of, sockaddr_to_addr
 
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
@@ -34,9 +35,7 @@ def set_mark(sock: socket.socket, mark: int) -> None:
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
     except PermissionError as exc:
-        raise SocketSetupError(
-            exc.errno, f"cannot set SO_MARK={mark}: trio-tproxy needs CAP_NET_ADMIN (run as root)"
-        ) from exc
+        raise SocketSetupError(exc.errno, missing_line(CAP_NET_ADMIN, [f"SO_MARK={mark}"])) from exc
 
 
 def set_transparent(sock: socket.socket, family: int) -> None:
@@ -46,9 +45,7 @@ def set_transparent(sock: socket.socket, family: int) -> None:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
     except PermissionError as exc:
-        raise SocketSetupError(
-            exc.errno, "cannot set IP_TRANSPARENT: the tproxy inbound needs CAP_NET_ADMIN"
-        ) from exc
+        raise SocketSetupError(exc.errno, missing_line(CAP_NET_ADMIN, ["IP_TRANSPARENT"])) from exc
 
 
 def redirect_original_dst(sock: socket.socket) -> SockAddr:

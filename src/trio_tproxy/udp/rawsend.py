@@ -18,7 +18,8 @@ import logging
 import socket
 
 from ..addr import Endpoint
-from ..inbound.sockopt import set_mark
+from ..caps import CAP_NET_RAW, missing_line
+from ..inbound.sockopt import SocketSetupError, set_mark
 from .packet import udp_packet
 
 log = logging.getLogger("trio_tproxy.udp.rawsend")
@@ -34,7 +35,11 @@ class RawSender:
     def _socket(self, family: int) -> socket.socket:
         sock = self._socks.get(family)
         if sock is None:
-            sock = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            try:
+                sock = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            except PermissionError as exc:  # (a sendto EPERM is a firewall drop instead)
+                message = missing_line(CAP_NET_RAW, ["raw replies"])
+                raise SocketSetupError(exc.errno, message) from exc
             try:
                 set_mark(sock, self.mark)
                 sock.setblocking(False)
