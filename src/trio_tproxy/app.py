@@ -94,6 +94,10 @@ class Gateway:
         nofile = raise_nofile_limit()
         check_connection_budget(cfg.policy.max_connections, nofile)
         for ob in self.runtime.outbounds.values():
+            if getattr(ob, "insecure", False):  # trojan with insecure = true
+                log.warning("outbound %r: insecure = true: the server's certificate is not "
+                            "verified (anyone on the path can read and change its traffic)",
+                            ob.tag)  # fmt: skip
             if isinstance(ob, UnavailableOutbound):
                 log.warning("outbound %r (%s) is not implemented yet: flows routed to it are "
                             "refused", ob.tag, ob.kind)  # fmt: skip

@@ -7,13 +7,24 @@ with "this rule has no effective fields"), half of a username/password pair.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections import Counter
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from .errors import BadValue, ConfigError
-from .schema import GROUP_TYPES, Config, DnsConfig, HttpOutbound, PolicyConfig, SocksOutbound
+from .schema import (
+    GROUP_TYPES,
+    Config,
+    DnsConfig,
+    HttpOutbound,
+    PolicyConfig,
+    ShadowsocksOutbound,
+    SocksOutbound,
+    TrojanOutbound,
+)
 from .values import HostPort, check_domain_entry, parse_ip
 
 MAX_MARK = 0xFFFFFFFF
@@ -72,6 +83,38 @@ def _check_outbounds(cfg: Config) -> Iterator[ConfigError]:
         ):
             yield ConfigError("username and password go together", path)
         yield from _check_credentials(ob, path)
+        if isinstance(ob, ShadowsocksOutbound):
+            problem = shadowsocks_key_problem(ob.method, ob.password)
+            if problem:
+                yield ConfigError(problem, f"{path}.password")
+        if isinstance(ob, TrojanOutbound) and not ob.password:
+            yield ConfigError("a Trojan password cannot be empty", f"{path}.password")
+        if isinstance(ob, ShadowsocksOutbound | TrojanOutbound) and not ob.network:
+            yield ConfigError("network must name tcp and/or udp", f"{path}.network")
+
+
+# Shadowsocks 2022 keys are exactly the cipher's key: 16 bytes for AES-128, else 32.
+SHADOWSOCKS_2022_KEY_LENGTH = {
+    "2022-blake3-aes-128-gcm": 16,
+    "2022-blake3-aes-256-gcm": 32,
+    "2022-blake3-chacha20-poly1305": 32,
+}
+
+
+def shadowsocks_key_problem(method: str, password: str) -> str | None:
+    """Why ``password`` cannot be a ``method`` key (SIP022: base64 of the exact key)."""
+    key_len = SHADOWSOCKS_2022_KEY_LENGTH.get(method)
+    if key_len is None:
+        return None if password else "a Shadowsocks password cannot be empty"
+    try:
+        key = base64.b64decode(password, validate=True)
+    except (binascii.Error, ValueError):
+        return (f"{method} needs a base64 key of {key_len} bytes "
+                f"(e.g. openssl rand -base64 {key_len})")  # fmt: skip
+    if len(key) != key_len:
+        return (f"{method} needs a base64 key of exactly {key_len} bytes, this one has "
+                f"{len(key)} (e.g. openssl rand -base64 {key_len})")  # fmt: skip
+    return None
 
 
 def _check_groups(cfg: Config) -> Iterator[ConfigError]:

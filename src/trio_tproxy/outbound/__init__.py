@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from ..config import GROUP_TYPES, Config
+from ..config import GROUP_TYPES, Config, ConfigError, ConfigErrors
 from ..config import BlockOutbound as BlockConfig
 from ..config import DirectOutbound as DirectConfig
 from ..config import DnsOutbound as DnsConfig
@@ -73,15 +73,29 @@ def build_outbounds(
     resolver = resolver or SystemResolver()
     groups = groups or GroupState()
     outbounds: dict[str, Outbound] = {}
-    for ob in cfg.outbounds:
+    errors: list[ConfigError] = []
+    for i, ob in enumerate(cfg.outbounds):
         factory = REGISTRY.get(type(ob))
         if isinstance(ob, GROUP_TYPES):  # members are looked up in `outbounds` per flow
             outbounds[ob.tag] = GroupOutbound(ob, outbounds, groups, resolver)
         elif factory is None:
             outbounds[ob.tag] = UnavailableOutbound(ob.tag, type(ob).TYPE)
         else:
-            outbounds[ob.tag] = factory(ob, resolver)
+            try:
+                outbounds[ob.tag] = factory(ob, resolver)
+            except (ValueError, OSError) as exc:  # a key, a CA file (ssl.SSLError is OSError)
+                errors.append(ConfigError(f"outbound {ob.tag!r}: {_reason(exc)}",
+                                          f"$.outbounds[{i}]"))  # fmt: skip
+    if errors:
+        raise ConfigErrors(errors)
     return outbounds
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc)
 
 
 __all__ = [

@@ -1,0 +1,301 @@
+"""The shadowsocks outbound against real servers on loopback: ss-server for the AEAD
+methods, sing-box for the 2022 methods; TCP and UDP, by IP and by name, and the ways a
+flow must fail fast (wrong key, dead or silent server, tampered or stale answers)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from trio_tproxy.config import ShadowsocksOutbound as ShadowsocksConfig
+from trio_tproxy.config.values import HostPort
+from trio_tproxy.dial import DialError
+from trio_tproxy.outbound import shadowsocks_proto as proto
+from trio_tproxy.outbound.shadowsocks import ShadowsocksOutbound, ShadowsocksStream
+from trio_tproxy.upstreams import Destination, StreamUpstream, UdpRequest
+
+from .upstream_servers import (
+    AEAD_METHODS,
+    METHODS_2022,
+    EchoServers,
+    key_2022,
+    needs_sing_box,
+    needs_ss_server,
+    sing_box,
+    ss_server,
+)
+
+LOCALHOST = ipaddress.ip_address("127.0.0.1")
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServers]:
+    servers = EchoServers()
+    yield servers
+    servers.close()
+
+
+def outbound(method: str, password: str, port: int, *, host: str = "127.0.0.1",
+             network: tuple[str, ...] = ("tcp", "udp")) -> ShadowsocksOutbound:  # fmt: skip
+    cfg = ShadowsocksConfig(tag="ss", server=HostPort(host, port), method=method,  # type: ignore[arg-type]
+                            password=password, network=network)  # type: ignore[arg-type]  # fmt: skip
+    return ShadowsocksOutbound(cfg)
+
+
+async def open_stream(ob: ShadowsocksOutbound, port: int, *, domain: str | None = None,
+                      initial: bytes = b"", timeout: float = 5.0) -> ShadowsocksStream:  # noqa: ASYNC109 # fmt: skip
+    up = await ob.open_stream(Destination((LOCALHOST, port), domain), timeout=timeout,
+                              initial=initial)  # fmt: skip
+    assert isinstance(up, StreamUpstream) and up.chain == ("ss",)
+    assert isinstance(up.stream, ShadowsocksStream)
+    return up.stream
+
+
+async def exchange(stream: ShadowsocksStream, data: bytes, already: int = 0) -> bytes:
+    """Send ``data`` and read back ``already + len(data)`` bytes (an echo)."""
+    got = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.send_all, data)
+        while len(got) < already + len(data):
+            chunk = await stream.receive_some(65536)
+            assert chunk, "closed early"
+            got += chunk
+    return bytes(got)
+
+
+async def tcp_round_trip(ob: ShadowsocksOutbound, echo: EchoServers, domain: str | None) -> None:
+    stream = await open_stream(ob, echo.tcp_port, domain=domain, initial=b"first bytes")
+    try:
+        payload = os.urandom(1_500_000)  # many chunks both ways
+        got = await exchange(stream, payload, already=len(b"first bytes"))
+        assert got == b"first bytes" + payload
+    finally:
+        stream.close()
+
+
+async def udp_round_trip(ob: ShadowsocksOutbound, echo: EchoServers) -> None:
+    dst = ("127.0.0.1", echo.udp_port)
+    link = await ob.open_udp(UdpRequest(("127.0.0.1", 40000), dst, bytearray(65536), 5.0))
+    got: list[tuple[bytes, tuple[str, int]]] = []
+    with trio.move_on_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link.receive, lambda p, r: got.append((bytes(p), r)))
+            for i in range(3):
+                assert link.send(memoryview(b"ping %d" % i), dst, None) is None
+                await trio.sleep(0.05)
+            # by name: the reply comes back from the address the client addressed
+            assert link.send(memoryview(b"by name"), dst, "localhost") is None
+            while len(got) < 4:  # noqa: ASYNC110 - bounded by move_on_after
+                await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+    link.close()
+    assert sorted(got) == sorted([(b"ping %d" % i, dst) for i in range(3)] + [(b"by name", dst)])
+    assert link.counters.received == 4
+
+
+@needs_ss_server
+@pytest.mark.parametrize("method", AEAD_METHODS)
+@pytest.mark.parametrize("domain", [None, "localhost"])
+async def test_aead_tcp_through_ss_server(method: str, domain: str | None, echo: EchoServers,
+                                          tmp_path: Path) -> None:  # fmt: skip
+    with ss_server(method, "secret", tmp_path) as port:
+        await tcp_round_trip(outbound(method, "secret", port), echo, domain)
+
+
+@needs_ss_server
+@pytest.mark.parametrize("method", AEAD_METHODS)
+async def test_aead_udp_through_ss_server(method: str, echo: EchoServers, tmp_path: Path) -> None:
+    with ss_server(method, "secret", tmp_path) as port:
+        await udp_round_trip(outbound(method, "secret", port), echo)
+
+
+@needs_sing_box
+@pytest.mark.parametrize("method", METHODS_2022)
+@pytest.mark.parametrize("domain", [None, "localhost"])
+async def test_2022_tcp_through_sing_box(method: str, domain: str | None, echo: EchoServers,
+                                         tmp_path: Path) -> None:  # fmt: skip
+    key = key_2022(method)
+    inbound = {"type": "shadowsocks", "method": method, "password": key, "network": "tcp"}
+    with sing_box(inbound, tmp_path) as port:
+        await tcp_round_trip(outbound(method, key, port), echo, domain)
+
+
+@needs_sing_box
+@pytest.mark.parametrize("method", METHODS_2022)
+async def test_2022_udp_through_sing_box(method: str, echo: EchoServers, tmp_path: Path) -> None:
+    key = key_2022(method)
+    inbound = {"type": "shadowsocks", "method": method, "password": key}
+    with sing_box(inbound, tmp_path) as port:
+        await udp_round_trip(outbound(method, key, port), echo)
+
+
+@needs_ss_server
+async def test_wrong_password_fails_within_the_handshake_timeout(
+    echo: EchoServers, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ss-server holds a connection whose key is wrong open in silence: the flow is cut
+    within the handshake timeout, with one line that names the likely cause."""
+    with ss_server("aes-256-gcm", "right", tmp_path) as port:
+        ob = outbound("aes-256-gcm", "wrong", port)
+        stream = await open_stream(ob, echo.tcp_port, initial=b"GET / HTTP/1.1\r\n\r\n",
+                                   timeout=1.0)  # fmt: skip
+        start = time.monotonic()
+        with pytest.raises(DialError, match=r"shadowsocks ss: no answer within 1s .*wrong "
+                                            r"password or method\?"):  # fmt: skip
+            await stream.receive_some(65536)
+        assert 0.8 < time.monotonic() - start < 1.5
+        stream.close(reset=True)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "wrong password or method" in warnings[0].getMessage()
+
+
+@needs_sing_box
+async def test_2022_wrong_key_fails_fast(echo: EchoServers, tmp_path: Path) -> None:
+    method = "2022-blake3-aes-128-gcm"
+    inbound = {"type": "shadowsocks", "method": method, "password": key_2022(method),
+               "network": "tcp"}  # fmt: skip
+    with sing_box(inbound, tmp_path) as port:
+        ob = outbound(method, key_2022(method), port)
+        stream = await open_stream(ob, echo.tcp_port, initial=b"hello", timeout=3.0)
+        start = time.monotonic()
+        with pytest.raises(DialError, match="wrong password or method"):
+            await stream.receive_some(65536)
+        assert time.monotonic() - start < 3.5
+        stream.close(reset=True)
+
+
+@needs_ss_server
+async def test_a_proven_key_leaves_slow_destinations_alone(echo: EchoServers,
+                                                           tmp_path: Path) -> None:  # fmt: skip
+    """Once an answer decrypted with our key, a destination that is slow to speak is not
+    mistaken for a wrong key (long polls): only unproven keys get the deadline."""
+    with ss_server("aes-128-gcm", "pw", tmp_path) as port:
+        ob = outbound("aes-128-gcm", "pw", port)
+        first = await open_stream(ob, echo.tcp_port, initial=b"x", timeout=0.5)
+        assert await first.receive_some(100) == b"x"
+        first.close()
+        silent = await open_stream(ob, echo.tcp_port, timeout=0.5)  # nothing to echo
+        with trio.move_on_after(1.2) as scope:
+            await silent.receive_some(100)
+        assert scope.cancelled_caught  # still waiting: not cut at 0.5 s
+        silent.close()
+
+
+@pytest.mark.parametrize("what", ["garbage", "tampered", "stale", "other salt"])
+async def test_bad_answers_reset_the_flow(what: str, nursery: trio.Nursery) -> None:
+    method = "2022-blake3-aes-128-gcm" if what in ("stale", "other salt") else "aes-128-gcm"
+    password = key_2022(method) if method.startswith("2022") else "pw"
+    key = proto.master_key(method, password)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def serve() -> None:
+        stream = await listeners[0].accept()
+        request = await stream.receive_some(65536)
+        salt = request[: proto.key_length(method)]
+        if what == "garbage":
+            reply = os.urandom(200)
+        elif what == "tampered":
+            reply = bytearray(proto.Encryptor(method, key).encrypt(b"hello"))
+            reply[-1] ^= 1
+        else:
+            enc = proto.Encryptor(method, key)
+            when = time.time() - 120 if what == "stale" else None
+            req_salt = salt if what == "stale" else os.urandom(len(salt))
+            reply = proto.encode_response_header(enc, req_salt, b"hello", now=when)
+        await stream.send_all(bytes(reply))
+        await trio.sleep_forever()
+
+    nursery.start_soon(serve)
+    ob = outbound(method, password, port)
+    stream = await open_stream(ob, 9, initial=b"hi", timeout=3.0)
+    expected = {"garbage": "authentication failed", "tampered": "authentication failed",
+                "stale": "timestamp", "other salt": "not for our request"}[what]  # fmt: skip
+    with pytest.raises(DialError, match=expected) as caught:
+        await stream.receive_some(65536)
+    assert str(caught.value).startswith("shadowsocks ss: ")
+    stream.close(reset=True)
+    nursery.cancel_scope.cancel()
+
+
+async def test_dead_and_silent_servers() -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()  # nothing listens there
+    with pytest.raises(DialError, match=r"shadowsocks ss: connect to 127\.0\.0\.1:\d+ failed"):
+        await outbound("aes-128-gcm", "pw", port).open_stream(
+            Destination((LOCALHOST, 80)), timeout=2.0
+        )
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    try:
+        ob = outbound("aes-128-gcm", "pw", silent.getsockname()[1])
+        stream = await open_stream(ob, 80, initial=b"GET /", timeout=0.5)
+        with pytest.raises(DialError, match=r"no answer within 0\.5s"):
+            await stream.receive_some(100)
+        stream.close(reset=True)
+    finally:
+        silent.close()
+
+
+@needs_ss_server
+async def test_oversize_datagrams_are_dropped_and_counted(echo: EchoServers,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    with ss_server("aes-128-gcm", "pw", tmp_path) as port:
+        ob = outbound("aes-128-gcm", "pw", port)
+        dst = ("127.0.0.1", echo.udp_port)
+        link = await ob.open_udp(UdpRequest(("127.0.0.1", 40000), dst, bytearray(65536), 5.0))
+        reason = link.send(memoryview(bytes(65500)), dst, None)
+        assert reason is not None and "over one UDP packet" in reason
+        assert link.counters.oversize == 1 and link.counters.sent == 0
+        link.close()
+
+
+async def test_udp_replays_are_dropped() -> None:
+    """A 2022 reply replayed (same server session and packet id) is delivered once."""
+    method = "2022-blake3-aes-128-gcm"
+    password = key_2022(method)
+    key = proto.master_key(method, password)
+    server = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await server.bind(("127.0.0.1", 0))
+    ob = outbound(method, password, server.getsockname()[1])
+    dst = ("127.0.0.1", 5353)
+    link = await ob.open_udp(UdpRequest(("127.0.0.1", 40000), dst, bytearray(65536), 5.0))
+    got: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link.receive, lambda p, r: got.append(bytes(p)))
+        assert link.send(memoryview(b"q"), dst, None) is None
+        request, peer = await server.recvfrom(65536)
+        client = proto.udp2022_open(method, key, request, from_server=False)
+        reply = proto.udp2022_seal(method, key, b"S" * 8, 0, LOCALHOST, 5353, b"answer",
+                                   client_session_id=client.session_id)  # fmt: skip
+        for _ in range(3):
+            await server.sendto(reply, peer)
+        await trio.sleep(0.2)
+        nursery.cancel_scope.cancel()
+    link.close()
+    server.close()
+    assert got == [b"answer"]
+    assert link.counters.malformed == 2
+
+
+def test_2022_key_of_the_wrong_length_is_refused() -> None:
+    with pytest.raises(ValueError, match="exactly 16 bytes"):
+        outbound("2022-blake3-aes-128-gcm", key_2022("2022-blake3-aes-256-gcm"), 1)
+
+
+def test_wire_header_for_a_domain() -> None:
+    """The request carries the sniffed domain as ATYP 3 (checked by decrypting it)."""
+    ob = outbound("aes-128-gcm", "pw", 1)
+    first, _ = ob._request("example.com", 443, b"payload")
+    plain = proto.Decryptor("aes-128-gcm", ob.key).feed(first)
+    assert plain == b"\x03\x0bexample.com" + struct.pack("!H", 443) + b"payload"

@@ -1,0 +1,193 @@
+"""The trojan outbound against real servers on loopback: trojan-gfw and sing-box's
+trojan inbound; TCP and UDP, certificate checks, the decoy site as a wrong password."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from trio_tproxy.config import TrojanOutbound as TrojanConfig
+from trio_tproxy.config.values import HostPort
+from trio_tproxy.dial import DialError
+from trio_tproxy.outbound.trojan import TrojanOutbound, TrojanStream, looks_like_decoy
+from trio_tproxy.upstreams import Destination, StreamUpstream, UdpRequest
+
+from .upstream_servers import (
+    EchoServers,
+    HttpDecoy,
+    make_tls_certificate,
+    needs_sing_box,
+    needs_trojan,
+    sing_box,
+    trojan_server,
+)
+
+LOCALHOST = ipaddress.ip_address("127.0.0.1")
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServers]:
+    servers = EchoServers()
+    yield servers
+    servers.close()
+
+
+@pytest.fixture
+def decoy() -> Iterator[HttpDecoy]:
+    server = HttpDecoy()
+    yield server
+    server.close()
+
+
+def outbound(port: int, password: str = "pw", **kw: object) -> TrojanOutbound:
+    cfg = TrojanConfig(tag="tj", server=HostPort("127.0.0.1", port), password=password,
+                       **kw)  # type: ignore[arg-type]  # fmt: skip
+    return TrojanOutbound(cfg)
+
+
+async def open_stream(ob: TrojanOutbound, port: int, initial: bytes = b"\x16\x03\x01hello",
+                      timeout: float = 5.0) -> TrojanStream:  # noqa: ASYNC109 # fmt: skip
+    up = await ob.open_stream(Destination((LOCALHOST, port)), timeout=timeout, initial=initial)
+    assert isinstance(up, StreamUpstream) and up.chain == ("tj",)
+    assert isinstance(up.stream, TrojanStream)
+    return up.stream
+
+
+async def echo_round_trip(ob: TrojanOutbound, echo: EchoServers) -> None:
+    initial = b"\x16\x03\x01hello"
+    stream = await open_stream(ob, echo.tcp_port, initial)
+    payload = os.urandom(1_000_000)
+    got = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.send_all, payload)
+        while len(got) < len(initial) + len(payload):
+            chunk = await stream.receive_some(65536)
+            assert chunk
+            got += chunk
+    assert bytes(got) == initial + payload
+    stream.close()
+
+
+@pytest.fixture
+def trojan(tmp_path: Path, decoy: HttpDecoy) -> Iterator[tuple[int, Path]]:
+    with trojan_server("pw", tmp_path, decoy.port) as server:
+        yield server
+
+
+@needs_trojan
+@pytest.mark.parametrize("sni", ["tj.test", None])  # None: by IP, checked against its IP SAN
+async def test_tcp_through_trojan_gfw(trojan: tuple[int, Path], echo: EchoServers,
+                                      sni: str | None) -> None:  # fmt: skip
+    port, ca = trojan
+    await echo_round_trip(outbound(port, sni=sni, ca=str(ca)), echo)
+
+
+@needs_trojan
+async def test_udp_through_trojan_gfw(trojan: tuple[int, Path], echo: EchoServers) -> None:
+    port, ca = trojan
+    ob = outbound(port, sni="tj.test", ca=str(ca))
+    dst = ("127.0.0.1", echo.udp_port)
+    link = await ob.open_udp(UdpRequest(("127.0.0.1", 40000), dst, bytearray(65536), 5.0))
+    got: list[tuple[bytes, tuple[str, int]]] = []
+    with trio.move_on_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link.receive, lambda p, r: got.append((bytes(p), r)))
+            for i in range(3):
+                assert link.send(memoryview(b"ping %d" % i), dst, None) is None
+            assert link.send(memoryview(b"by name"), dst, "localhost") is None
+            while len(got) < 4:  # noqa: ASYNC110 - bounded by move_on_after
+                await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+    link.close()
+    assert sorted(got) == sorted([(b"ping %d" % i, dst) for i in range(3)] + [(b"by name", dst)])
+
+
+@needs_trojan
+async def test_unverifiable_certificate_fails_at_once(trojan: tuple[int, Path],
+                                                      echo: EchoServers) -> None:  # fmt: skip
+    port, _ = trojan
+    start = time.monotonic()
+    with pytest.raises(DialError, match="trojan tj: certificate verification failed"):
+        await open_stream(outbound(port, sni="tj.test"), echo.tcp_port)
+    with pytest.raises(DialError, match="certificate verification failed"):  # wrong name
+        await open_stream(outbound(port, sni="other.test", ca=str(trojan[1])), echo.tcp_port)
+    assert time.monotonic() - start < 2
+    # insecure: no verification at all
+    await echo_round_trip(outbound(port, sni="whatever", insecure=True), echo)
+
+
+@needs_trojan
+async def test_wrong_password_is_told_by_the_decoy(trojan: tuple[int, Path], echo: EchoServers,
+                                                   caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    port, ca = trojan
+    stream = await open_stream(outbound(port, "wrong", sni="tj.test", ca=str(ca)), echo.tcp_port)
+    with pytest.raises(DialError, match=r"trojan tj: the server's fallback web site answered "
+                                        r"\(wrong password\?\)"):  # fmt: skip
+        await stream.receive_some(65536)
+    stream.close(reset=True)
+    assert any("fallback web site" in r.getMessage() for r in caplog.records
+               if r.levelno == logging.WARNING)  # fmt: skip
+
+
+@needs_sing_box
+async def test_tcp_and_udp_through_sing_box(tmp_path: Path, echo: EchoServers) -> None:
+    cert, key = make_tls_certificate(tmp_path)
+    inbound = {"type": "trojan", "users": [{"password": "pw"}],
+               "tls": {"enabled": True, "certificate_path": str(cert), "key_path": str(key)}}  # fmt: skip
+    with sing_box(inbound, tmp_path) as port:
+        ob = outbound(port, sni="tj.test", ca=str(cert))
+        await echo_round_trip(ob, echo)
+        dst = ("127.0.0.1", echo.udp_port)
+        link = await ob.open_udp(UdpRequest(("127.0.0.1", 40000), dst, bytearray(65536), 5.0))
+        got: list[bytes] = []
+        with trio.move_on_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(link.receive, lambda p, r: got.append(bytes(p)))
+                assert link.send(memoryview(b"dgram"), dst, None) is None
+                while not got:  # noqa: ASYNC110 - bounded by move_on_after
+                    await trio.sleep(0.02)
+                nursery.cancel_scope.cancel()
+        link.close()
+        assert got == [b"dgram"]
+
+
+async def test_dead_server_fails_fast() -> None:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(DialError, match=r"trojan tj: connect to 127\.0\.0\.1:\d+ failed"):
+        await open_stream(outbound(port), 80)
+
+
+async def test_silent_server_hits_the_handshake_timeout() -> None:
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))  # completes TCP, never speaks TLS
+    try:
+        start = time.monotonic()
+        with pytest.raises(DialError, match=r"trojan tj: no answer within 0.5s"):
+            await open_stream(outbound(silent.getsockname()[1]), 80, timeout=0.5)
+        assert time.monotonic() - start < 1.0
+    finally:
+        silent.close()
+
+
+@pytest.mark.parametrize(("initial", "first", "decoy"), [
+    (b"\x16\x03\x01", b"HTTP/1.1 400 Bad Request\r\n", True),
+    (b"", b"<!DOCTYPE HTML>\n<html>", True),  # http.server's HTTP/0.9 style error page
+    (b"GET / HTTP/1.1\r\n", b"HTTP/1.1 400 Bad Request\r\n", False),  # cannot tell
+    (b"\x16\x03\x01", b"\x16\x03\x03\x00", False),
+    (b"", b"SSH-2.0-OpenSSH", False),
+])  # fmt: skip
+def test_decoy_detection(initial: bytes, first: bytes, decoy: bool) -> None:
+    assert looks_like_decoy(initial, first) is decoy
