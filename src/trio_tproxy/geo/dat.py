@@ -29,7 +29,8 @@ from .dlc import GeositeRule, RuleKind
 
 __all__ = [
     "DatDomain", "DatError", "DatTable", "IPNetwork", "dat_domains", "encode_geoip_dat",
-    "encode_geosite_dat", "read_geoip_dat", "read_geosite_dat",
+    "encode_geosite_dat", "geoip_entry", "geosite_entry", "index_dat", "read_geoip_dat",
+    "read_geosite_dat",
 ]  # fmt: skip
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -161,19 +162,39 @@ def _domain(data: memoryview, outer: _Field, path: str) -> DatDomain:
     return DatDomain(_KIND_OF_TYPE[kind], value, frozenset(found))
 
 
+def index_dat(data: bytes, path: str) -> dict[str, tuple[int, int]]:
+    """Each entry's code (upper case) -> the byte span of its message, the first of equal
+    codes winning; checks the file's top-level framing (a truncated file fails here) but
+    decodes no entry: a real geoip.dat is ~20 MB, and a configuration names a few lists."""
+    spans: dict[str, tuple[int, int]] = {}
+    for view, entry in _entries(data, path):
+        spans.setdefault(_entry_code(view, entry, path), (entry.value, entry.end))
+    return spans
+
+
+def _entry_code(view: memoryview, entry: _Field, path: str) -> str:
+    for f in _fields(view, entry.value, entry.end, path):
+        if f.number == 1:  # written first by every known writer: one field read
+            return _text(view, f, "country code", path).upper()
+    return ""
+
+
+def geosite_entry(data: bytes, span: tuple[int, int], path: str) -> list[DatDomain]:
+    """The domains of the GeoSite message at ``span`` (from :func:`index_dat`)."""
+    view = memoryview(data)
+    domains: list[DatDomain] = []
+    for f in _fields(view, span[0], span[1], path):
+        if f.number == 2:
+            _expect(f, _BYTES, "domain", path)
+            domains.append(_domain(view, f, path))
+    return domains
+
+
 def read_geosite_dat(data: bytes, path: str = "geosite.dat") -> DatTable[DatDomain]:
     """GeoSiteList -> {COUNTRY_CODE: [DatDomain, ...]}; raises :class:`DatError`."""
     table: DatTable[DatDomain] = DatTable()
-    for view, entry in _entries(data, path):
-        code = ""
-        domains: list[DatDomain] = []
-        for f in _fields(view, entry.value, entry.end, path):
-            if f.number == 1:
-                code = _text(view, f, "country code", path).upper()
-            elif f.number == 2:
-                _expect(f, _BYTES, "domain", path)
-                domains.append(_domain(view, f, path))
-        table.setdefault(code, domains)
+    for code, span in index_dat(data, path).items():
+        table[code] = geosite_entry(data, span, path)
     return table
 
 
@@ -212,23 +233,27 @@ def _exclude(piece: IPNetwork, net: IPNetwork) -> Iterable[IPNetwork]:
     return piece.address_exclude(net)  # type: ignore[arg-type]
 
 
+def geoip_entry(data: bytes, span: tuple[int, int], path: str) -> tuple[list[IPNetwork], bool]:
+    """The CIDRs of the GeoIP message at ``span`` and its ``reverse_match`` flag."""
+    view = memoryview(data)
+    nets: list[IPNetwork] = []
+    reverse = False
+    for f in _fields(view, span[0], span[1], path):
+        if f.number == 2:
+            _expect(f, _BYTES, "cidr", path)
+            nets.append(_cidr(view, f, path))
+        elif f.number == 3:
+            _expect(f, _VARINT, "reverse_match", path)
+            reverse = f.value != 0
+    return nets, reverse
+
+
 def read_geoip_dat(data: bytes, path: str = "geoip.dat") -> DatTable[IPNetwork]:
     """GeoIPList -> {COUNTRY_CODE: [network, ...]}; raises :class:`DatError`."""
     table: DatTable[IPNetwork] = DatTable()
-    for view, entry in _entries(data, path):
-        code = ""
-        nets: list[IPNetwork] = []
-        reverse = False
-        for f in _fields(view, entry.value, entry.end, path):
-            if f.number == 1:
-                code = _text(view, f, "country code", path).upper()
-            elif f.number == 2:
-                _expect(f, _BYTES, "cidr", path)
-                nets.append(_cidr(view, f, path))
-            elif f.number == 3:
-                _expect(f, _VARINT, "reverse_match", path)
-                reverse = f.value != 0
-        table.setdefault(code, _complement(nets) if reverse else nets)
+    for code, span in index_dat(data, path).items():
+        nets, reverse = geoip_entry(data, span, path)
+        table[code] = _complement(nets) if reverse else nets
     return table
 
 
