@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .dat import DatError, geoip_entry, geosite_entry, index_dat
+from .dat import DatError, geoip_entry_ranges, geosite_entry, index_dat
 from .dlc import GeositeError, GeositeRule
 from .geoip import GeoipError, Ranges, merge_ranges
 
@@ -131,13 +131,7 @@ class DatFiles:
         span = loaded.spans.get(name)
         if span is None:
             raise DatError(str(path), f"no list {name!r} in this geoip file")
-        nets, reverse = geoip_entry(loaded.data, span, str(path))
-        v4: Ranges = []
-        v6: Ranges = []
-        for net in nets:
-            (v4 if net.version == 4 else v6).append(
-                (int(net.network_address), int(net.broadcast_address))
-            )
+        v4, v6, reverse = geoip_entry_ranges(loaded.data, span, str(path))
         v4, v6 = merge_ranges(v4), merge_ranges(v6)
         if reverse:  # v2ray's reverse_match: every address the CIDRs do not cover
             return _complement(v4, _V4_TOP), _complement(v6, _V6_TOP)
