@@ -14,6 +14,7 @@ from trio_tproxy.geo import GeoData, GeoipError, GeositeError, ip_list_key, ip_l
 from trio_tproxy.geo.dat import (
     DatDomain,
     DatError,
+    IPNetwork,
     encode_geoip_dat,
     encode_geosite_dat,
     geoip_entry,
@@ -117,6 +118,10 @@ def test_ranges_match_the_networks_in_every_layout() -> None:
     nets = ["1.2.3.0/24", "0.0.0.0/0", "10.0.0.1/32", "2001:db8::/32", "::/0", "fe80::1/128"]
     table = {"X": [ipaddress.ip_network(n) for n in nets]}
     data = encode_geoip_dat(table)
+    # a 16-byte address then 0x10 0x80: a truncated varint, not prefix 128
+    bad = ld(1, ld(1, b"V") + ld(2, ld(1, bytes(16)) + bytes([0x10, 0x80])))
+    with pytest.raises(DatError, match="truncated varint"):
+        geoip_entry_ranges(bad, index_dat(bad, "b.dat")["V"], "b.dat")
     # Go's protobuf writer omits a zero prefix and may order fields differently
     go_style = ld(1, ld(1, b"Y") + ld(2, bytes([0x10, 8]) + ld(1, bytes([10, 0, 0, 0]))))
     go_style += ld(1, ld(1, b"Z") + ld(2, ld(1, bytes(4))) + bytes([0x18, 1]))
@@ -144,3 +149,28 @@ def test_garbage_raises_only_dat_error(data: bytes) -> None:
     with contextlib.suppress(DatError):
         for span in index_dat(data, "g.dat").values():
             geoip_entry_ranges(data, span, "g.dat")
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.integers(0, (1 << 32) - 1), st.integers(0, 32), st.just(4)),
+            st.tuples(st.integers(0, (1 << 128) - 1), st.integers(0, 128), st.just(6)),
+        ),
+        max_size=20,
+    )
+)
+def test_fast_ranges_equal_the_networks(cidrs: list[tuple[int, int, int]]) -> None:
+    nets: list[IPNetwork] = [
+        ipaddress.IPv4Network((ip, prefix), strict=False)
+        if v == 4
+        else ipaddress.IPv6Network((ip, prefix), strict=False)
+        for ip, prefix, v in cidrs
+    ]
+    data = encode_geoip_dat({"X": nets})
+    v4, v6, reverse = geoip_entry_ranges(data, index_dat(data, "h.dat")["X"], "h.dat")
+    assert not reverse
+    spans = [(n.version, int(n.network_address), int(n.broadcast_address)) for n in nets]
+    assert v4 == [(lo, hi) for v, lo, hi in spans if v == 4]
+    assert v6 == [(lo, hi) for v, lo, hi in spans if v == 6]

@@ -4,8 +4,8 @@ v2ray's geosite.dat / geoip.dat instead, plus ``ext:`` .dat files (see :mod:`.da
 :class:`GeoData` is what compilation takes. It loads lazily: a geosite list is read when
 a rule names it (with its includes), and the MaxMind DB is opened only when an entry
 names a country; ``geoip:private`` is built in and needs no database (with a geoip.dat
-that holds PRIVATE, it comes from there, as in v2ray). One ``GeoData``
-serves one compilation (a reload makes a new one, so edited files are seen).
+that holds PRIVATE, it comes from there, as in v2ray). One ``GeoData`` serves one
+compilation (a reload makes a new one, so edited files are seen).
 """
 
 from __future__ import annotations
