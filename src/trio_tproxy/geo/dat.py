@@ -17,6 +17,10 @@ byte offset; nothing else escapes. Country codes are upper-cased (as v2ray store
 :meth:`DatTable.lookup` is case-insensitive. When a code appears twice the first entry
 wins, as in v2ray's loader. A ``reverse_match`` GeoIP entry is read as the complement of
 its CIDRs over both address families (what v2ray's reversed matcher matches).
+
+Routing does not read whole files: :func:`index_dat` finds each entry's code and span
+(checking the file's framing), and :func:`geosite_entry` / :func:`geoip_entry_ranges`
+decode only the entries a configuration names (see geo/datfiles.py).
 """
 
 from __future__ import annotations
