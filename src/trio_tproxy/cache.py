@@ -10,7 +10,7 @@ An entry's name is a hash of everything its compilation read (see
 :func:`~trio_tproxy.route.compile_router` and :meth:`~trio_tproxy.geo.GeoData.stamp`):
 the rules' domain entries and which rules are domain-only, the rules directory as spelled
 and resolved with the size, mtime, ctime, inode and mode of every file in it, the same of
-the GeoIP database, the Python and trio-tproxy versions and the sources of the modules
+the GeoIP database and .dat files, the Python and trio-tproxy versions and the modules
 that build it. So an edited list, a rebuilt database, a changed rule or an upgrade
 compiles afresh, and old entries age out (the newest :attr:`RouterCache.keep` stay). A
 rules directory that cannot be listed is never cached, and neither is a compile whose

@@ -40,9 +40,6 @@ def not_yet_in_effect(cfg: Config) -> list[str]:
         if type(ob) not in REGISTRY and not isinstance(ob, GROUP_TYPES):
             unheeded.append(f"outbounds[{i}] {ob.tag!r}: type {ob.TYPE!r} is not implemented "
                             "yet; flows routed to it are refused")  # fmt: skip
-    for key in ("geosite_dat", "geoip_dat"):
-        if getattr(cfg.geodata, key):
-            unheeded.append(f"geodata.{key} is not read yet: rules_dir and geoip are used")
     return unheeded
 
 

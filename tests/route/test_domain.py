@@ -124,7 +124,8 @@ def test_best_match_names_list_file_and_line(geo: GeoData) -> None:
         ("geosite:nosuch", "no list 'nosuch'"),
         ("dotless:a.b", "must not contain a dot"),
         ("regexp:(", "regexp:(:"),
-        ("ext:file:list", "unknown domain entry prefix"),
+        ("ext-ip:file.dat:list", "unknown domain entry prefix"),
+        ("ext:nosuch.dat:list", "nosuch.dat: no such file"),
     ],
 )
 def test_entry_errors_name_their_path(geo: GeoData, entry: str, message: str) -> None:

@@ -11,7 +11,7 @@ import base64
 import binascii
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit
 
 from .errors import BadValue, ConfigError
@@ -25,7 +25,7 @@ from .schema import (
     SocksOutbound,
     TrojanOutbound,
 )
-from .values import HostPort, check_domain_entry, parse_ip
+from .values import BAD_GEOIP, GEOIP_CODE, HostPort, check_domain_entry, parse_ip
 
 MAX_MARK = 0xFFFFFFFF
 # Tables 253 (default), 254 (main) and 255 (local) belong to the kernel; 0 is "unspecified".
@@ -43,6 +43,7 @@ def check_config(cfg: Config) -> list[ConfigError]:
         *_check_dns(cfg.dns, {ob.tag for ob in cfg.outbounds}),
         *_check_firewall(cfg),
         *_check_policy(cfg.policy),
+        *_check_geoip_names(cfg),
     ]
 
 
@@ -281,6 +282,27 @@ def _check_firewall(cfg: Config) -> Iterator[ConfigError]:
             yield ConfigError(f"bad interface name {name!r}", f"$.firewall.lan_interfaces[{i}]")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,63}", fw.table):
         yield ConfigError(f"bad nftables table name {fw.table!r}", "$.firewall.table")
+
+
+def _check_geoip_names(cfg: Config) -> Iterator[ConfigError]:
+    """Without a geoip.dat, ``geoip:`` names a MaxMind DB country: two letters."""
+    if cfg.geodata.geoip_dat:
+        return
+    fields: list[tuple[str, Sequence[str]]] = [("$.firewall.bypass", cfg.firewall.bypass)]
+    for i, rule in enumerate(cfg.routing.rules):
+        fields += [
+            (f"$.routing.rules[{i}].ip", rule.ip),
+            (f"$.routing.rules[{i}].source", rule.source),
+        ]
+    fields += [
+        (f"$.dns.servers[{i}].expect_ips", s.expect_ips) for i, s in enumerate(cfg.dns.servers)
+    ]
+    for path, entries in fields:
+        for j, entry in enumerate(entries):
+            kind, _, code = entry.partition(":")
+            if kind.lower() == "geoip" and not GEOIP_CODE.fullmatch(code.removeprefix("!")):
+                message = BAD_GEOIP.format(entry) + " (other names need geodata.geoip_dat)"
+                yield ConfigError(message, f"{path}[{j}]")
 
 
 def _check_policy(policy: PolicyConfig) -> Iterator[ConfigError]:

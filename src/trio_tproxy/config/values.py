@@ -153,21 +153,35 @@ def parse_cidr(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise BadValue(f"bad CIDR {value!r}: {exc}") from None
 
 
-GEOIP_CODE = re.compile(r"[A-Za-z]{2}|private")
+GEOIP_CODE = re.compile(r"[A-Za-z]{2}|private")  # what a MaxMind DB can answer
+# A geoip.dat holds other lists too (geoip:telegram): checked against geodata (checks.py)
+GEOIP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!_-]*")
 GEOSITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!_-]*(@-?[A-Za-z0-9_!-]+)*")
-DOMAIN_PREFIXES = ("full:", "domain:", "keyword:", "regexp:", "geosite:", "dotless:")
+DOMAIN_PREFIXES = (
+    "full:", "domain:", "keyword:", "regexp:", "geosite:", "dotless:", "ext:", "ext-domain:",
+)  # fmt: skip
+BAD_GEOIP = "bad geoip entry {!r}: expected geoip:CC, geoip:!CC or geoip:private"
+
+
+def _check_ext(entry: str, kind: str, value: str, name: re.Pattern[str]) -> str:
+    """v2ray's ``ext:FILE:TAG``: list TAG of the .dat FILE (in the asset directory)."""
+    file, _, tag = value.rpartition(":")
+    if not file or not name.fullmatch(tag):
+        raise BadValue(f"bad {kind} entry {entry!r}: expected {kind}:FILE.dat:TAG")
+    return entry
 
 
 def check_ip_entry(entry: str) -> str:
-    """An ``ip`` / ``source`` / ``bypass`` / ``expect_ips`` entry: CIDR, IP or ``geoip:``."""
-    if entry.lower().startswith("geoip:"):
-        code = entry[len("geoip:") :]
-        code = code.removeprefix("!")
-        if not GEOIP_CODE.fullmatch(code):
-            raise BadValue(
-                f"bad geoip entry {entry!r}: expected geoip:CC, geoip:!CC or geoip:private"
-            )
+    """An ``ip`` / ``source`` / ``bypass`` / ``expect_ips`` entry: CIDR, IP, ``geoip:``
+    or ``ext:FILE:TAG`` / ``ext-ip:FILE:TAG`` (``!TAG``: every address not in it)."""
+    kind, sep, value = entry.partition(":")
+    kind = kind.lower()
+    if sep and kind == "geoip":
+        if not GEOIP_NAME.fullmatch(value.removeprefix("!")):
+            raise BadValue(BAD_GEOIP.format(entry))
         return entry
+    if sep and kind in ("ext", "ext-ip"):
+        return _check_ext(entry, kind, value.replace(":!", ":"), GEOIP_NAME)
     parse_cidr(entry)
     return entry
 
@@ -185,12 +199,15 @@ def check_domain_entry(entry: str) -> str:
     elif lowered.startswith("geosite:"):
         if not GEOSITE_NAME.fullmatch(entry[len("geosite:") :]):
             raise BadValue(f"bad geosite entry {entry!r}: expected geosite:NAME[@attr]")
+    elif lowered.startswith(("ext:", "ext-domain:")):
+        kind, _, value = entry.partition(":")
+        _check_ext(entry, kind.lower(), value, GEOSITE_NAME)
     elif lowered.startswith(("full:", "domain:", "keyword:", "dotless:")):
         prefix, _, value = entry.partition(":")
         if not value and prefix.lower() != "dotless":
             raise BadValue(f"empty value in domain entry {entry!r}")
     elif ":" in entry:
-        # "ext:file:list" and typos like "domian:x" must not pass as a substring match
+        # typos like "domian:x" and "ext-ip:f:x" must not pass as a substring match
         raise BadValue(
             f"unknown domain entry prefix in {entry!r}: expected one of "
             + ", ".join(DOMAIN_PREFIXES)

@@ -8,7 +8,8 @@ What the plan takes from where:
 - The proxy's own marks are every non-zero `mark` of the outbounds (upstream sockets)
   and inbounds (sockets answering clients): packets carrying one are never diverted.
 - `bypass` uses the routing `ip` syntax; `geoip:CC` is resolved through the GeoIP
-  database into CIDRs, `geoip:private` is the built-in reserved list.
+  database (or `geodata.geoip_dat`) into CIDRs, `geoip:private` is the built-in
+  reserved list (or the geoip.dat's PRIVATE).
 - The rest is `[firewall]` field by field (mode, lan_interfaces, fwmark, route_table,
   table, priority, skip_users, ipv6, fail_closed).
 
@@ -24,10 +25,10 @@ import contextlib
 import ipaddress
 from collections.abc import Iterable, Iterator, Sequence
 
-from ..config.errors import BadValue, ConfigError, ConfigErrors
+from ..config.errors import ConfigError, ConfigErrors
 from ..config.schema import Config, Inbound, RedirectInbound, TproxyInbound
 from ..config.values import parse_cidr
-from ..geo import GeoData, GeoipError, Ranges
+from ..geo import GeoData, GeoipError, Ranges, ip_list_name
 from ..geo.geoip import merge_ranges
 from ..route.ipset import complement
 from .plan import USER_NAME, DiversionPlan
@@ -167,9 +168,14 @@ def resolve_ip_entries(
     """Routing-syntax ip entries -> (IPv4 CIDRs, IPv6 CIDRs), merged, sorted, minimal.
 
     Same meaning as in routing rules: CIDR or address, `geoip:CC`, `geoip:!CC`,
-    `geoip:private`.  Raises ConfigErrors naming ``path[i]``.
+    `geoip:private`, and with a geoip.dat its names (`geoip:telegram`) and
+    `ext-ip:FILE:TAG`.  Raises ConfigErrors naming ``path[i]``.
     """
-    codes = {e.lower()[len("geoip:") :].lstrip("!") for e in entries if _is_geoip(e)}
+    codes = set()
+    for entry in entries:
+        with contextlib.suppress(ValueError):  # reported per entry below
+            if (listed := ip_list_name(entry)) is not None:
+                codes.add(listed[0])
     with contextlib.suppress(GeoipError):  # reported per entry below
         geo.prefetch_countries(codes)
     v4: Ranges = []
@@ -178,7 +184,7 @@ def resolve_ip_entries(
     for i, entry in enumerate(entries):
         try:
             r4, r6 = _entry_ranges(entry, geo)
-        except (GeoipError, BadValue) as exc:
+        except (GeoipError, ValueError) as exc:  # ValueError: BadValue, a bad ext: entry
             errors.append(ConfigError(str(exc), f"{path}[{i}]"))
             continue
         v4 += r4
@@ -188,15 +194,11 @@ def resolve_ip_entries(
     return _cidrs(merge_ranges(v4), 4), _cidrs(merge_ranges(v6), 6)
 
 
-def _is_geoip(entry: str) -> bool:
-    return entry.lower().startswith("geoip:")
-
-
 def _entry_ranges(entry: str, geo: GeoData) -> tuple[Ranges, Ranges]:
-    if _is_geoip(entry):
-        code = entry.lower()[len("geoip:") :]
-        v4, v6 = geo.country_ranges(code.removeprefix("!"))
-        if code.startswith("!"):
+    if (listed := ip_list_name(entry)) is not None:
+        name, inverse = listed
+        v4, v6 = geo.country_ranges(name)
+        if inverse:
             return (complement(merge_ranges(list(v4)), _V4_TOP),
                     complement(merge_ranges(list(v6)), _V6_TOP))  # fmt: skip
         return list(v4), list(v6)

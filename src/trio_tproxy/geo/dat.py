@@ -17,6 +17,10 @@ byte offset; nothing else escapes. Country codes are upper-cased (as v2ray store
 :meth:`DatTable.lookup` is case-insensitive. When a code appears twice the first entry
 wins, as in v2ray's loader. A ``reverse_match`` GeoIP entry is read as the complement of
 its CIDRs over both address families (what v2ray's reversed matcher matches).
+
+Routing does not read whole files: :func:`index_dat` finds each entry's code and span
+(checking the file's framing), and :func:`geosite_entry` / :func:`geoip_entry_ranges`
+decode only the entries a configuration names (see geo/datfiles.py).
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from .dlc import GeositeRule, RuleKind
 
 __all__ = [
     "DatDomain", "DatError", "DatTable", "IPNetwork", "dat_domains", "encode_geoip_dat",
-    "encode_geosite_dat", "read_geoip_dat", "read_geosite_dat",
+    "encode_geosite_dat", "geoip_entry", "geoip_entry_ranges", "geosite_entry", "index_dat",
+    "read_geoip_dat", "read_geosite_dat",
 ]  # fmt: skip
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -89,29 +94,32 @@ def _varint(data: memoryview, pos: int, end: int, path: str) -> tuple[int, int]:
 
 def _fields(data: memoryview, pos: int, end: int, path: str) -> Iterator[_Field]:
     while pos < end:
-        at = pos
-        key, pos = _varint(data, pos, end, path)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise DatError(path, f"offset {at}: field number 0")
-        if wire == _VARINT:
-            value, pos = _varint(data, pos, end, path)
-            yield _Field(number, wire, value, pos)
-            continue
-        if wire == _BYTES:
-            length, pos = _varint(data, pos, end, path)
-            if length > end - pos:
-                raise DatError(path, f"offset {at}: field {number}: truncated ({length} bytes)")
-            yield _Field(number, wire, pos, pos + length)
-            pos += length
-            continue
-        size = {_FIXED64: 8, _FIXED32: 4}.get(wire)
-        if size is None:
-            raise DatError(path, f"offset {at}: field {number}: bad wire type {wire}")
-        if size > end - pos:
-            raise DatError(path, f"offset {at}: field {number}: truncated fixed{size * 8}")
-        pos += size
-        yield _Field(number, wire, pos - size, pos)
+        f = _field_at(data, pos, end, path)
+        yield f
+        pos = f.end
+
+
+def _field_at(data: memoryview, pos: int, end: int, path: str) -> _Field:
+    """The field starting at ``pos``; its ``end`` is where the next one starts."""
+    at = pos
+    key, pos = _varint(data, pos, end, path)
+    number, wire = key >> 3, key & 7
+    if number == 0:
+        raise DatError(path, f"offset {at}: field number 0")
+    if wire == _VARINT:
+        value, pos = _varint(data, pos, end, path)
+        return _Field(number, wire, value, pos)
+    if wire == _BYTES:
+        length, pos = _varint(data, pos, end, path)
+        if length > end - pos:
+            raise DatError(path, f"offset {at}: field {number}: truncated ({length} bytes)")
+        return _Field(number, wire, pos, pos + length)
+    size = {_FIXED64: 8, _FIXED32: 4}.get(wire)
+    if size is None:
+        raise DatError(path, f"offset {at}: field {number}: bad wire type {wire}")
+    if size > end - pos:
+        raise DatError(path, f"offset {at}: field {number}: truncated fixed{size * 8}")
+    return _Field(number, wire, pos, pos + size)
 
 
 def _expect(f: _Field, wire: int, what: str, path: str) -> None:
@@ -161,19 +169,39 @@ def _domain(data: memoryview, outer: _Field, path: str) -> DatDomain:
     return DatDomain(_KIND_OF_TYPE[kind], value, frozenset(found))
 
 
+def index_dat(data: bytes, path: str) -> dict[str, tuple[int, int]]:
+    """Each entry's code (upper case) -> the byte span of its message, the first of equal
+    codes winning; checks the file's top-level framing (a truncated file fails here) but
+    decodes no entry: a real geoip.dat is ~20 MB, and a configuration names a few lists."""
+    spans: dict[str, tuple[int, int]] = {}
+    for view, entry in _entries(data, path):
+        spans.setdefault(_entry_code(view, entry, path), (entry.value, entry.end))
+    return spans
+
+
+def _entry_code(view: memoryview, entry: _Field, path: str) -> str:
+    for f in _fields(view, entry.value, entry.end, path):
+        if f.number == 1:  # written first by every known writer: one field read
+            return _text(view, f, "country code", path).upper()
+    return ""
+
+
+def geosite_entry(data: bytes, span: tuple[int, int], path: str) -> list[DatDomain]:
+    """The domains of the GeoSite message at ``span`` (from :func:`index_dat`)."""
+    view = memoryview(data)
+    domains: list[DatDomain] = []
+    for f in _fields(view, span[0], span[1], path):
+        if f.number == 2:
+            _expect(f, _BYTES, "domain", path)
+            domains.append(_domain(view, f, path))
+    return domains
+
+
 def read_geosite_dat(data: bytes, path: str = "geosite.dat") -> DatTable[DatDomain]:
     """GeoSiteList -> {COUNTRY_CODE: [DatDomain, ...]}; raises :class:`DatError`."""
     table: DatTable[DatDomain] = DatTable()
-    for view, entry in _entries(data, path):
-        code = ""
-        domains: list[DatDomain] = []
-        for f in _fields(view, entry.value, entry.end, path):
-            if f.number == 1:
-                code = _text(view, f, "country code", path).upper()
-            elif f.number == 2:
-                _expect(f, _BYTES, "domain", path)
-                domains.append(_domain(view, f, path))
-        table.setdefault(code, domains)
+    for code, span in index_dat(data, path).items():
+        table[code] = geosite_entry(data, span, path)
     return table
 
 
@@ -212,23 +240,75 @@ def _exclude(piece: IPNetwork, net: IPNetwork) -> Iterable[IPNetwork]:
     return piece.address_exclude(net)  # type: ignore[arg-type]
 
 
+def geoip_entry(data: bytes, span: tuple[int, int], path: str) -> tuple[list[IPNetwork], bool]:
+    """The CIDRs of the GeoIP message at ``span`` and its ``reverse_match`` flag."""
+    view = memoryview(data)
+    nets: list[IPNetwork] = []
+    reverse = False
+    for f in _fields(view, span[0], span[1], path):
+        if f.number == 2:
+            _expect(f, _BYTES, "cidr", path)
+            nets.append(_cidr(view, f, path))
+        elif f.number == 3:
+            _expect(f, _VARINT, "reverse_match", path)
+            reverse = f.value != 0
+    return nets, reverse
+
+
+def geoip_entry_ranges(
+    data: bytes, span: tuple[int, int], path: str
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]], bool]:
+    """The GeoIP message at ``span`` as unmerged integer ranges (IPv4, IPv6) and its
+    ``reverse_match`` flag: what routing needs, ~10x faster than :func:`geoip_entry`
+    (a real ``US`` list is ~190,000 CIDRs).
+
+    A CIDR laid out as every writer that sets a non-zero prefix lays it out (key 0x12,
+    one length byte, ip, then a prefix below 128) is read in place; anything else goes
+    through the general field reader, with the same checks."""
+    view = memoryview(data)
+    v4: list[tuple[int, int]] = []
+    v6: list[tuple[int, int]] = []
+    reverse = False
+    pos, end = span
+    while pos < end:
+        size = data[pos + 1] if data[pos] == 0x12 and pos + 1 < end else 0
+        stop = pos + 2 + size
+        if (
+            size in (8, 20)
+            and stop <= end
+            and data[pos + 2] == 0x0A
+            and data[pos + 3] == size - 4
+            and data[stop - 2] == 0x10
+            and data[stop - 1] <= min((size - 4) * 8, 0x7F)  # one varint byte
+        ):
+            width, ip, prefix = (
+                size - 4,
+                int.from_bytes(data[pos + 4 : stop - 2], "big"),
+                data[stop - 1],
+            )
+            pos = stop
+        else:
+            f = _field_at(view, pos, end, path)
+            pos = f.end
+            if f.number == 3:
+                _expect(f, _VARINT, "reverse_match", path)
+                reverse = f.value != 0
+            if f.number != 2:
+                continue
+            _expect(f, _BYTES, "cidr", path)
+            net = _cidr(view, f, path)
+            width, ip, prefix = net.max_prefixlen // 8, int(net.network_address), net.prefixlen
+        host = (1 << (width * 8 - prefix)) - 1
+        (v4 if width == 4 else v6).append((ip & ~host, ip | host))
+    return v4, v6, reverse
+
+
 def read_geoip_dat(data: bytes, path: str = "geoip.dat") -> DatTable[IPNetwork]:
     """GeoIPList -> {COUNTRY_CODE: [network, ...]}; raises :class:`DatError`."""
     table: DatTable[IPNetwork] = DatTable()
-    for view, entry in _entries(data, path):
-        code = ""
-        nets: list[IPNetwork] = []
-        reverse = False
-        for f in _fields(view, entry.value, entry.end, path):
-            if f.number == 1:
-                code = _text(view, f, "country code", path).upper()
-            elif f.number == 2:
-                _expect(f, _BYTES, "cidr", path)
-                nets.append(_cidr(view, f, path))
-            elif f.number == 3:
-                _expect(f, _VARINT, "reverse_match", path)
-                reverse = f.value != 0
-        table.setdefault(code, _complement(nets) if reverse else nets)
+    for code, span in index_dat(data, path).items():
+        nets, reverse = geoip_entry(data, span, path)
+        table[code] = _complement(nets) if reverse else nets
     return table
 
 

@@ -59,7 +59,8 @@ class GeositeRule(NamedTuple):
 
     @property
     def location(self) -> str:
-        return f"{self.file}:{self.line}"
+        """``file:line``; a rule of a .dat has no line (0): ``list NAME of FILE``."""
+        return f"{self.file}:{self.line}" if self.line else self.file
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.value}"

@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, cast
 from ..config.errors import BadValue, ConfigError, ConfigErrors
 from ..config.schema import Config, RuleConfig
 from ..config.values import parse_cidr
-from ..geo import GeoData, GeoipError, GeositeError, GeositeRule, Ranges
+from ..geo import (
+    EXT_DOMAIN_PREFIXES,
+    GeoData,
+    GeoipError,
+    GeositeError,
+    GeositeRule,
+    Ranges,
+    ip_list_name,
+    split_ext,
+)
 from .conditions import (
     Condition,
     DomainCondition,
@@ -44,10 +53,11 @@ def _inline(kind: str, value: str) -> GeositeRule:
     return GeositeRule(kind, value, _NO_ATTRS, "", 0)  # type: ignore[arg-type]
 
 
-def _geosite_rules(spec: str, geo: GeoData) -> tuple[GeositeRule, ...]:
-    """``NAME@attr@-attr``: the list's rules carrying every attr and no -attr."""
+def _geosite_rules(spec: str, geo: GeoData, file: str | None = None) -> tuple[GeositeRule, ...]:
+    """``NAME@attr@-attr``: the list's rules carrying every attr and no -attr; of list
+    NAME of the .dat ``file`` for ``ext:FILE:NAME``."""
     name, *attrs_ = spec.split("@")
-    rules = geo.geosite(name)
+    rules = geo.geosite(name) if file is None else geo.ext_sites(file, name)
     with_attrs = {a.lower() for a in attrs_ if not a.startswith("-")}
     without = {a[1:].lower() for a in attrs_ if a.startswith("-")}
     if not attrs_:
@@ -61,6 +71,12 @@ def _entry_rules(entry: str, geo: GeoData) -> tuple[GeositeRule, ...]:
     kind = prefix.lower() if sep else ""
     if kind == "geosite":
         return _geosite_rules(value, geo)
+    if kind in EXT_DOMAIN_PREFIXES:  # ext:FILE:NAME[@attr], FILE in the asset directory
+        try:
+            file, spec = split_ext(value)
+        except ValueError as exc:
+            raise BadValue(str(exc)) from None
+        return _geosite_rules(spec, geo, file)
     if kind in ("full", "domain"):
         return (_inline(kind, normalize_domain(value)),)
     if kind == "keyword":
@@ -109,11 +125,13 @@ def build_domain_matcher(
 
 
 def _ip_entry(entry: str, geo: GeoData) -> IpSet:
-    lowered = entry.lower()
-    if lowered.startswith("geoip:"):
-        code = lowered[len("geoip:") :]
-        inverse = code.startswith("!")
-        v4, v6 = geo.country_ranges(code.removeprefix("!"))
+    try:
+        listed = ip_list_name(entry)
+    except ValueError as exc:
+        raise BadValue(f"{entry}: {exc}") from None
+    if listed is not None:  # geoip:[!]NAME, ext:FILE:[!]TAG
+        name, inverse = listed
+        v4, v6 = geo.country_ranges(name)
         found = IpSet(v4, v6)
         return found.complement() if inverse else found
     net = parse_cidr(entry)
@@ -135,6 +153,16 @@ def _ip_parts(
     return tuple(parts), errors
 
 
+def _ip_origins(entries: Sequence[str], geo: GeoData) -> dict[str, str]:
+    """The .dat list each list entry reads, for ``match`` (only entries that compiled)."""
+    found = {}
+    for entry in entries:
+        with contextlib.suppress(ValueError, GeoipError):
+            if (listed := ip_list_name(entry)) and (origin := geo.ip_origin(listed[0])):
+                found[entry] = origin
+    return found
+
+
 def build_ip_set(entries: Sequence[str], geo: GeoData, path: str) -> IpSet:
     """One set for a list of ip entries (DNS ``expect_ips``, firewall bypass); raises
     ConfigErrors."""
@@ -145,12 +173,15 @@ def build_ip_set(entries: Sequence[str], geo: GeoData, path: str) -> IpSet:
 
 
 def geoip_codes(entries: Sequence[str]) -> set[str]:
-    """Country codes named by ip entries (for :meth:`GeoData.prefetch_countries`)."""
-    return {
-        e.lower()[len("geoip:") :].removeprefix("!")
-        for e in entries
-        if e.lower().startswith("geoip:")
-    }
+    """IP lists named by ip entries: country codes and other geoip names (lower case) and
+    ``ext:FILE:TAG`` (for :meth:`GeoData.prefetch_countries` and the compile cache)."""
+    codes = set()
+    for entry in entries:
+        with contextlib.suppress(ValueError):  # a bad entry is reported where it is built
+            if (listed := ip_list_name(entry)) is not None:
+                name = listed[0]
+                codes.add(name if name.startswith("ext:") else name.lower())
+    return codes
 
 
 def _rule_conditions(
@@ -169,13 +200,14 @@ def _rule_conditions(
     if rule.source:
         parts, errors = _ip_parts(rule.source, geo, f"{path}.source")
         yield from errors
-        yield SourceCondition(IpSet().union(*(s for _, s in parts)), parts)
+        origins = _ip_origins(rule.source, geo)
+        yield SourceCondition(IpSet().union(*(s for _, s in parts)), parts, origins)
     if domains is not None:
         yield DomainCondition(domains)
     if rule.ip:  # last: under ip_on_demand it is the one that may need a DNS lookup
         parts, errors = _ip_parts(rule.ip, geo, f"{path}.ip")
         yield from errors
-        yield IpCondition(IpSet().union(*(s for _, s in parts)), parts)
+        yield IpCondition(IpSet().union(*(s for _, s in parts)), parts, _ip_origins(rule.ip, geo))
 
 
 DEFAULT_DOMAIN_CACHE = 4096  # domains; ~0.5 MiB. Real traffic repeats names (bench/)
@@ -269,8 +301,7 @@ def _cache_material(
 ) -> tuple[object, int] | None:
     """Everything the cached part of a compile reads (see trio_tproxy/cache.py), and the
     newest file time among it; None if that cannot be told (do not cache)."""
-    uses_lists = any(e.lower().startswith("geosite:") for r in cfg.routing.rules for e in r.domain)
-    files = geo.stamp(lists=uses_lists, geoip=bool(codes - {"private"}))
+    files = geo.stamp([e for r in cfg.routing.rules for e in r.domain], codes)
     if files is None:
         return None
     stamps, newest = files

@@ -9,7 +9,7 @@ matching condition matched, e.g. ``port 443 in 80,443``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import attrs
 
@@ -35,6 +35,12 @@ def _list(values: Sequence[str]) -> str:
     return values[0] if len(values) == 1 else "[" + ", ".join(values) + "]"
 
 
+def _entry(entry: str, origins: Mapping[str, str]) -> str:
+    """An ip entry and, for a list read from a .dat, which list of which file."""
+    origin = origins.get(entry)
+    return entry if origin is None else f"{entry} ({origin})"
+
+
 @attrs.frozen
 class DomainCondition:
     matcher: DomainMatcher
@@ -57,6 +63,7 @@ class IpCondition:
 
     merged: IpSet
     parts: tuple[tuple[str, IpSet], ...]  # per configuration entry, for explanations
+    origins: Mapping[str, str] = attrs.field(factory=dict)  # entry -> "list CN of geoip.dat"
     checks_ips = True
 
     def test(self, facts: FlowFacts, ips: Ips, domain_mask: int) -> bool:
@@ -72,7 +79,7 @@ class IpCondition:
             for entry, part in self.parts:
                 if ip in part:
                     via = f" (resolved from {facts.domain})" if facts.dst_ip is None else ""
-                    return f"ip {ip}{via} matched {entry}"
+                    return f"ip {ip}{via} matched {_entry(entry, self.origins)}"
         return "ip matched"  # pragma: no cover - explain is only called after test
 
     def __str__(self) -> str:
@@ -83,6 +90,7 @@ class IpCondition:
 class SourceCondition:
     merged: IpSet
     parts: tuple[tuple[str, IpSet], ...]
+    origins: Mapping[str, str] = attrs.field(factory=dict)
     checks_ips = False
 
     def test(self, facts: FlowFacts, ips: Ips, domain_mask: int) -> bool:
@@ -90,7 +98,7 @@ class SourceCondition:
 
     def explain(self, facts: FlowFacts, ips: Ips) -> str:
         entry = next((e for e, part in self.parts if facts.src_ip in part), "?")
-        return f"source {facts.src_ip} matched {entry}"
+        return f"source {facts.src_ip} matched {_entry(entry, self.origins)}"
 
     def __str__(self) -> str:
         return f"source={_list([e for e, _ in self.parts])}"

@@ -94,7 +94,10 @@ class PackedEntries:
             return None
         kind, pattern, packed = found
         source, file = self.sites[packed >> 32]
-        return DomainMatch(kind, pattern, source, f"{file}:{packed & 0xFFFFFFFF}" if file else None)
+        line = packed & 0xFFFFFFFF  # 0 for a rule of a .dat: its file is "list X of FILE"
+        return DomainMatch(
+            kind, pattern, source, (f"{file}:{line}" if line else file) if file else None
+        )
 
 
 def _best(domain: str, *tables: dict[str, _T]) -> tuple[MatchKind, str, _T] | None:
