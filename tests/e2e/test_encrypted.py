@@ -52,9 +52,9 @@ SHADOWSOCKS = {
 TROJAN, TROJAN_PASSWORD, DEAD = 443, "trojan-secret", 8399
 # outbounds that must fail: tag -> the TOML of the outbound
 FAILING = {
-    "ss-badpw": f'type = "shadowsocks"\nserver = "{{s}}:8389"\nmethod = "aes-256-gcm"\n'
+    "ss-badpw": 'type = "shadowsocks"\nserver = "{s}:8389"\nmethod = "aes-256-gcm"\n'
                 'password = "wrong"',
-    "ss-badmethod": f'type = "shadowsocks"\nserver = "{{s}}:8389"\nmethod = "aes-128-gcm"\n'
+    "ss-badmethod": 'type = "shadowsocks"\nserver = "{s}:8389"\nmethod = "aes-128-gcm"\n'
                     'password = "pw-256"',
     "ss22-badkey": f'type = "shadowsocks"\nserver = "{{s}}:8391"\n'
                    f'method = "2022-blake3-aes-128-gcm"\npassword = "{base64.b64encode(bytes(16)).decode()}"',
@@ -264,6 +264,6 @@ def test_failures_are_fast_and_cost_only_their_flows(encrypted: tuple[Gateway, U
     for tag, reason in reasons.items():
         (line,) = [ln for ln in gw.proxy.access_lines() if f"[{tag}.{DOMAIN}]" in ln]
         assert reason in line, line
-    assert "wrong password or method" in [ln for ln in gw.proxy.access_lines()
-                                          if "ss22-badkey" in ln][0]  # fmt: skip
+    assert "wrong password or method" in next(ln for ln in gw.proxy.access_lines()
+                                          if "ss22-badkey" in ln)  # fmt: skip
     assert gw.proxy.process.poll() is None
