@@ -30,7 +30,17 @@ from ..addr import Endpoint, SockAddr, unmap
 from ..dial import DialError, ip_literal
 from ..inbound.sockopt import set_mark
 from ..resolver import Resolver
-from ..sock import addr_to_sockaddr, close_socket, family_of, sockaddr_to_addr
+from ..sock import (
+    EMPTY,
+    FULL,
+    RECV_BATCH,
+    Batch,
+    addr_to_sockaddr,
+    close_socket,
+    family_of,
+    receive_batches,
+    sockaddr_to_addr,
+)
 from . import socks_proto as proto
 from .base import DatagramSink
 
@@ -39,8 +49,6 @@ log = logging.getLogger("trio_tproxy.outbound.socks_udp")
 # Keepalive on the control connection: probes after 30 s of silence, every 10 s, three
 # misses -> the association is declared dead after about a minute.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
-# As inbound/udp.py: replies read per wake-up before yielding to other tasks.
-RECV_BATCH = 64
 # Remotes sent to by address, remembered to tell their replies from those of a name's
 # resolved address (see _remote); beyond this many, new ones are not remembered.
 MAX_REMEMBERED = 1024
@@ -169,33 +177,30 @@ class SocksUdpLink:
             # Nothing is defined on the control connection after the reply: ignore it.
 
     async def _receive(self, deliver: DatagramSink) -> None:
-        udp, buffer = self.udp, self._buffer
+        udp, buffer, counters, parse = self.udp, self._buffer, self.counters, self._parse
         view = memoryview(buffer)
-        while not self.closed:
+
+        def read_batch() -> Batch | OSError:
             for _ in range(RECV_BATCH):
                 try:
                     size = udp.recv_into(buffer)
                 except BlockingIOError:
-                    break
+                    return EMPTY
                 except OSError as exc:
-                    if self.closed or udp.fileno() < 0:
-                        return
-                    # An ICMP error for an earlier datagram (ECONNREFUSED): the relay
-                    # may come back; the control connection decides when we are done.
-                    log.debug("%s: relay %s: %s", self.name, self.relay, exc)
-                    break
-                parsed = self._parse(view[:size])
+                    return exc
+                parsed = parse(view[:size])
                 if parsed is not None:
                     header, remote = parsed
-                    self.counters.received += 1
+                    counters.received += 1
                     deliver(view[header:size], remote)
-            else:
-                await trio.lowlevel.checkpoint()  # a flood must not starve the rest
-                continue
-            try:
-                await trio.lowlevel.wait_readable(udp)
-            except (trio.ClosedResourceError, OSError):
-                return
+            return FULL
+
+        def on_error(exc: OSError) -> None:
+            # An ICMP error for an earlier datagram (ECONNREFUSED): the relay may come
+            # back; the control connection decides when we are done.
+            log.debug("%s: relay %s: %s", self.name, self.relay, exc)
+
+        await receive_batches(udp, read_batch, on_error)
 
     def _parse(self, datagram: memoryview) -> tuple[int, Endpoint] | None:
         try:
