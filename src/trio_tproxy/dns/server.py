@@ -7,7 +7,7 @@ client retries) and at most :data:`MAX_TCP_CONNECTIONS` TCP clients are served, 
 idle for at most :data:`TCP_IDLE` seconds (RFC 7766 section 6.2.3 asks for seconds).
 
 Answers the cache or ``hosts`` can give are sent from the receive loop itself; only
-queries that need an upstream get a task of their own.
+queries that need an upstream get a task of their own (:mod:`.datagram`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import trio
 
 from ..config.values import HostPort
 from ..inbound.sockopt import SocketSetupError
+from ..sock import EMPTY, FULL, RECV_BATCH, Batch, close_socket, receive_batches
+from .datagram import DatagramQueries
 from .service import DnsService
 from .stream import serve_dns_stream
 
@@ -30,8 +32,6 @@ log = logging.getLogger("trio_tproxy.dns.server")
 __all__ = ["DnsListener", "open_dns_listener"]
 
 MAX_UDP_INFLIGHT: Final = 1024
-# Datagrams handled before yielding to other tasks (fairness under a flood).
-UDP_BATCH: Final = 64
 MAX_TCP_CONNECTIONS: Final = 256
 TCP_IDLE: Final = 10.0
 # Largest DNS message (16-bit length); also the UDP receive size.
@@ -49,9 +49,7 @@ class DnsListener:
         self.tcp = trio.socket.from_stdlib_socket(tcp)
 
     def close(self) -> None:
-        if self.udp.fileno() >= 0:
-            trio.lowlevel.notify_closing(self.udp)
-            self.udp.close()
+        close_socket(self.udp)
         if self.tcp.fileno() >= 0:
             self.tcp.close()
 
@@ -69,45 +67,30 @@ class DnsListener:
 
     async def _serve_udp(self, service: ServiceGetter) -> None:
         sock = self.udp
-        inflight = 0
-        dropped_logged = False
 
-        async def answer(data: bytes, peer: tuple[object, ...]) -> None:
-            nonlocal inflight
-            try:
-                reply = await service().answer(data, udp=True)
-            finally:
-                inflight -= 1
-            if reply is not None:
-                self._reply(reply, peer)
+        def overloaded(waiting: int) -> None:
+            log.warning("dns: %d queries wait for upstreams; dropping more", waiting)
 
         async with trio.open_nursery() as nursery:
-            while True:
-                for _ in range(UDP_BATCH):
+            queries = DatagramQueries[tuple[object, ...]](
+                nursery, service, self._reply, limit=MAX_UDP_INFLIGHT, on_overload=overloaded
+            )
+
+            def read_batch() -> Batch | OSError:
+                for _ in range(RECV_BATCH):
                     try:
                         data, peer = sock.recvfrom(MAX_MESSAGE)
                     except BlockingIOError:
-                        break
-                    except OSError as exc:  # ICMP errors of earlier replies surface here
-                        log.debug("dns: UDP receive: %s", exc)
-                        continue
-                    quick = service().answer_now(data, udp=True)
-                    if quick is not None:
-                        self._reply(quick, peer)
-                        continue
-                    if inflight >= MAX_UDP_INFLIGHT:
-                        if not dropped_logged:
-                            log.warning("dns: %d queries wait for upstreams; dropping more",
-                                        inflight)  # fmt: skip
-                            dropped_logged = True
-                        continue
-                    dropped_logged = False
-                    inflight += 1
-                    nursery.start_soon(answer, data, peer)
-                else:  # a full batch: let the other tasks run before the next one
-                    await trio.lowlevel.checkpoint()
-                    continue
-                await trio.lowlevel.wait_readable(sock)
+                        return EMPTY
+                    except OSError as exc:
+                        return exc
+                    queries.take(data, peer)
+                return FULL
+
+            def on_error(exc: OSError) -> None:  # ICMP errors of earlier replies
+                log.debug("dns: UDP receive: %s", exc)
+
+            await receive_batches(sock, read_batch, on_error)
 
     async def _serve_tcp(self, service: ServiceGetter) -> None:
         limit = trio.CapacityLimiter(MAX_TCP_CONNECTIONS)
