@@ -21,6 +21,7 @@ from typing import Final
 import trio
 
 from ..config.values import HostPort
+from ..inbound.listen import open_listening_socket
 from ..inbound.sockopt import SocketSetupError
 from ..sock import EMPTY, FULL, RECV_BATCH, Batch, close_socket, receive_batches
 from .datagram import DatagramQueries
@@ -34,6 +35,7 @@ __all__ = ["DnsListener", "open_dns_listener"]
 MAX_UDP_INFLIGHT: Final = 1024
 MAX_TCP_CONNECTIONS: Final = 256
 TCP_IDLE: Final = 10.0
+TCP_BACKLOG: Final = 128
 # Largest DNS message (16-bit length); also the UDP receive size.
 MAX_MESSAGE: Final = 65535
 
@@ -121,22 +123,15 @@ def open_dns_listener(where: HostPort) -> DnsListener:
     ip = where.ip
     if ip is None:
         raise SocketSetupError(errno.EINVAL, f"dns.listen {where}: not an IP address")
-    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    udp = socket.socket(family, socket.SOCK_DGRAM)
-    tcp = socket.socket(family, socket.SOCK_STREAM)
+
+    def bind(sock_type: int) -> socket.socket:
+        return open_listening_socket(ip, where.port, sock_type, owner="dns.listen",
+                                     where=str(where), backlog=TCP_BACKLOG)  # fmt: skip
+
+    udp = bind(socket.SOCK_DGRAM)
     try:
-        for sock in (udp, tcp):
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.setblocking(False)
-        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        udp.bind((str(ip), where.port))
-        tcp.bind((str(ip), where.port))
-        tcp.listen(128)
-    except OSError as exc:
+        tcp = bind(socket.SOCK_STREAM)
+    except BaseException:
         udp.close()
-        tcp.close()
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        message = f"dns.listen: cannot listen on {where}: {reason}"
-        raise SocketSetupError(exc.errno, message) from None
+        raise
     return DnsListener(where, udp, tcp)
