@@ -125,7 +125,7 @@ def cmd_match(args: argparse.Namespace) -> int:
         except ConfigErrors as exc:
             _print_errors(exc)
             return 1
-        resolved = trio.run(runtime.resolver.resolve, domain)
+        resolved = trio.run(runtime.dns.resolve, domain)
     explanation = explain(router, facts, resolved)
     if args.json:
         print(json.dumps(render_json(explanation), indent=2))

@@ -55,7 +55,8 @@ class Link:
 
 
 def outbound(port: int, mark: int = 0) -> SocksOutbound:
-    return SocksOutbound(SocksConfig(tag="proxy", server=HostPort("127.0.0.1", port), mark=mark))
+    cfg = SocksConfig(tag="proxy", server=HostPort("127.0.0.1", port), mark=mark)
+    return SocksOutbound(cfg, FakeResolver())
 
 
 async def open_link(nursery: trio.Nursery, server: FakeSocksServer, mark: int = 0) -> Link:
@@ -63,7 +64,7 @@ async def open_link(nursery: trio.Nursery, server: FakeSocksServer, mark: int = 
         await nursery.start(server.run)
     ob = udp_capable(outbound(server.port, mark))
     assert ob is not None
-    request = UdpRequest(CLIENT, DNS, bytearray(65536), 5.0, FakeResolver())
+    request = UdpRequest(CLIENT, DNS, bytearray(65536), 5.0)
     link = await ob.open_udp(request)
     assert isinstance(link, SocksUdpLink)
     running = Link(link, server)

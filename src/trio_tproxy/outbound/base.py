@@ -8,7 +8,6 @@ import attrs
 
 from ..addr import SockAddr
 from ..relay import BufferPool, RelayStats, RelayTimeouts
-from ..resolver import Resolver, SystemResolver
 from ..upstreams import (
     DatagramOutbound,
     DatagramSink,
@@ -38,9 +37,6 @@ class FlowContext:
     pool: BufferPool
     timeouts: RelayTimeouts
     handshake_timeout: float
-    # Names outbounds resolve (direct use_ip*, a proxy given by name): the runtime's
-    # resolver, so they follow the built-in DNS once it is configured.
-    resolver: Resolver = attrs.field(factory=SystemResolver)
 
 
 @attrs.define
