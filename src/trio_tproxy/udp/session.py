@@ -212,7 +212,7 @@ class UdpSession:
     def _link_for(self, decision: Decision, outbound: UdpOutbound, first_dst: Endpoint) -> LinkSlot:
         slot = self.links.get(decision.outbound)
         if slot is None or slot.ended is not None:
-            slot = self.links[decision.outbound] = LinkSlot(decision.outbound, decision)
+            slot = self.links[decision.outbound] = LinkSlot(decision)
             self.spawn(self._run_link, slot, outbound, first_dst)
         return slot
 
