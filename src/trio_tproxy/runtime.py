@@ -9,7 +9,7 @@ from .config import Config, Inbound
 from .dns.service import DnsService
 from .geo import GeoData
 from .limits import UdpLimits, pipe_budget
-from .outbound import REGISTRY, FlowContext, Outbound, build_outbounds
+from .outbound import REGISTRY, FlowContext, StreamOutbound, build_outbounds
 from .outbound.dns import DnsOutbound
 from .relay import BufferPool, RelayTimeouts
 from .resolver import LateResolver
@@ -49,7 +49,7 @@ def not_yet_in_effect(cfg: Config) -> list[str]:
 class Runtime:
     config: Config
     router: Router
-    outbounds: dict[str, Outbound]
+    outbounds: dict[str, StreamOutbound]
     flow_context: FlowContext
     own_ports: frozenset[int]
     sniff_excluded: dict[str, DomainMatcher]  # by inbound tag

@@ -16,7 +16,7 @@ from ..config import SocksOutbound as SocksConfig
 from ..dial import DialError, open_tcp
 from ..resolver import Resolver, SystemResolver
 from ..sock import close_socket
-from .base import Destination, FlowContext, Outbound, TcpFlow, Upstream
+from .base import Destination, FlowContext, StreamOutbound, TcpFlow, Upstream
 from .block import BlockOutbound
 from .direct import DirectOutbound
 from .dns import DnsOutbound
@@ -25,7 +25,7 @@ from .socks import SocksOutbound
 
 # dns is structured and checked by config/ already; its implementation plugs in here
 # (issue 7).
-REGISTRY: dict[type[Any], Callable[[Any, Resolver], Outbound]] = {
+REGISTRY: dict[type[Any], Callable[[Any, Resolver], StreamOutbound]] = {
     DirectConfig: DirectOutbound,
     BlockConfig: BlockOutbound,
     SocksConfig: SocksOutbound,
@@ -57,11 +57,11 @@ class UnavailableOutbound:
         raise DialError(0, f"outbound {self.tag!r} ({self.kind}) is not implemented yet")
 
 
-def build_outbounds(cfg: Config, resolver: Resolver | None = None) -> dict[str, Outbound]:
+def build_outbounds(cfg: Config, resolver: Resolver | None = None) -> dict[str, StreamOutbound]:
     """Every configured outbound; ``resolver`` is what they look names up with (the
     runtime's DNS: a proxy given by name, direct's use_ip)."""
     resolver = resolver or SystemResolver()
-    outbounds: dict[str, Outbound] = {}
+    outbounds: dict[str, StreamOutbound] = {}
     for ob in cfg.outbounds:
         factory = REGISTRY.get(type(ob))
         if factory is None:
@@ -72,7 +72,7 @@ def build_outbounds(cfg: Config, resolver: Resolver | None = None) -> dict[str, 
 
 
 __all__ = [
-    "BlockOutbound", "DialError", "DirectOutbound", "FlowContext", "HttpOutbound", "Outbound",
-    "SocksOutbound", "TcpFlow",
+    "BlockOutbound", "DialError", "DirectOutbound", "FlowContext", "HttpOutbound",
+    "SocksOutbound", "StreamOutbound", "TcpFlow",
     "UnavailableOutbound", "build_outbounds", "close_socket", "open_tcp",
 ]  # fmt: skip

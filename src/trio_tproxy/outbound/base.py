@@ -1,4 +1,4 @@
-"""What an outbound's flow carries, and the interface (re-exported from :mod:`.interface`)."""
+"""What an outbound's flow carries, and the interface (re-exported from :mod:`..upstreams`)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,6 @@ from ..upstreams import (
     datagram_capable,
     stream_capable,
 )
-
-# Every outbound offers open_stream; the registry's values have this type.
-Outbound = StreamOutbound
-UdpOutbound = DatagramOutbound
-udp_capable = datagram_capable
 
 
 @attrs.frozen
@@ -61,7 +56,7 @@ class TcpFlow:
 
 __all__ = [
     "DatagramOutbound", "DatagramSink", "Destination", "FlowContext", "FlowRefused",
-    "LocalAnswer", "Outbound", "SocketUpstream", "StreamOutbound", "StreamUpstream",
-    "TcpFlow", "UdpLink", "UdpOutbound", "UdpRequest", "Upstream", "datagram_capable",
-    "stream_capable", "udp_capable",
+    "LocalAnswer", "SocketUpstream", "StreamOutbound", "StreamUpstream",
+    "TcpFlow", "UdpLink", "UdpRequest", "Upstream", "datagram_capable",
+    "stream_capable",
 ]  # fmt: skip
