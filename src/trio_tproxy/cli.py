@@ -26,10 +26,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     from .app import Gateway, warn_not_yet_in_effect
-    from .cache import RouterCache
     from .firewall.apply import FirewallError
     from .inbound.sockopt import SocketSetupError
     from .logs import setup_logging
+    from .router_cache import RouterCache
     from .runtime import Runtime
 
     path = Path(args.config)
@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .cache import RouterCache
+    from .router_cache import RouterCache
     from .runtime import Runtime, not_yet_in_effect
 
     try:
@@ -81,7 +81,6 @@ def cmd_match(args: argparse.Namespace) -> int:
     import ipaddress
     import json
 
-    from .cache import RouterCache
     from .geo import GeoData
     from .route import (
         FlowFacts,
@@ -92,6 +91,7 @@ def cmd_match(args: argparse.Namespace) -> int:
         render_json,
         render_text,
     )
+    from .router_cache import RouterCache
 
     try:
         cfg = load_config(args.config)

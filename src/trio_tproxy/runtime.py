@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import attrs
 
-from .cache import RouterCache
 from .config import Config, Inbound
 from .dns.service import DnsService
 from .geo import GeoData
@@ -22,6 +21,7 @@ from .route import (
     build_domain_matcher,
     compile_router,
 )
+from .router_cache import RouterCache
 from .sniff import Sniffed
 from .splice import PipePool
 
@@ -57,7 +57,7 @@ class Runtime:
     # the dns outbound's and dns.listen's answers.
     dns: DnsService
     udp_limits: UdpLimits  # the UDP session table's (policy.udp_idle, max_udp_sessions, ...)
-    router_cache: RouterCache | None = None  # compiled rules kept on disk (trio_tproxy/cache.py)
+    router_cache: RouterCache | None = None  # compiled rules kept on disk (router_cache.py)
 
     @classmethod
     def build(

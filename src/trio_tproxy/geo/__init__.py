@@ -105,7 +105,7 @@ class GeoData:
         """What a compile cache must see unchanged to reuse results computed from this
         geodata: every file of the rules directory (affiliations scan them all) if
         ``lists``, the database if ``geoip``; and the newest time among them (see
-        ``RACY_NS`` in trio_tproxy/cache.py). None: the rules directory cannot be listed,
+        ``RACY_NS`` in trio_tproxy/router_cache.py). None: the rules directory cannot be listed,
         so a change in it could go unseen: do not cache."""
         tree = tree_stamp(self.rules_dir) if lists else None
         if lists and tree is None:
