@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from trio_tproxy.netlab import cleanup_stale, requirements_met
+from netlab import cleanup_stale, requirements_met
 from trio_tproxy.router_cache import CACHE_ENV
 
 
