@@ -29,8 +29,8 @@ import shutil
 import statistics
 import subprocess
 
-from trio_tproxy.netlab import Lab, requirements_met
-from trio_tproxy.netlab.proxy import ProxyProcess
+from netlab import Lab, requirements_met
+from netlab.proxy import ProxyProcess
 
 NAME_SETS = {"1k names": 1000, "20k names": 20000}
 NAMES = max(NAME_SETS.values())

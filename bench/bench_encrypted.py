@@ -34,16 +34,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import IPERF_PORT, MARK, PORT, dokodemo_inbound, iperf_tcp, start_v2ray, trio_tproxy_config
-from trio_tproxy.firewall.plan import DiversionPlan
-from trio_tproxy.netlab import Lab, requirements_met
-from trio_tproxy.netlab.proxy import ProxyProcess
-from trio_tproxy.netlab.servers import (
+from common import (
+    IPERF_PORT,
+    MARK,
+    PORT,
+    dokodemo_inbound,
+    iperf_tcp,
+    start_v2ray,
+    trio_tproxy_config,
+)
+from netlab import Lab, requirements_met
+from netlab.proxy import ProxyProcess
+from netlab.servers import (
     make_certificate,
     start_http_server,
     start_iperf3_server,
     wait_listening,
 )
+from trio_tproxy.firewall.plan import DiversionPlan
 
 SS_PORT, TROJAN_PORT, WEB_PORT = 8388, 443, 8080
 SS_METHOD, SS_PASSWORD, TROJAN_PASSWORD = "aes-128-gcm", "bench-ss", "bench-trojan"
@@ -56,14 +64,17 @@ def trio_outbound(protocol: str, server: str, ca: Path) -> str:
         return (f'tag = "ss"\ntype = "shadowsocks"\nserver = "{server}:{SS_PORT}"\n'
                 f'method = "{SS_METHOD}"\npassword = "{SS_PASSWORD}"\nmark = {MARK}')  # fmt: skip
     return (f'tag = "tj"\ntype = "trojan"\nserver = "{server}:{TROJAN_PORT}"\n'
-            f'password = "{TROJAN_PASSWORD}"\nsni = "{SNI}"\nca = "{ca}"\nmark = {MARK}')  # fmt: skip
+            f'password = "{TROJAN_PASSWORD}"\nsni = "{SNI}"\nca = "{ca}"\n'
+            f"mark = {MARK}")  # fmt: skip
 
 
 def v2ray_outbound(protocol: str, server: str, ca: Path) -> dict[str, Any]:
     sockopt = {"sockopt": {"mark": MARK}}
     if protocol == "shadowsocks":
-        return {"protocol": "shadowsocks", "streamSettings": sockopt, "settings": {"servers": [{
-            "address": server, "port": SS_PORT, "method": SS_METHOD, "password": SS_PASSWORD}]}}  # fmt: skip
+        server_settings = {"address": server, "port": SS_PORT, "method": SS_METHOD,
+                           "password": SS_PASSWORD}  # fmt: skip
+        return {"protocol": "shadowsocks", "streamSettings": sockopt,
+                "settings": {"servers": [server_settings]}}  # fmt: skip
     return {
         "protocol": "trojan",
         "settings": {"servers": [{"address": server, "port": TROJAN_PORT,
@@ -196,8 +207,10 @@ def main() -> int:
     return 0
 
 
-def report(args: argparse.Namespace, protocols: list[str], tput: dict[Key, list[float]],
-           cpu: dict[Key, list[float]], cps: dict[tuple[str, str], list[float]]) -> None:  # fmt: skip
+def report(
+    args: argparse.Namespace, protocols: list[str], tput: dict[Key, list[float]],
+    cpu: dict[Key, list[float]], cps: dict[tuple[str, str], list[float]],
+) -> None:  # fmt: skip
     print(f"\nmedian of {args.runs} interleaved runs (shared 2-core machine: compare ratios)")
     print(f"iperf3 1 stream {args.seconds}s: Gbit/s, and gateway CPU seconds per Gbit moved")
     print(f"{'outbound':>12} {'dir':>5} {'trio Gb/s':>10} {'v2ray Gb/s':>11} {'ratio':>6} "

@@ -5,7 +5,7 @@
 Uses the shipped rules/ and a country DB built from Tor's geoip files (built into a
 temporary directory if --mmdb is not given and /usr/share/tor/geoip exists; otherwise
 geoip:cn is left out). `trio-tproxy match` is timed as a user runs it (a new process),
-without, before and with its compile cache (trio_tproxy/cache.py). Prints medians of
+without, before and with its compile cache (trio_tproxy/router_cache.py). Prints medians of
 --runs runs, and ratios against a naive reference measured in the same run (every regexp
 searched per flow, and a linear scan over the CIDRs), as bench/ files do.
 """
@@ -26,11 +26,11 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
-from trio_tproxy.cache import CACHE_ENV
 from trio_tproxy.config import parse_config_text
 from trio_tproxy.geo import CountryDB, GeoData, build_country_mmdb
 from trio_tproxy.route import FlowFacts, IpSet, Router, compile_router
 from trio_tproxy.route.conditions import IpCondition
+from trio_tproxy.router_cache import CACHE_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """

@@ -36,10 +36,10 @@ from common import (
     start_v2ray,
     trio_tproxy_config,
 )
+from netlab import Lab, requirements_met
+from netlab.proxy import ProxyProcess
+from netlab.servers import start_http_server, start_iperf3_server, wait_listening
 from trio_tproxy.firewall.plan import DiversionPlan
-from trio_tproxy.netlab import Lab, requirements_met
-from trio_tproxy.netlab.proxy import ProxyProcess
-from trio_tproxy.netlab.servers import start_http_server, start_iperf3_server, wait_listening
 
 SOCKS_PORT = 1080
 WEB_PORT = 8080

@@ -27,10 +27,10 @@ import time
 from collections.abc import Callable
 
 from common import IPERF_PORT, MARK, PORT, start_v2ray, trio_tproxy_config, v2ray_direct
+from netlab import Lab, requirements_met
+from netlab.proxy import ProxyProcess
+from netlab.servers import start_iperf3_server
 from trio_tproxy.firewall.plan import DiversionPlan
-from trio_tproxy.netlab import Lab, requirements_met
-from trio_tproxy.netlab.proxy import ProxyProcess
-from trio_tproxy.netlab.servers import start_iperf3_server
 
 TRIO_TPROXY = trio_tproxy_config('["tcp", "udp"]')
 V2RAY = v2ray_direct("tcp,udp")

@@ -7,8 +7,8 @@ import json
 import subprocess
 from typing import Any
 
-from trio_tproxy.netlab import Lab
-from trio_tproxy.netlab.servers import wait_listening
+from netlab import Lab
+from netlab.servers import wait_listening
 
 PORT = 12345
 MARK = 255

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from trio_tproxy.cache import CACHE_ENV
-from trio_tproxy.netlab import cleanup_stale, requirements_met
+from netlab import cleanup_stale, requirements_met
+from trio_tproxy.router_cache import CACHE_ENV
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -27,11 +27,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     from .app import Gateway, warn_not_yet_in_effect
-    from .cache import RouterCache
     from .caps import refusals
     from .firewall.apply import FirewallError
     from .inbound.sockopt import SocketSetupError
     from .logs import setup_logging
+    from .router_cache import RouterCache
     from .runtime import Runtime
 
     path = Path(args.config)
@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .cache import RouterCache
+    from .router_cache import RouterCache
     from .runtime import Runtime, not_yet_in_effect
 
     try:
@@ -87,7 +87,6 @@ def cmd_match(args: argparse.Namespace) -> int:
     import ipaddress
     import json
 
-    from .cache import RouterCache
     from .geo import GeoData
     from .route import (
         FlowFacts,
@@ -98,6 +97,7 @@ def cmd_match(args: argparse.Namespace) -> int:
         render_json,
         render_text,
     )
+    from .router_cache import RouterCache
 
     try:
         cfg = load_config(args.config)
@@ -131,7 +131,7 @@ def cmd_match(args: argparse.Namespace) -> int:
         except ConfigErrors as exc:
             _print_errors(exc)
             return 1
-        resolved = trio.run(runtime.resolver.resolve, domain)
+        resolved = trio.run(runtime.dns.resolve, domain)
     explanation = explain(router, facts, resolved)
     group = _group_of(cfg, explanation.decision.outbound)
     if args.json:

@@ -6,10 +6,10 @@ we say at start what the limit allows.
 
 UDP: The UDP session table's limits, and its counters. Pure.
 
-Defaults (config/schema.py ``PolicyConfig``): sessions idle for 120 s end (Xray's cone
-timeout; v2ray's 8 s is the "sessions dying after seconds" complaint of
-v2ray-core#1432), at most 4096 sessions and 1024 reply sockets, least recently active
-first out.
+The defaults are ``PolicyConfig``'s alone (config/schema.py): ``udp_idle`` is Xray's cone
+timeout (v2ray's 8 s is the "sessions dying after seconds" complaint of
+v2ray-core#1432); beyond ``max_udp_sessions`` / ``max_reply_sockets`` the least recently
+active goes first.
 """
 
 from __future__ import annotations
@@ -75,9 +75,11 @@ MAX_FLOWS_PER_SESSION: Final = 1024
 
 @attrs.frozen
 class UdpLimits:
-    idle: float = 120.0
-    max_sessions: int = 4096
-    max_reply_sockets: int = 1024
+    """The table's limits, from the policy section (whose defaults are the only ones)."""
+
+    idle: float
+    max_sessions: int
+    max_reply_sockets: int
 
     @classmethod
     def from_policy(cls, policy: PolicyConfig) -> UdpLimits:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import attrs
 
-from .cache import RouterCache
 from .config import GROUP_TYPES, Config, Inbound
 from .dns.service import DnsService
 from .geo import GeoData
 from .limits import UdpLimits, pipe_budget
-from .outbound import REGISTRY, FlowContext, GroupState, Outbound, build_outbounds
+from .outbound import REGISTRY, FlowContext, GroupState, StreamOutbound, build_outbounds
 from .outbound.dns import DnsOutbound
 from .outbound.health import HealthBook
 from .relay import BufferPool, RelayTimeouts
-from .resolver import LateResolver, Resolver
+from .resolver import LateResolver
 from .route import (
     Decision,
     DomainMatcher,
@@ -23,6 +22,7 @@ from .route import (
     build_domain_matcher,
     compile_router,
 )
+from .router_cache import RouterCache
 from .sniff import Sniffed
 from .splice import PipePool
 
@@ -47,14 +47,15 @@ def not_yet_in_effect(cfg: Config) -> list[str]:
 class Runtime:
     config: Config
     router: Router
-    outbounds: dict[str, Outbound]
-    resolver: Resolver
+    outbounds: dict[str, StreamOutbound]
     flow_context: FlowContext
     own_ports: frozenset[int]
     sniff_excluded: dict[str, DomainMatcher]  # by inbound tag
-    dns: DnsService  # the splitter: also `resolver`, the dns outbound's and dns.listen's
+    # The splitter: the resolver of routing and of the outbounds (through a LateResolver),
+    # the dns outbound's and dns.listen's answers.
+    dns: DnsService
     udp_limits: UdpLimits  # the UDP session table's (policy.udp_idle, max_udp_sessions, ...)
-    router_cache: RouterCache | None = None  # compiled rules kept on disk (trio_tproxy/cache.py)
+    router_cache: RouterCache | None = None  # compiled rules kept on disk (router_cache.py)
     # Group probe history and choices: a reload passes the running one on.
     groups: GroupState = attrs.field(factory=GroupState)
 
@@ -94,7 +95,6 @@ class Runtime:
         for outbound in outbounds.values():
             if isinstance(outbound, DnsOutbound):
                 outbound.attach(dns)
-        resolver: Resolver = dns
         late.target = dns
         ctx = FlowContext(
             pool=BufferPool(
@@ -107,14 +107,12 @@ class Runtime:
                 downlink_only=policy.downlink_only.seconds,
             ),
             handshake_timeout=policy.handshake.seconds,
-            resolver=resolver,  # outbounds resolve through the same resolver as routing
         )
         own_ports = frozenset(ib.port for ib in cfg.inbounds) | {a.port for a in cfg.dns.listen}
         return cls(
             config=cfg,
             router=router,
             outbounds=outbounds,
-            resolver=resolver,
             flow_context=ctx,
             own_ports=frozenset(own_ports),
             sniff_excluded=excluded,
@@ -129,7 +127,7 @@ class Runtime:
         outcome = self.router.decide(facts)
         if isinstance(outcome, NeedIps):
             assert facts.domain is not None
-            outcome = self.router.decide(facts, await self.resolver.resolve(facts.domain))
+            outcome = self.router.decide(facts, await self.dns.resolve(facts.domain))
         assert not isinstance(outcome, NeedIps)
         return outcome
 

@@ -23,7 +23,6 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from .addr import Endpoint, SockAddr
-from .resolver import Resolver, SystemResolver
 
 
 @attrs.frozen
@@ -144,8 +143,6 @@ class UdpRequest:
     # await in between (the datagram is copied out before anyone else reads).
     buffer: bytearray
     handshake_timeout: float
-    # Looks up a proxy given by name (socks): the runtime's resolver.
-    resolver: Resolver = attrs.field(factory=SystemResolver)
 
 
 class UdpLink(Protocol):

@@ -11,9 +11,9 @@ from pathlib import Path
 import attrs
 import pytest
 
+from netlab import Lab, Netns, requirements_met
+from netlab.proxy import ProxyProcess
 from trio_tproxy.firewall.plan import DiversionPlan
-from trio_tproxy.netlab import Lab, Netns, requirements_met
-from trio_tproxy.netlab.proxy import ProxyProcess
 
 PEERS = Path(__file__).with_name("peers.py")
 TPROXY_PORT = 12345

@@ -16,8 +16,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from trio_tproxy.netlab import Lab, requirements_met
-from trio_tproxy.netlab.proxy import ProxyProcess
+from netlab import Lab, requirements_met
+from netlab.proxy import ProxyProcess
 
 from ..dns.servers import (
     HEALTH_CHECK_NAME,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trio_tproxy.netlab import Lab, Netns
-from trio_tproxy.netlab.proxy import ProxyProcess
+from netlab import Lab, Netns
+from netlab.proxy import ProxyProcess
 
 from .conftest import ECHO, PROXY_MARK, TPROXY_PORT, run_client
 from .test_udp_gateway import start_udp_server, udp_peer

@@ -23,9 +23,9 @@ from pathlib import Path
 import attrs
 import pytest
 
-from trio_tproxy.netlab import Lab, ServerNode
-from trio_tproxy.netlab.servers import TestCertificate as Certificate
-from trio_tproxy.netlab.servers import make_certificate, start_http_server
+from netlab import Lab, ServerNode
+from netlab.servers import TestCertificate as Certificate
+from netlab.servers import make_certificate, start_http_server
 
 from ..outbound.upstream_servers import needs_sing_box, needs_ss_server, needs_trojan, sing_box_path
 from .conftest import PROXY_MARK, TPROXY_PORT, Gateway

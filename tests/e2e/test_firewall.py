@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from trio_tproxy.netlab import Lab, Netns
-from trio_tproxy.netlab.proxy import ProxyProcess
-from trio_tproxy.netlab.servers import HttpServer, start_http_server, wait_listening
+from netlab import Lab, Netns
+from netlab.proxy import ProxyProcess
+from netlab.servers import HttpServer, start_http_server, wait_listening
 
 pytestmark = pytest.mark.netns
 

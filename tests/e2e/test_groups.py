@@ -23,10 +23,10 @@ from pathlib import Path
 import attrs
 import pytest
 
+from netlab import Lab
+from netlab.proxy import ProxyProcess
+from netlab.servers import wait_listening
 from trio_tproxy.config import parse_config_text
-from trio_tproxy.netlab import Lab
-from trio_tproxy.netlab.proxy import ProxyProcess
-from trio_tproxy.netlab.servers import wait_listening
 from trio_tproxy.outbound import GroupOutbound
 from trio_tproxy.runtime import Runtime
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from trio_tproxy.netlab import Lab, Netns, ServerNode
-from trio_tproxy.netlab.servers import HttpServer, start_http_server, wait_listening
+from netlab import Lab, Netns, ServerNode
+from netlab.servers import HttpServer, start_http_server, wait_listening
 
 from .conftest import PEERS, PROXY_MARK, SOURCE, TPROXY_PORT, Gateway
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_tproxy.netlab.servers import make_certificate, start_http_server
+from netlab.servers import make_certificate, start_http_server
 
 from .conftest import BANNER, ECHO, Gateway, proxy_config, start_peer
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_tproxy.netlab.servers import start_http_server
+from netlab.servers import start_http_server
 
 from .conftest import ECHO, HALFCLOSE, PEERS, SLOW, SOURCE, Gateway, proxy_config
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from trio_tproxy.netlab import Lab, Netns
-from trio_tproxy.netlab.proxy import ProxyProcess
-from trio_tproxy.netlab.servers import start_iperf3_server, wait_listening
+from netlab import Lab, Netns
+from netlab.proxy import ProxyProcess
+from netlab.servers import start_iperf3_server, wait_listening
 
 from .conftest import TPROXY_PORT, Gateway, lab_plan, proxy_config
 

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from trio_tproxy.netlab import Netns, requirements_met, scratch_namespace
+from netlab import Netns, requirements_met, scratch_namespace
 
 
 @pytest.fixture

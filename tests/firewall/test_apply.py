@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_tproxy.netlab import Netns
+from netlab import Netns
 
 pytestmark = pytest.mark.netns
 

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from netlab import Netns
 from trio_tproxy.firewall import (
     RESERVED_V4,
     RESERVED_V6,
@@ -13,7 +14,6 @@ from trio_tproxy.firewall import (
     render_iptables,
     render_iptables_removal,
 )
-from trio_tproxy.netlab import Netns
 
 LOCAL = DiversionPlan(
     tproxy_port=12345,

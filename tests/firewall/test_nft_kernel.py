@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from netlab import Netns
 from trio_tproxy.firewall import (
     RESERVED_V4,
     RESERVED_V6,
@@ -15,7 +16,6 @@ from trio_tproxy.firewall import (
     render_nft,
     render_nft_removal,
 )
-from trio_tproxy.netlab import Netns
 
 pytestmark = pytest.mark.netns
 

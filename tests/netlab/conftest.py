@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_tproxy.netlab import Lab, requirements_met
+from netlab import Lab, requirements_met
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from netlab import Lab
+from netlab.servers import start_http_server, wait_listening
 from trio_tproxy.firewall import DiversionPlan
-from trio_tproxy.netlab import Lab
-from trio_tproxy.netlab.servers import start_http_server, wait_listening
 
 pytestmark = pytest.mark.netns
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trio_tproxy.netlab import Lab, Netns, cleanup_stale, list_namespaces, requirements_met
-from trio_tproxy.netlab.servers import start_http_server
+from netlab import Lab, Netns, cleanup_stale, list_namespaces, requirements_met
+from netlab.servers import start_http_server
 
 pytestmark = pytest.mark.netns
 
@@ -115,7 +115,7 @@ def test_setup_and_teardown_are_fast() -> None:
 
 def test_a_failed_setup_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     _skip_without_netns()
-    from trio_tproxy.netlab import lab as lab_module
+    from netlab import lab as lab_module
 
     created: list[str] = []
     real_batch = lab_module._ip_batch
@@ -135,7 +135,7 @@ def test_a_failed_setup_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 _ABANDON = """
 import os, signal, sys
-from trio_tproxy.netlab import Lab
+from netlab import Lab
 lab = Lab.create(prefix=sys.argv[1])
 print(" ".join(node.name for node in lab.nodes), flush=True)
 if sys.argv[2] == "crash":

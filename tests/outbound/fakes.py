@@ -32,11 +32,10 @@ class FakeResolver:
         return self.answers.get(domain, ())
 
 
-def context(handshake: float = 5.0, resolver: FakeResolver | None = None) -> FlowContext:
+def context(handshake: float = 5.0) -> FlowContext:
     return FlowContext(
-        pool=BufferPool(65536), timeouts=RelayTimeouts(idle=10), handshake_timeout=handshake,
-        resolver=resolver or FakeResolver(),
-    )  # fmt: skip
+        pool=BufferPool(65536), timeouts=RelayTimeouts(idle=10), handshake_timeout=handshake
+    )
 
 
 def make_flow(proxy_side: socket.socket, dst: SockAddr, domain: str | None = None,
@@ -44,13 +43,13 @@ def make_flow(proxy_side: socket.socket, dst: SockAddr, domain: str | None = Non
     return TcpFlow(proxy_side, dst, domain, prefix, ctx or context())
 
 
-async def run_flow(outbound: object, flow: TcpFlow) -> None:
+async def run_flow(outbound: object, flow: TcpFlow, resolver: FakeResolver | None = None) -> None:
     """What the session does with a routed flow: open the outbound's stream, relay.
-    The outbound resolves through the flow context's resolver, as the runtime's do."""
+    The outbound resolves through ``resolver`` (as the runtime's through its DNS)."""
     from trio_tproxy.session import carry
 
     if hasattr(outbound, "resolver"):
-        outbound.resolver = flow.ctx.resolver
+        outbound.resolver = resolver or FakeResolver()
     await carry(flow, outbound)
 
 

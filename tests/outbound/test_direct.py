@@ -14,7 +14,7 @@ from trio_tproxy.config import DirectOutbound as DirectConfig
 from trio_tproxy.inbound.sockopt import SO_MARK
 from trio_tproxy.outbound import DirectOutbound
 
-from .fakes import FakeResolver, context, make_flow
+from .fakes import FakeResolver, make_flow
 
 Pairs = Callable[[], tuple[socket.socket, socket.socket]]
 V4 = ipaddress.IPv4Address("127.0.0.1")
@@ -88,9 +88,7 @@ async def test_domain_strategy(  # noqa: PLR0917
     resolver = FakeResolver(RESOLVER)  # type: ignore[arg-type]
     _, proxy_side = tcp_pairs()
     ob = DirectOutbound(DirectConfig(tag="direct", domain_strategy=strategy))  # type: ignore[arg-type]
-    flow = make_flow(
-        proxy_side, (ORIGINAL, servers.port), domain=domain, ctx=context(resolver=resolver)
-    )
+    flow = make_flow(proxy_side, (ORIGINAL, servers.port), domain=domain)
     ob.resolver = resolver
     upstream = await ob.connect(flow.destination, timeout=5)
     with upstream:
@@ -106,8 +104,7 @@ async def test_direct_socket_carries_the_mark(tcp_pairs: Pairs, servers: Servers
     _, proxy_side = tcp_pairs()
     ob = DirectOutbound(DirectConfig(tag="direct", mark=77, domain_strategy="use_ip"))  # type: ignore[arg-type]
     resolver = FakeResolver(RESOLVER)  # type: ignore[arg-type]
-    flow = make_flow(proxy_side, (ORIGINAL, servers.port), domain="dual.test",
-                     ctx=context(resolver=resolver))  # fmt: skip
+    flow = make_flow(proxy_side, (ORIGINAL, servers.port), domain="dual.test")
     ob.resolver = resolver
     with await ob.connect(flow.destination, timeout=5) as upstream:
         assert upstream.getsockopt(socket.SOL_SOCKET, SO_MARK) == 77

@@ -390,7 +390,7 @@ async def test_probe_over_https(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     """An https:// probe URL: TLS through the member's stream, the name verified."""
     import ssl
 
-    from trio_tproxy.netlab.servers import make_certificate
+    from netlab.servers import make_certificate
 
     cert = make_certificate(tmp_path, ("probe.test",))
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

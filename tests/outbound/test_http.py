@@ -12,7 +12,7 @@ import trio
 from trio_tproxy.config import HttpOutbound as HttpConfig
 from trio_tproxy.config.values import HostPort
 from trio_tproxy.outbound import DialError, HttpOutbound
-from trio_tproxy.outbound.base import udp_capable
+from trio_tproxy.outbound.base import datagram_capable
 from trio_tproxy.relay import send_all
 
 from .fakes import FakeHttpProxy, context, make_flow, recv_exactly, run_flow
@@ -101,4 +101,4 @@ async def test_silent_proxy_costs_the_handshake_timeout(tcp_pairs: Pairs) -> Non
 
 def test_http_has_no_udp() -> None:
     # the UDP session table refuses (and logs) flows to outbounds without open_udp
-    assert udp_capable(outbound(3128)) is None
+    assert datagram_capable(outbound(3128)) is None

@@ -170,8 +170,8 @@ async def test_proxy_given_by_name_is_resolved(tcp_pairs: Pairs) -> None:
     resolver = FakeResolver({"proxy.lan": [ipaddress.IPv4Address("127.0.0.1")]})
     async with trio.open_nursery() as nursery:
         server = await start(nursery, FakeSocksServer())
-        flow = make_flow(proxy_side, DST, ctx=context(resolver=resolver))
-        nursery.start_soon(run_flow, outbound(server.port, host="proxy.lan"), flow)
+        flow = make_flow(proxy_side, DST)
+        nursery.start_soon(run_flow, outbound(server.port, host="proxy.lan"), flow, resolver)
         await send_all(app, b"x")
         assert await recv_exactly(app, 1) == b"x"
         nursery.cancel_scope.cancel()

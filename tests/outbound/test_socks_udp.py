@@ -17,7 +17,7 @@ from trio_tproxy.config import SocksOutbound as SocksConfig
 from trio_tproxy.config.values import HostPort
 from trio_tproxy.inbound.sockopt import SO_MARK
 from trio_tproxy.outbound import DialError, SocksOutbound
-from trio_tproxy.outbound.base import UdpRequest, udp_capable
+from trio_tproxy.outbound.base import UdpRequest, datagram_capable
 from trio_tproxy.outbound.socks_udp import SocksUdpLink
 
 from .fakes import FakeResolver, FakeSocksServer, wait_until
@@ -55,15 +55,16 @@ class Link:
 
 
 def outbound(port: int, mark: int = 0) -> SocksOutbound:
-    return SocksOutbound(SocksConfig(tag="proxy", server=HostPort("127.0.0.1", port), mark=mark))
+    cfg = SocksConfig(tag="proxy", server=HostPort("127.0.0.1", port), mark=mark)
+    return SocksOutbound(cfg, FakeResolver())
 
 
 async def open_link(nursery: trio.Nursery, server: FakeSocksServer, mark: int = 0) -> Link:
     if not server.port:
         await nursery.start(server.run)
-    ob = udp_capable(outbound(server.port, mark))
+    ob = datagram_capable(outbound(server.port, mark))
     assert ob is not None
-    request = UdpRequest(CLIENT, DNS, bytearray(65536), 5.0, FakeResolver())
+    request = UdpRequest(CLIENT, DNS, bytearray(65536), 5.0)
     link = await ob.open_udp(request)
     assert isinstance(link, SocksUdpLink)
     running = Link(link, server)

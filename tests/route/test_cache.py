@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-import trio_tproxy.cache as cache_module
 import trio_tproxy.route.compile as compile_module
-from trio_tproxy.cache import CACHE_ENV, RouterCache
+import trio_tproxy.router_cache as cache_module
 from trio_tproxy.cli import main
 from trio_tproxy.config import Config, ConfigErrors
 from trio_tproxy.geo import GeoData
 from trio_tproxy.route import FlowFacts, Router, compile_router, explain, parse_target, render_json
+from trio_tproxy.router_cache import CACHE_ENV, RouterCache
 
 from .conftest import LISTS, write_lists
 

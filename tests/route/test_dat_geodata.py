@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import trio_tproxy.cache as cache_module
 import trio_tproxy.route.compile as compile_module
-from trio_tproxy.cache import CACHE_ENV, RouterCache
+import trio_tproxy.router_cache as cache_module
 from trio_tproxy.cli import main
 from trio_tproxy.config import Config, parse_config_text
 from trio_tproxy.geo import GeoData, Ranges, build_country_mmdb
@@ -30,6 +29,7 @@ from trio_tproxy.geo.dlc import valid_list_name
 from trio_tproxy.geo.geoip import CountryDB
 from trio_tproxy.geo.geosite import GeositeLoader
 from trio_tproxy.route import FlowFacts, Router, compile_router, explain, parse_target, render_text
+from trio_tproxy.router_cache import CACHE_ENV, RouterCache
 from trio_tproxy.runtime import not_yet_in_effect
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,8 @@ order, expect_ips, hosts), :mod:`.http1` (DoH's HTTP/1.1), :mod:`.reverse` (addr
 domain). With trio: :mod:`.cache`, :mod:`.dialer` + :mod:`.upstream` (asking one
 server), :mod:`.serverset` (the configured servers and their routes), :mod:`.service`
 (the splitter), :mod:`.answer` (client messages -> replies), :mod:`.server` +
-:mod:`.stream` (the ``dns.listen`` listener, DNS over TCP).
+:mod:`.stream` + :mod:`.datagram` (the ``dns.listen`` listener, DNS over TCP and UDP,
+shared with the ``dns`` outbound).
 
 This file imports nothing, so the pure modules load without trio.
 """

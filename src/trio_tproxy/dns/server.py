@@ -7,7 +7,7 @@ client retries) and at most :data:`MAX_TCP_CONNECTIONS` TCP clients are served, 
 idle for at most :data:`TCP_IDLE` seconds (RFC 7766 section 6.2.3 asks for seconds).
 
 Answers the cache or ``hosts`` can give are sent from the receive loop itself; only
-queries that need an upstream get a task of their own.
+queries that need an upstream get a task of their own (:mod:`.datagram`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from typing import Final
 
 import trio
 
-from ..caps import bind_refusal
 from ..config.values import HostPort
+from ..inbound.listen import open_listening_socket
 from ..inbound.sockopt import SocketSetupError
+from ..sock import EMPTY, FULL, RECV_BATCH, Batch, close_socket, receive_batches
+from .datagram import DatagramQueries
 from .service import DnsService
 from .stream import serve_dns_stream
 
@@ -31,10 +33,9 @@ log = logging.getLogger("trio_tproxy.dns.server")
 __all__ = ["DnsListener", "open_dns_listener"]
 
 MAX_UDP_INFLIGHT: Final = 1024
-# Datagrams handled before yielding to other tasks (fairness under a flood).
-UDP_BATCH: Final = 64
 MAX_TCP_CONNECTIONS: Final = 256
 TCP_IDLE: Final = 10.0
+TCP_BACKLOG: Final = 128
 # Largest DNS message (16-bit length); also the UDP receive size.
 MAX_MESSAGE: Final = 65535
 
@@ -50,9 +51,7 @@ class DnsListener:
         self.tcp = trio.socket.from_stdlib_socket(tcp)
 
     def close(self) -> None:
-        if self.udp.fileno() >= 0:
-            trio.lowlevel.notify_closing(self.udp)
-            self.udp.close()
+        close_socket(self.udp)
         if self.tcp.fileno() >= 0:
             self.tcp.close()
 
@@ -70,45 +69,30 @@ class DnsListener:
 
     async def _serve_udp(self, service: ServiceGetter) -> None:
         sock = self.udp
-        inflight = 0
-        dropped_logged = False
 
-        async def answer(data: bytes, peer: tuple[object, ...]) -> None:
-            nonlocal inflight
-            try:
-                reply = await service().answer(data, udp=True)
-            finally:
-                inflight -= 1
-            if reply is not None:
-                self._reply(reply, peer)
+        def overloaded(waiting: int) -> None:
+            log.warning("dns: %d queries wait for upstreams; dropping more", waiting)
 
         async with trio.open_nursery() as nursery:
-            while True:
-                for _ in range(UDP_BATCH):
+            queries = DatagramQueries[tuple[object, ...]](
+                nursery, service, self._reply, limit=MAX_UDP_INFLIGHT, on_overload=overloaded
+            )
+
+            def read_batch() -> Batch | OSError:
+                for _ in range(RECV_BATCH):
                     try:
                         data, peer = sock.recvfrom(MAX_MESSAGE)
                     except BlockingIOError:
-                        break
-                    except OSError as exc:  # ICMP errors of earlier replies surface here
-                        log.debug("dns: UDP receive: %s", exc)
-                        continue
-                    quick = service().answer_now(data, udp=True)
-                    if quick is not None:
-                        self._reply(quick, peer)
-                        continue
-                    if inflight >= MAX_UDP_INFLIGHT:
-                        if not dropped_logged:
-                            log.warning("dns: %d queries wait for upstreams; dropping more",
-                                        inflight)  # fmt: skip
-                            dropped_logged = True
-                        continue
-                    dropped_logged = False
-                    inflight += 1
-                    nursery.start_soon(answer, data, peer)
-                else:  # a full batch: let the other tasks run before the next one
-                    await trio.lowlevel.checkpoint()
-                    continue
-                await trio.lowlevel.wait_readable(sock)
+                        return EMPTY
+                    except OSError as exc:
+                        return exc
+                    queries.take(data, peer)
+                return FULL
+
+            def on_error(exc: OSError) -> None:  # ICMP errors of earlier replies
+                log.debug("dns: UDP receive: %s", exc)
+
+            await receive_batches(sock, read_batch, on_error)
 
     async def _serve_tcp(self, service: ServiceGetter) -> None:
         limit = trio.CapacityLimiter(MAX_TCP_CONNECTIONS)
@@ -139,24 +123,15 @@ def open_dns_listener(where: HostPort) -> DnsListener:
     ip = where.ip
     if ip is None:
         raise SocketSetupError(errno.EINVAL, f"dns.listen {where}: not an IP address")
-    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    udp = socket.socket(family, socket.SOCK_DGRAM)
-    tcp = socket.socket(family, socket.SOCK_STREAM)
+
+    def bind(sock_type: int) -> socket.socket:
+        return open_listening_socket(ip, where.port, sock_type, owner="dns.listen",
+                                     where=str(where), backlog=TCP_BACKLOG)  # fmt: skip
+
+    udp = bind(socket.SOCK_DGRAM)
     try:
-        for sock in (udp, tcp):
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.setblocking(False)
-        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        udp.bind((str(ip), where.port))
-        tcp.bind((str(ip), where.port))
-        tcp.listen(128)
-    except OSError as exc:
+        tcp = bind(socket.SOCK_STREAM)
+    except BaseException:
         udp.close()
-        tcp.close()
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        message = f"dns.listen: cannot listen on {where}: {reason}"
-        if refusal := bind_refusal(exc.errno or 0, where.port):
-            message = f"dns.listen {where}: {refusal}"
-        raise SocketSetupError(exc.errno, message) from None
+        raise
     return DnsListener(where, udp, tcp)

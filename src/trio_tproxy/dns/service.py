@@ -18,11 +18,13 @@ No servers configured means v2ray's implicit ``localhost``: the system resolver.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import secrets
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import attrs
 import trio
@@ -56,7 +58,7 @@ from .policy import (
     select_servers,
 )
 from .reverse import ReverseMap
-from .serverset import ServerSet
+from .serverset import Server, ServerSet
 
 log = logging.getLogger("trio_tproxy.dns")
 
@@ -76,6 +78,7 @@ class _Forwarded:
 
 
 _Key = tuple[str | int | bool, ...]
+_T = TypeVar("_T")
 
 
 class DnsService:
@@ -154,7 +157,7 @@ class DnsService:
             self.reverse.learn(name, result.addresses)
 
     async def _fetch(self, name: str, qtype: int, *, bootstrap: bool = False) -> Resolution:
-        result = await self._walk(name, qtype, bootstrap=bootstrap)
+        result = await self._ask_addresses(name, qtype, bootstrap=bootstrap)
         if result.rcode in (NOERROR, NXDOMAIN):
             negative = not result.addresses
             stored = self.cache.put(
@@ -163,25 +166,45 @@ class DnsService:
             result = attrs.evolve(result, ttl=stored or self.cache.ttl_for(result.ttl))
         return result
 
-    async def _walk(self, name: str, qtype: int, *, bootstrap: bool) -> Resolution:
-        if not self.servers:
-            return await self._system(name, qtype)
+    async def _walk(
+        self,
+        name: str,
+        query: Callable[[int], bytes],
+        judge: Callable[[Server, bytes, int], _T | None],
+        *,
+        bootstrap: bool = False,
+    ) -> _T | None:
+        """Ask the servers for ``name`` in splitter order until ``judge`` accepts a reply.
+
+        ``query(qid)`` is the message to send; ``judge(server, reply, qid)`` returns the
+        result, or None to ask the next server, or raises BadMessage (logged; the next).
+        """
         for index in select_servers(name, self.plans, disable_fallback=self._disable_fallback):
             server = self.servers[index]
             if bootstrap and server.endpoint.scheme in ("tls", "https"):
                 continue  # resolving a server's own name must not need another such server
             qid = secrets.randbits(16)
-            reply = await self.servers.ask(server, build_query(name, qtype, qid))
+            reply = await self.servers.ask(server, query(qid))
             if reply is None:
                 continue
             try:
-                answer = parse_answer(reply, qid, name, qtype)
+                result = judge(server, reply, qid)
             except BadMessage as exc:
                 log.debug("%s: bad answer for %s: %s", server.endpoint, name, exc)
                 continue
+            if result is not None:
+                return result
+        return None
+
+    async def _ask_addresses(self, name: str, qtype: int, *, bootstrap: bool) -> Resolution:
+        if not self.servers:
+            return await self._system(name, qtype)
+
+        def judge(server: Server, reply: bytes, qid: int) -> Resolution | None:
+            answer = parse_answer(reply, qid, name, qtype)
             if answer.truncated:
                 log.debug("%s: truncated answer for %s even over TCP", server.endpoint, name)
-                continue
+                return None
             if answer.rcode != NOERROR or not answer.addresses:
                 return Resolution(answer.rcode, (), answer.ttl)
             kept = filter_expected(answer.addresses, server.plan.expect_ips)
@@ -189,7 +212,11 @@ class DnsService:
                 return Resolution(NOERROR, kept, answer.ttl)
             log.debug("%s: %s %s answers outside expect_ips: %s", server.endpoint, name,
                       qtype_name(qtype), ", ".join(map(str, answer.addresses)))  # fmt: skip
-        return Resolution(SERVFAIL, (), 0)
+            return None
+
+        query = functools.partial(build_query, name, qtype)
+        result = await self._walk(name, query, judge, bootstrap=bootstrap)
+        return Resolution(SERVFAIL, (), 0) if result is None else result
 
     async def _system(self, name: str, qtype: int) -> Resolution:
         family = socket.AF_INET if qtype == QTYPE_A else socket.AF_INET6
@@ -250,26 +277,18 @@ class DnsService:
     async def _forward_fetch(self, query: Query, key: _Key) -> bytes | None:
         if not self.servers:
             return None  # the system resolver answers addresses only
-        for index in select_servers(query.name, self.plans,
-                                    disable_fallback=self._disable_fallback):  # fmt: skip
-            server = self.servers[index]
-            qid = secrets.randbits(16)
-            reply = await self.servers.ask(server, with_id(query.raw, qid))
-            if reply is None:
-                continue
-            try:
-                check_forwarded(reply, qid, query)
-                ttl = forwarded_ttl(reply)
-            except BadMessage as exc:
-                log.debug("%s: bad answer for %s: %s", server.endpoint, query.name, exc)
-                continue
+
+        def judge(server: Server, reply: bytes, qid: int) -> bytes:
+            check_forwarded(reply, qid, query)
+            ttl = forwarded_ttl(reply)
             rcode = reply[3] & 0x0F
             if rcode in (NOERROR, NXDOMAIN):
                 negative = int.from_bytes(reply[6:8], "big") == 0
                 now = trio.current_time()
                 self.cache.put(key, _Forwarded(now, reply), ttl, now, negative=negative)
             return reply
-        return None
+
+        return await self._walk(query.name, functools.partial(with_id, query.raw), judge)
 
 
 def _forward_key(query: Query) -> _Key:

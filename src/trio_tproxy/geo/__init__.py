@@ -185,7 +185,7 @@ class GeoData:
         every file of the rules directory (affiliations scan them all) if a ``geosite:``
         entry reads it, else the geosite .dat; every ext .dat named; the database or
         geoip .dat if an IP list reads it; and the newest time among them (see
-        ``RACY_NS`` in trio_tproxy/cache.py). None: the rules directory cannot be listed,
+        ``RACY_NS`` in trio_tproxy/router_cache.py). None: the rules directory cannot be listed,
         so a change in it could go unseen: do not cache."""
         files: set[Path] = set()
         tree = None

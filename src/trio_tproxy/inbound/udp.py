@@ -24,10 +24,9 @@ import logging
 import socket
 from collections.abc import Callable
 
-import trio
-
 from ..addr import Endpoint
 from ..config import Inbound
+from ..sock import EMPTY, FULL, RECV_BATCH, Batch, receive_batches
 from . import gso
 from .listen import open_inbound_socket
 from .sockopt import (
@@ -47,9 +46,6 @@ DatagramHandler = Callable[[memoryview, Endpoint, Endpoint | None, bool], None]
 DATAGRAM_BUFFER = 65536
 # struct sockaddr_in6 (28 bytes) in one cmsg, with room to spare (v2ray uses 256).
 ANCILLARY_SIZE = socket.CMSG_SPACE(28) * 2
-# Datagrams read per wake-up before yielding to other tasks: enough to amortise the
-# scheduler round trip, few enough that one busy socket cannot starve the others.
-RECV_BATCH = 64
 # Receive buffer of every socket that carries datagrams (listener, reply, upstream):
 # room for bursts while the one Python thread is busy elsewhere or starved of CPU. At
 # 200 Mbit/s of 1.4 kB datagrams (~2.3 kB of kernel memory each) 8 MiB is ~200 ms. A
@@ -63,7 +59,6 @@ IP_ORIGDSTADDR = IP_RECVORIGDSTADDR  # the cmsg type has the option's number
 # enum machinery, a measurable share of the per-datagram cost.
 MSG_TRUNC = int(socket.MSG_TRUNC)
 IPV6_ORIGDSTADDR = IPV6_RECVORIGDSTADDR
-_ERROR_PAUSE = 0.01  # after an unexpected receive error: never spin on a broken socket
 _MEMO_SIZE = 4096  # parsed addresses remembered per socket
 
 
@@ -129,33 +124,14 @@ async def receive_datagrams(
 
     ``buffer`` may be shared by every receiving task: the handler runs synchronously
     and must copy what it keeps, so no other task can overwrite it in between. Each
-    batch is a GSO batch (udp/gso.py): what the handlers send is coalesced while it
+    batch is a GSO batch (inbound/gso.py): what the handlers send is coalesced while it
     runs and leaves when it ends.
     """
-    reader = _BatchReader(sock, buffer, handler)
-    while True:
-        gso.open_batch()
-        try:
-            outcome = reader.read_batch()
-        finally:
-            gso.close_batch()
-        if outcome is _FULL:
-            await trio.lowlevel.checkpoint()  # a full batch: let the other sockets run
-            continue
-        if isinstance(outcome, OSError):
-            if sock.fileno() < 0:
-                return
-            log.warning("receive error on %s: %s", _name(sock), outcome.strerror or outcome)
-            await trio.sleep(_ERROR_PAUSE)
-            continue
-        try:
-            await trio.lowlevel.wait_readable(sock)
-        except (trio.ClosedResourceError, OSError):
-            return
 
+    def on_error(exc: OSError) -> None:
+        log.warning("receive error on %s: %s", _name(sock), exc.strerror or exc)
 
-_FULL = object()  # read_batch() read RECV_BATCH datagrams; more may be waiting
-_EMPTY = object()  # read_batch() drained the socket
+    await receive_batches(sock, _BatchReader(sock, buffer, handler).read_batch, on_error)
 
 
 class _BatchReader:
@@ -170,15 +146,22 @@ class _BatchReader:
         self.destinations: dict[tuple[int, int, bytes], Endpoint | None] = {}
         self.sources: dict[tuple[object, ...], Endpoint] = {}
 
-    def read_batch(self) -> object:
-        """Read and handle up to RECV_BATCH datagrams: _FULL, _EMPTY or the OSError."""
+    def read_batch(self) -> Batch | OSError:
+        """Read and handle up to RECV_BATCH datagrams, as one GSO batch."""
+        gso.open_batch()
+        try:
+            return self._read()
+        finally:
+            gso.close_batch()
+
+    def _read(self) -> Batch | OSError:
         sock, buffers, view, handler = self.sock, self.buffers, self.view, self.handler
         destinations, sources = self.destinations, self.sources
         for _ in range(RECV_BATCH):
             try:
                 size, ancdata, flags, sockaddr = sock.recvmsg_into(buffers, ANCILLARY_SIZE)
             except BlockingIOError:
-                return _EMPTY
+                return EMPTY
             except OSError as exc:
                 return exc
             if len(ancdata) == 1:
@@ -198,7 +181,7 @@ class _BatchReader:
                     sources.clear()
                 sources[sockaddr] = src
             handler(view[:size], src, dst, flags & MSG_TRUNC != 0)
-        return _FULL
+        return FULL
 
 
 def _name(sock: socket.socket) -> str:

@@ -18,7 +18,7 @@ from ..config import TrojanOutbound as TrojanConfig
 from ..dial import DialError, open_tcp
 from ..resolver import Resolver, SystemResolver
 from ..sock import close_socket
-from .base import Destination, FlowContext, Outbound, TcpFlow, Upstream
+from .base import Destination, FlowContext, StreamOutbound, TcpFlow, Upstream
 from .block import BlockOutbound
 from .direct import DirectOutbound
 from .dns import DnsOutbound
@@ -30,7 +30,7 @@ from .trojan import TrojanOutbound
 
 # dns is structured and checked by config/ already; its implementation plugs in here
 # (issue 7).
-REGISTRY: dict[type[Any], Callable[[Any, Resolver], Outbound]] = {
+REGISTRY: dict[type[Any], Callable[[Any, Resolver], StreamOutbound]] = {
     DirectConfig: DirectOutbound,
     BlockConfig: BlockOutbound,
     SocksConfig: SocksOutbound,
@@ -66,13 +66,13 @@ class UnavailableOutbound:
 
 def build_outbounds(
     cfg: Config, resolver: Resolver | None = None, groups: GroupState | None = None
-) -> dict[str, Outbound]:
+) -> dict[str, StreamOutbound]:
     """Every configured outbound; ``resolver`` is what they look names up with (the
     runtime's DNS: a proxy given by name, direct's use_ip); ``groups``: the group state
     a reload keeps (probe history, choices)."""
     resolver = resolver or SystemResolver()
     groups = groups or GroupState()
-    outbounds: dict[str, Outbound] = {}
+    outbounds: dict[str, StreamOutbound] = {}
     errors: list[ConfigError] = []
     for i, ob in enumerate(cfg.outbounds):
         factory = REGISTRY.get(type(ob))
@@ -99,8 +99,20 @@ def _reason(exc: Exception) -> str:
 
 
 __all__ = [
-    "BlockOutbound", "DialError", "DirectOutbound", "FlowContext", "GroupOutbound",
-    "GroupState", "HttpOutbound", "Outbound",
-    "ShadowsocksOutbound", "SocksOutbound", "TcpFlow", "TrojanOutbound",
-    "UnavailableOutbound", "build_outbounds", "close_socket", "open_tcp",
+    "BlockOutbound",
+    "DialError",
+    "DirectOutbound",
+    "FlowContext",
+    "GroupOutbound",
+    "GroupState",
+    "HttpOutbound",
+    "ShadowsocksOutbound",
+    "SocksOutbound",
+    "StreamOutbound",
+    "TcpFlow",
+    "TrojanOutbound",
+    "UnavailableOutbound",
+    "build_outbounds",
+    "close_socket",
+    "open_tcp",
 ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""What an outbound's flow carries, and the interface (re-exported from :mod:`.interface`)."""
+"""What an outbound's flow carries, and the interface (re-exported from :mod:`..upstreams`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import attrs
 
 from ..addr import SockAddr
 from ..relay import BufferPool, RelayStats, RelayTimeouts
-from ..resolver import Resolver, SystemResolver
 from ..upstreams import (
     DatagramOutbound,
     DatagramSink,
@@ -25,11 +24,6 @@ from ..upstreams import (
     stream_capable,
 )
 
-# Every outbound offers open_stream; the registry's values have this type.
-Outbound = StreamOutbound
-UdpOutbound = DatagramOutbound
-udp_capable = datagram_capable
-
 
 @attrs.frozen
 class FlowContext:
@@ -38,9 +32,6 @@ class FlowContext:
     pool: BufferPool
     timeouts: RelayTimeouts
     handshake_timeout: float
-    # Names outbounds resolve (direct use_ip*, a proxy given by name): the runtime's
-    # resolver, so they follow the built-in DNS once it is configured.
-    resolver: Resolver = attrs.field(factory=SystemResolver)
 
 
 @attrs.define
@@ -66,7 +57,7 @@ class TcpFlow:
 
 __all__ = [
     "DatagramOutbound", "DatagramSink", "Destination", "FlowContext", "FlowRefused",
-    "LocalAnswer", "Outbound", "SocketUpstream", "StreamOutbound", "StreamUpstream",
-    "TcpFlow", "UdpLink", "UdpOutbound", "UdpRequest", "Upstream", "datagram_capable",
-    "stream_capable", "udp_capable",
+    "LocalAnswer", "SocketUpstream", "StreamOutbound", "StreamUpstream",
+    "TcpFlow", "UdpLink", "UdpRequest", "Upstream", "datagram_capable",
+    "stream_capable",
 ]  # fmt: skip

@@ -24,6 +24,7 @@ import trio
 from ..addr import Endpoint
 from ..config import DnsOutbound as DnsConfig
 from ..dial import DialError
+from ..dns.datagram import DatagramQueries
 from ..dns.stream import serve_dns_stream
 from ..upstreams import ClientStream
 from .base import DatagramSink, Destination, LocalAnswer, UdpLink, UdpRequest
@@ -90,7 +91,6 @@ class DnsLink:
     def __init__(self, service: DnsService) -> None:
         self._service = service
         self._send, self._queries = trio.open_memory_channel[tuple[bytes, Endpoint]](MAX_PENDING)
-        self._pending = 0
 
     def send(self, payload: memoryview, dst: Endpoint, domain: str | None) -> str | None:
         try:
@@ -104,22 +104,13 @@ class DnsLink:
     async def receive(self, deliver: DatagramSink) -> None:
         service = self._service
 
-        async def answer(data: bytes, dst: Endpoint) -> None:
-            try:
-                reply = await service.answer(data, udp=True)
-            finally:
-                self._pending -= 1
-            if reply is not None:
-                deliver(memoryview(reply), dst)
+        def reply(answer: bytes, dst: Endpoint) -> None:
+            deliver(memoryview(answer), dst)
 
         async with trio.open_nursery() as nursery:
+            queries = DatagramQueries[Endpoint](nursery, lambda: service, reply, limit=MAX_PENDING)
             async for data, dst in self._queries:
-                quick = service.answer_now(data, udp=True)
-                if quick is not None:
-                    deliver(memoryview(quick), dst)
-                elif self._pending < MAX_PENDING:
-                    self._pending += 1
-                    nursery.start_soon(answer, data, dst)
+                queries.take(data, dst)
 
     def close(self) -> None:
         self._send.close()

@@ -172,7 +172,7 @@ class ShadowsocksOutbound:
         ip = self.ip
         if ip is None:
             with trio.move_on_after(request.handshake_timeout):
-                ips = await request.resolver.resolve(self.host)
+                ips = await self.resolver.resolve(self.host)
                 ip = ips[0] if ips else None
             if ip is None:
                 raise DialError(errno.EHOSTUNREACH, f"{self.name}: cannot resolve {self.host!r}")

@@ -165,8 +165,8 @@ class SocksOutbound:
         # (and NAT on the way to the proxy may rewrite it anyway).
         control, reply, _ = await socks_open(
             self.server, proto.CMD_UDP_ASSOCIATE, ipaddress.IPv4Address(0), 0,
-            resolver=request.resolver, timeout=request.handshake_timeout,
+            resolver=self.resolver, timeout=request.handshake_timeout,
         )  # fmt: skip
         return await SocksUdpLink.start(
-            self.server.name, control, reply, request.resolver, self.server.mark, request.buffer
+            self.server.name, control, reply, self.resolver, self.server.mark, request.buffer
         )

@@ -30,20 +30,26 @@ from ..addr import Endpoint, SockAddr, unmap
 from ..dial import DialError, ip_literal
 from ..inbound.sockopt import set_mark
 from ..resolver import Resolver
-from ..sock import addr_to_sockaddr, close_socket, family_of, sockaddr_to_addr
+from ..sock import (
+    EMPTY,
+    FULL,
+    RECV_BATCH,
+    Batch,
+    addr_to_sockaddr,
+    close_socket,
+    family_of,
+    receive_batches,
+    sockaddr_to_addr,
+)
 from . import socks_proto as proto
 from .base import DatagramSink
+from .udp_map import ReplyMap
 
 log = logging.getLogger("trio_tproxy.outbound.socks_udp")
 
 # Keepalive on the control connection: probes after 30 s of silence, every 10 s, three
 # misses -> the association is declared dead after about a minute.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
-# As inbound/udp.py: replies read per wake-up before yielding to other tasks.
-RECV_BATCH = 64
-# Remotes sent to by address, remembered to tell their replies from those of a name's
-# resolved address (see _remote); beyond this many, new ones are not remembered.
-MAX_REMEMBERED = 1024
 
 
 @attrs.define
@@ -71,9 +77,7 @@ class SocksUdpLink:
         self._buffer = buffer
         # Datagrams sent by name (a sniffed domain): the proxy resolves it, and the
         # reply comes from an address the client never addressed; it is mapped back.
-        self._by_name: dict[tuple[str, int], Endpoint] = {}
-        self._by_port: dict[int, Endpoint] = {}
-        self._by_address: set[Endpoint] = set()
+        self._replies = ReplyMap()
 
     @classmethod
     async def start(  # noqa: PLR0917
@@ -108,15 +112,8 @@ class SocksUdpLink:
         """One datagram to ``domain`` (ATYP 3, resolved by the proxy) or ``dst``."""
         if self.closed:
             return "association closed"
-        host: proto.Host
-        if domain is not None:
-            host = domain
-            self._by_name[(domain, dst[1])] = dst
-            self._by_port[dst[1]] = dst
-        else:
-            host = ip_literal(dst[0]) or dst[0]
-            if len(self._by_address) < MAX_REMEMBERED:
-                self._by_address.add(dst)
+        host: proto.Host = domain if domain is not None else (ip_literal(dst[0]) or dst[0])
+        self._replies.sent(dst, domain)
         try:
             self.udp.send(proto.encode_udp(host, dst[1], payload))
         except BlockingIOError:
@@ -169,33 +166,30 @@ class SocksUdpLink:
             # Nothing is defined on the control connection after the reply: ignore it.
 
     async def _receive(self, deliver: DatagramSink) -> None:
-        udp, buffer = self.udp, self._buffer
+        udp, buffer, counters, parse = self.udp, self._buffer, self.counters, self._parse
         view = memoryview(buffer)
-        while not self.closed:
+
+        def read_batch() -> Batch | OSError:
             for _ in range(RECV_BATCH):
                 try:
                     size = udp.recv_into(buffer)
                 except BlockingIOError:
-                    break
+                    return EMPTY
                 except OSError as exc:
-                    if self.closed or udp.fileno() < 0:
-                        return
-                    # An ICMP error for an earlier datagram (ECONNREFUSED): the relay
-                    # may come back; the control connection decides when we are done.
-                    log.debug("%s: relay %s: %s", self.name, self.relay, exc)
-                    break
-                parsed = self._parse(view[:size])
+                    return exc
+                parsed = parse(view[:size])
                 if parsed is not None:
                     header, remote = parsed
-                    self.counters.received += 1
+                    counters.received += 1
                     deliver(view[header:size], remote)
-            else:
-                await trio.lowlevel.checkpoint()  # a flood must not starve the rest
-                continue
-            try:
-                await trio.lowlevel.wait_readable(udp)
-            except (trio.ClosedResourceError, OSError):
-                return
+            return FULL
+
+        def on_error(exc: OSError) -> None:
+            # An ICMP error for an earlier datagram (ECONNREFUSED): the relay may come
+            # back; the control connection decides when we are done.
+            log.debug("%s: relay %s: %s", self.name, self.relay, exc)
+
+        await receive_batches(udp, read_batch, on_error)
 
     def _parse(self, datagram: memoryview) -> tuple[int, Endpoint] | None:
         try:
@@ -208,25 +202,11 @@ class SocksUdpLink:
             self.counters.fragments += 1
             log.debug("%s: dropped a fragment (FRAG %d)", self.name, frag)
             return None
-        remote = self._remote(host, port)
+        remote = self._replies.remote(host, port)
         if remote is None:
             self.counters.malformed += 1
             log.debug("%s: dropped a reply from %s, a name never sent to", self.name, host)
         return None if remote is None else (header, remote)
-
-    def _remote(self, host: proto.Host, port: int) -> Endpoint | None:
-        """The address the client must see this reply from.
-
-        A reply naming a name we sent to, or coming from an address we never sent to
-        on a port we sent to by name, answers that datagram: it is mapped back to the
-        destination the client addressed. Anything else is its own remote (full cone).
-        """
-        if isinstance(host, str):
-            return self._by_name.get((host, port))
-        remote = (str(unmap(host)), port)
-        if self._by_port and remote not in self._by_address:
-            return self._by_port.get(port, remote)
-        return remote
 
 
 async def _relay_address(

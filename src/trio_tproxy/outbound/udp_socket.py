@@ -20,23 +20,19 @@ import socket
 import time
 from typing import Final
 
-import trio
-
 from ..addr import Endpoint
 from ..addr import show as show_addr
 from ..dial import DialError
 from ..inbound import gso
 from ..inbound.sockopt import set_mark
 from ..inbound.udp import RCVBUF, set_buffer
-from ..sock import close_socket
+from ..sock import EMPTY, FULL, RECV_BATCH, Batch, close_socket, receive_batches
 from .base import DatagramSink
 
 ROUTE_CACHE_TTL: Final = 5.0  # seconds; a route change is seen by new links this fast
 ROUTE_CACHE_SIZE: Final = 1024
 # The send buffer absorbs a burst handed over in one batch (64 x 64 KiB at most).
 UPSTREAM_SNDBUF: Final = 4 << 20
-RECV_BATCH: Final = 64  # as inbound/udp.py: replies read per wake-up before yielding
-ERROR_PAUSE: Final = 0.01
 
 _route_cache: dict[tuple[int, str, int], tuple[str, float]] = {}
 
@@ -106,37 +102,25 @@ class SocketLink:
         return self._out.send(payload, dst)
 
     async def receive(self, deliver: DatagramSink) -> None:
-        while True:
-            gso.open_batch()  # the replies delivered below go out together (udp/gso.py)
-            try:
-                outcome = self._read_batch(deliver)
-            finally:
-                gso.close_batch()
-            if outcome == "full":
-                await trio.lowlevel.checkpoint()
-                continue
-            if outcome == "error":
-                if self.sock.fileno() < 0:
-                    return
-                await trio.sleep(ERROR_PAUSE)  # never spin on a broken socket
-                continue
-            try:
-                await trio.lowlevel.wait_readable(self.sock)
-            except (trio.ClosedResourceError, OSError):
-                return
-
-    def _read_batch(self, deliver: DatagramSink) -> str:
         sock, buffer = self.sock, self._buffer
         view = memoryview(buffer)
-        for _ in range(RECV_BATCH):
+
+        def read_batch() -> Batch | OSError:
+            gso.open_batch()  # the replies delivered below go out together (inbound/gso.py)
             try:
-                size, sockaddr = sock.recvfrom_into(buffer)
-            except BlockingIOError:
-                return "empty"
-            except OSError:
-                return "error"
-            deliver(view[:size], (sockaddr[0], sockaddr[1]))
-        return "full"
+                for _ in range(RECV_BATCH):
+                    try:
+                        size, sockaddr = sock.recvfrom_into(buffer)
+                    except BlockingIOError:
+                        return EMPTY
+                    except OSError as exc:
+                        return exc
+                    deliver(view[:size], (sockaddr[0], sockaddr[1]))
+                return FULL
+            finally:
+                gso.close_batch()
+
+        await receive_batches(sock, read_batch)
 
     def close(self) -> None:
         close_socket(self.sock)

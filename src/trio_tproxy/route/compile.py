@@ -42,7 +42,7 @@ from .facts import normalize_domain
 from .ipset import IpSet
 
 if TYPE_CHECKING:
-    from ..cache import RouterCache
+    from ..router_cache import RouterCache
 
 __all__ = ["build_domain_matcher", "build_ip_set", "compile_router", "geoip_codes"]
 
@@ -227,7 +227,7 @@ def compile_router(
     nothing on all-new names (figures in bench/bench_route.py).
 
     ``cache``: where to find the domain index and country ranges compiled from the same
-    inputs before, and to keep them after a successful compile (see trio_tproxy/cache.py).
+    inputs before, and to keep them after a successful compile (see trio_tproxy/router_cache.py).
     """
     rules_cfg = cfg.routing.rules
     codes = {c for r in rules_cfg for c in geoip_codes([*r.ip, *r.source])}
@@ -299,7 +299,7 @@ def _build_index(  # noqa: PLR0917 - one caller
 def _cache_material(
     cfg: Config, geo: GeoData, codes: set[str], cache_size: int, decisive: int
 ) -> tuple[object, int] | None:
-    """Everything the cached part of a compile reads (see trio_tproxy/cache.py), and the
+    """Everything the cached part of a compile reads (see trio_tproxy/router_cache.py), and the
     newest file time among it; None if that cannot be told (do not cache)."""
     files = geo.stamp([e for r in cfg.routing.rules for e in r.domain], codes)
     if files is None:

@@ -64,7 +64,7 @@ class Entries:
 class PackedEntries:
     """The same as stored in a compile cache: each entry's origin is one int,
     (index into ``sites`` of its (config entry, list file)) << 32 | line. Unpickling
-    35,000 named tuples was most of a cache load's time (trio_tproxy/cache.py)."""
+    35,000 named tuples was most of a cache load's time (trio_tproxy/router_cache.py)."""
 
     full: dict[str, int]
     suffix: dict[str, int]

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from typing import Final
 
 from . import bittorrent, http, quic, tls
-from .base import NEED_MORE, NOT_THIS, NeedMore, NotThis, Sniffed, SniffOutcome, to_domain
 from .bittorrent import sniff_bittorrent, sniff_dht, sniff_utp
 from .dns import sniff_dns
 from .http import sniff_http
+from .outcome import NEED_MORE, NOT_THIS, NeedMore, NotThis, Sniffed, SniffOutcome, to_domain
 from .quic import sniff_quic
 from .tls import parse_client_hello, sniff_tls
 

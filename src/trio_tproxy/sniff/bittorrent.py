@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Final, TypeAlias
 
-from .base import NEED_MORE, NOT_THIS, Sniffed, SniffOutcome
+from .outcome import NEED_MORE, NOT_THIS, Sniffed, SniffOutcome
 
 __all__ = [
     "DHT_MAX_PEEK",

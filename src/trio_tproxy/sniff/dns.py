@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from .base import NOT_THIS, Sniffed, SniffOutcome, to_domain
+from .outcome import NOT_THIS, Sniffed, SniffOutcome, to_domain
 
 __all__ = ["MAX_PEEK", "PROTOCOL", "sniff_dns"]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from .base import NEED_MORE, NOT_THIS, Sniffed, SniffOutcome, to_domain
+from .outcome import NEED_MORE, NOT_THIS, Sniffed, SniffOutcome, to_domain
 
 __all__ = ["MAX_PEEK", "PROTOCOL", "sniff_http"]
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from .base import NEED_MORE, NOT_THIS, Sniffed, SniffOutcome
+from .outcome import NEED_MORE, NOT_THIS, Sniffed, SniffOutcome
 from .quic_initial import initial_payloads, read_varint
 from .tls import (
     HANDSHAKE_HEADER_LEN,

@@ -22,7 +22,7 @@ import functools
 import struct
 from typing import Final
 
-from .base import NEED_MORE, NOT_THIS, NotThis, Sniffed, SniffOutcome, to_domain
+from .outcome import NEED_MORE, NOT_THIS, NotThis, Sniffed, SniffOutcome, to_domain
 
 __all__ = ["MAX_CLIENT_HELLO", "MAX_PEEK", "PROTOCOL", "parse_client_hello", "sniff_tls"]
 

@@ -85,8 +85,7 @@ class UdpFlow:
 class LinkSlot:
     """One outbound's link for a session: opening (datagrams queue), open, or ended."""
 
-    tag: str
-    decision: Decision
+    decision: Decision  # its outbound is this link's
     link: UdpLink | None = None
     queue: list[tuple[UdpFlow, bytes]] = attrs.field(factory=list)
     queued_bytes: int = 0

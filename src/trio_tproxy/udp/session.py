@@ -33,7 +33,7 @@ from ..addr import show as show_addr
 from ..config import Inbound
 from ..inbound.sockopt import is_local_address
 from ..limits import MAX_FLOWS_PER_SESSION, UdpCounters
-from ..outbound.base import UdpOutbound, UdpRequest, udp_capable
+from ..outbound.base import DatagramOutbound, UdpRequest, datagram_capable
 from ..route import Decision, FlowFacts
 from ..runtime import Runtime
 from ..sniff import MAX_DATAGRAMS, NOT_THIS, Sniffed, sniff_datagrams
@@ -177,7 +177,7 @@ class UdpSession:
         )
         record.decision = decision = await rt.decide(facts)
         flow.dial_domain = None if inbound.sniffing.route_only else override
-        outbound = udp_capable(rt.outbounds[decision.outbound])
+        outbound = datagram_capable(rt.outbounds[decision.outbound])
         if outbound is None:
             kind = rt.config.outbound(decision.outbound).TYPE
             flow.state = FlowState.DROP
@@ -209,14 +209,18 @@ class UdpSession:
             if scope.cancelled_caught:
                 return None
 
-    def _link_for(self, decision: Decision, outbound: UdpOutbound, first_dst: Endpoint) -> LinkSlot:
+    def _link_for(
+        self, decision: Decision, outbound: DatagramOutbound, first_dst: Endpoint
+    ) -> LinkSlot:
         slot = self.links.get(decision.outbound)
         if slot is None or slot.ended is not None:
-            slot = self.links[decision.outbound] = LinkSlot(decision.outbound, decision)
+            slot = self.links[decision.outbound] = LinkSlot(decision)
             self.spawn(self._run_link, slot, outbound, first_dst)
         return slot
 
-    async def _run_link(self, slot: LinkSlot, outbound: UdpOutbound, first_dst: Endpoint) -> None:
+    async def _run_link(
+        self, slot: LinkSlot, outbound: DatagramOutbound, first_dst: Endpoint
+    ) -> None:
         timeout = self.runtime.flow_context.handshake_timeout
         request = UdpRequest(self.client, first_dst, self.env.buffer, timeout)
         try:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-logger = logging.getLogger("trio_tproxy.netlab.namespace")
+logger = logging.getLogger("netlab.namespace")
 
 _N = TypeVar("_N", bound="Netns")
 

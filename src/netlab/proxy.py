@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from trio_tproxy.netlab.namespace import Netns
+from netlab.namespace import Netns
 
 READY_MARK = "ready:"
 _POLL = 0.02

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from trio_tproxy.netlab.lab import ClientNode, GatewayNode, Lab, ServerNode
-from trio_tproxy.netlab.namespace import (
+from netlab.lab import ClientNode, GatewayNode, Lab, ServerNode
+from netlab.namespace import (
     CommandError,
     Netns,
     cleanup_stale,
     list_namespaces,
     scratch_namespace,
 )
-from trio_tproxy.netlab.requirements import requirements_met
+from netlab.requirements import requirements_met
 
 __all__ = [
     "ClientNode",

@@ -7,9 +7,9 @@ import os
 import shutil
 import subprocess
 
+from netlab.namespace import scratch_namespace
 from trio_tproxy.firewall.nft import render_nft
 from trio_tproxy.firewall.plan import DiversionPlan
-from trio_tproxy.netlab.namespace import scratch_namespace
 
 _TOOLS = ("ip", "nft", "sysctl", "ss")
 # Exercises every kernel feature the rulesets use: nf_tables inet, fib, socket,

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from netlab.namespace import Netns, Reservation, run_checked
 from trio_tproxy.firewall.nft import (
     render_ip_rules,
     render_ip_rules_removal,
@@ -27,7 +28,6 @@ from trio_tproxy.firewall.nft import (
     render_nft_removal,
 )
 from trio_tproxy.firewall.plan import DiversionPlan
-from trio_tproxy.netlab.namespace import Netns, Reservation, run_checked
 
 UNREACHABLE_NET4 = "10.77.9.0/24"
 UNREACHABLE_NET6 = "fd77:9::/64"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import attrs
 
-from trio_tproxy.netlab.namespace import Netns
+from netlab.namespace import Netns
 
 _START_TIMEOUT = 5.0
 _POLL_INTERVAL = 0.01

@@ -1,15 +1,15 @@
-"""`python -m trio_tproxy.netlab cleanup [--prefix tpt]`: sweep a crashed run's namespaces."""
+"""`python -m netlab cleanup [--prefix tpt]`: sweep a crashed run's namespaces."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from trio_tproxy.netlab.namespace import cleanup_stale
+from netlab.namespace import cleanup_stale
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trio_tproxy.netlab")
+    parser = argparse.ArgumentParser(prog="python -m netlab")
     commands = parser.add_subparsers(dest="command", required=True)
     cleanup = commands.add_parser(
         "cleanup", help="delete PREFIX-XXXXXX-R namespaces whose owning process is gone"

@@ -1,4 +1,4 @@
-"""``python -m trio_tproxy.netlab.demo``: a sandboxed gateway you can watch.
+"""``python -m netlab.demo``: a sandboxed gateway you can watch.
 
 Builds a LAN in three network namespaces (client -- gateway -- server), diverts the
 client's traffic on the gateway with `trio-tproxy firewall apply` (nftables TPROXY),
@@ -15,10 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trio_tproxy.netlab import Lab, requirements_met
-from trio_tproxy.netlab.namespace import CommandError, Netns
-from trio_tproxy.netlab.proxy import ProxyProcess
-from trio_tproxy.netlab.servers import start_http_server
+from netlab import Lab, requirements_met
+from netlab.namespace import CommandError, Netns
+from netlab.proxy import ProxyProcess
+from netlab.servers import start_http_server
 
 PORT = 12345
 MARK = 255
@@ -29,7 +29,7 @@ def demo_config(lab: Lab) -> str:
     lan4 = ipaddress.ip_interface(f"{lab.client.ip4}/24").network
     lan6 = ipaddress.ip_interface(f"{lab.client.ip6}/64").network
     return f"""
-# The demo gateway's configuration (written by trio_tproxy.netlab.demo).
+# The demo gateway's configuration (written by netlab.demo).
 [log]
 level = "info"
 access = true
@@ -128,7 +128,7 @@ def run_demo() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trio_tproxy.netlab.demo",
+    parser = argparse.ArgumentParser(prog="python -m netlab.demo",
                                      description=__doc__.split("\n\n")[1])  # fmt: skip
     parser.parse_args(argv)
     return run_demo()
