@@ -87,8 +87,9 @@ class Runtime:
         }
         policy = cfg.policy
         late = LateResolver()  # the outbounds resolve through the DNS built after them
+        late_direct = LateResolver()  # ... and proxies find their servers without proxies
         groups = groups or GroupState()
-        outbounds = build_outbounds(cfg, late, groups)
+        outbounds = build_outbounds(cfg, late, groups, server_resolver=late_direct)
         # The built-in DNS resolves for everything (routing, outbounds, the dns outbound
         # and listener); with no dns.servers it asks the system resolver, as v2ray does.
         dns = DnsService(cfg, geo, router, outbounds)
@@ -96,6 +97,7 @@ class Runtime:
             if isinstance(outbound, DnsOutbound):
                 outbound.attach(dns)
         late.target = dns
+        late_direct.target = dns.direct
         ctx = FlowContext(
             pool=BufferPool(
                 policy.buffer_size,

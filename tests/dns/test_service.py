@@ -345,3 +345,61 @@ async def test_repeated_queries_reuse_a_ready_reply_briefly(
     service.hosts = make_service('[dns.hosts]\n"router.lan" = "192.168.1.2"\n').hosts
     later = service.answer_now(query("router.lan", qid=4), udp=True)
     assert addresses(DNSRecord.parse(later or b"")) == ["192.168.1.2"]
+
+
+async def test_proxy_server_names_are_resolved_only_by_direct_servers(
+    make_service: MakeService, fake_dns: MakeFake
+) -> None:
+    """A proxy's own server name is never looked up through a proxy (it could be the one
+    asking): servers routed through an outbound that is not direct are skipped."""
+    proxied, direct = fake_dns(FOREIGN), fake_dns(DOMESTIC)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    extra = (f'[[outbounds]]\ntag = "proxy"\ntype = "socks"\n'
+             f'server = "127.0.0.1:{silent.getsockname()[1]}"\n')  # fmt: skip
+    service = make_service("\n".join([
+        server(f"127.0.0.1:{proxied.port}", 'outbound = "proxy"', 'timeout = "3s"'),
+        server(f"127.0.0.1:{direct.port}"),
+    ]), extra=extra)  # fmt: skip
+    with trio.fail_after(1):  # the proxied server (a silent proxy) would take 3 s
+        assert await service.direct.resolve("x.com") == (ip("10.1.0.2"),)
+    assert proxied.count("x.com") == 0
+    silent.close()
+
+
+async def test_proxy_server_names_fall_back_to_the_system_resolver(
+    make_service: MakeService, fake_dns: MakeFake
+) -> None:
+    proxied = fake_dns(FOREIGN)
+    service = make_service(server(f"127.0.0.1:{proxied.port}", 'outbound = "block"'))
+    assert ip("127.0.0.1") in await service.direct.resolve("localhost")
+    assert proxied.count("localhost") == 0
+
+
+def test_proxy_outbounds_find_their_server_without_proxies(tmp_path: object) -> None:
+    from trio_tproxy.config import parse_config_text
+    from trio_tproxy.resolver import LateResolver
+    from trio_tproxy.runtime import Runtime
+
+    cfg = parse_config_text("""
+[[inbounds]]
+tag = "in"
+type = "tproxy"
+port = 12345
+[[outbounds]]
+tag = "direct"
+type = "direct"
+[[outbounds]]
+tag = "ss"
+type = "shadowsocks"
+server = "ss.example.net:8388"
+method = "aes-128-gcm"
+password = "pw"
+[dns]
+servers = [{ address = "192.0.2.53", outbound = "ss" }]
+""")
+    rt = Runtime.build(cfg)
+    ss, direct = rt.outbounds["ss"], rt.outbounds["direct"]
+    assert isinstance(ss.resolver, LateResolver) and ss.resolver.target is rt.dns.direct  # type: ignore[attr-defined]
+    assert direct.resolver.target is rt.dns  # type: ignore[attr-defined]

@@ -26,7 +26,7 @@ from ..config.errors import ConfigError, ConfigErrors
 from ..config.schema import DnsServerConfig
 from ..resolver import Resolver
 from ..route import FlowFacts, Router
-from .dialer import DialerUnavailable, UpstreamDialer, UpstreamError, dialer_for
+from .dialer import DialerUnavailable, DirectDialer, UpstreamDialer, UpstreamError, dialer_for
 from .policy import ServerPlan
 from .upstream import Endpoint, Route, Upstream, make_upstream
 
@@ -124,6 +124,21 @@ class ServerSet:
         if outbound is None:
             raise DialerUnavailable(f"no outbound {tag!r}")
         return ip, dialer_for(outbound, self._resolver)
+
+    async def routed_direct(self, server: Server) -> bool:
+        """Do this server's queries leave from this host itself (a direct outbound)?"""
+        try:
+            if server.route is None or server.endpoint.ip is None:
+                server.route = await self._route(server)
+        except (DialerUnavailable, UpstreamError):
+            return False
+        return isinstance(server.route[1], DirectDialer)
+
+    async def any_direct(self) -> bool:
+        for server in self.servers:
+            if await self.routed_direct(server):
+                return True
+        return False
 
     async def ask(self, server: Server, query: bytes) -> bytes | None:
         """The server's reply, or None (timeout or failure, logged)."""

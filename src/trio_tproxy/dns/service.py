@@ -105,6 +105,7 @@ class DnsService:
         self.inflight: Inflight[_Key, Resolution | bytes | None] = Inflight()
         self.reverse: ReverseMap | None = ReverseMap() if dns.reverse_mapping else None
         self.clients = ClientAnswers(self)
+        self.direct = DirectNames(self)
 
     @property
     def uses_system_resolver(self) -> bool:
@@ -112,13 +113,17 @@ class DnsService:
 
     # -- the Resolver interface ------------------------------------------------------
 
-    async def resolve(self, domain: str) -> Sequence[IPAddress]:
-        """Addresses of ``domain`` for routing: A and/or AAAA per query_strategy."""
+    async def resolve(self, domain: str, *, direct_only: bool = False) -> Sequence[IPAddress]:
+        """Addresses of ``domain`` for routing: A and/or AAAA per query_strategy.
+
+        ``direct_only``: ask only servers whose queries leave directly (a proxy's own
+        server name must never be looked up through that proxy); the system resolver
+        when none does."""
         name = normalize_domain(domain)
         found: dict[int, tuple[IPAddress, ...]] = {}
 
         async def one(qtype: int) -> None:
-            found[qtype] = (await self.lookup(name, qtype)).addresses
+            found[qtype] = (await self.lookup(name, qtype, direct_only=direct_only)).addresses
 
         async with trio.open_nursery() as nursery:
             for qtype in self._qtypes:
@@ -127,11 +132,16 @@ class DnsService:
 
     # -- A/AAAA through the splitter ----------------------------------------------------
 
-    async def lookup(self, name: str, qtype: int) -> Resolution:
+    async def lookup(self, name: str, qtype: int, *, direct_only: bool = False) -> Resolution:
         found = self.lookup_now(name, qtype)
         if isinstance(found, Resolution):
             return found
-        result = await self.inflight.run(("ip", found, qtype), lambda: self._fetch(found, qtype))
+        # Its own key: a direct-only lookup must never wait for one that goes through
+        # the very proxy asking for it.
+        key = ("ip-direct" if direct_only else "ip", found, qtype)
+        result = await self.inflight.run(
+            key, lambda: self._fetch(found, qtype, direct_only=direct_only)
+        )
         assert isinstance(result, Resolution)
         self._learn(name, result)
         return result
@@ -156,8 +166,10 @@ class DnsService:
         if result.addresses and self.reverse is not None:
             self.reverse.learn(name, result.addresses)
 
-    async def _fetch(self, name: str, qtype: int, *, bootstrap: bool = False) -> Resolution:
-        result = await self._ask_addresses(name, qtype, bootstrap=bootstrap)
+    async def _fetch(self, name: str, qtype: int, *, bootstrap: bool = False,
+                     direct_only: bool = False) -> Resolution:  # fmt: skip
+        result = await self._ask_addresses(name, qtype, bootstrap=bootstrap,
+                                           direct_only=direct_only)  # fmt: skip
         if result.rcode in (NOERROR, NXDOMAIN):
             negative = not result.addresses
             stored = self.cache.put(
@@ -173,6 +185,7 @@ class DnsService:
         judge: Callable[[Server, bytes, int], _T | None],
         *,
         bootstrap: bool = False,
+        direct_only: bool = False,
     ) -> _T | None:
         """Ask the servers for ``name`` in splitter order until ``judge`` accepts a reply.
 
@@ -183,6 +196,8 @@ class DnsService:
             server = self.servers[index]
             if bootstrap and server.endpoint.scheme in ("tls", "https"):
                 continue  # resolving a server's own name must not need another such server
+            if direct_only and not await self.servers.routed_direct(server):
+                continue
             qid = secrets.randbits(16)
             reply = await self.servers.ask(server, query(qid))
             if reply is None:
@@ -196,8 +211,11 @@ class DnsService:
                 return result
         return None
 
-    async def _ask_addresses(self, name: str, qtype: int, *, bootstrap: bool) -> Resolution:
+    async def _ask_addresses(self, name: str, qtype: int, *, bootstrap: bool,
+                             direct_only: bool = False) -> Resolution:  # fmt: skip
         if not self.servers:
+            return await self._system(name, qtype)
+        if direct_only and not await self.servers.any_direct():
             return await self._system(name, qtype)
 
         def judge(server: Server, reply: bytes, qid: int) -> Resolution | None:
@@ -215,7 +233,8 @@ class DnsService:
             return None
 
         query = functools.partial(build_query, name, qtype)
-        result = await self._walk(name, query, judge, bootstrap=bootstrap)
+        result = await self._walk(name, query, judge, bootstrap=bootstrap,
+                                  direct_only=direct_only)  # fmt: skip
         return Resolution(SERVFAIL, (), 0) if result is None else result
 
     async def _system(self, name: str, qtype: int) -> Resolution:
@@ -294,3 +313,15 @@ class DnsService:
 def _forward_key(query: Query) -> _Key:
     # The DO bit changes the answer (signatures); the class is part of the question.
     return ("raw", query.name, query.qtype, query.qclass, query.dnssec_ok)
+
+
+class DirectNames:
+    """The resolver of upstream proxies' own server names: hosts, then the servers whose
+    queries leave directly (the system resolver when none does), never a server reached
+    through a proxy - least of all the one whose name is being looked up."""
+
+    def __init__(self, service: DnsService) -> None:
+        self._service = service
+
+    async def resolve(self, domain: str) -> Sequence[IPAddress]:
+        return await self._service.resolve(domain, direct_only=True)

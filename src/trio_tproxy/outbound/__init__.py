@@ -65,12 +65,18 @@ class UnavailableOutbound:
 
 
 def build_outbounds(
-    cfg: Config, resolver: Resolver | None = None, groups: GroupState | None = None
+    cfg: Config,
+    resolver: Resolver | None = None,
+    groups: GroupState | None = None,
+    server_resolver: Resolver | None = None,
 ) -> dict[str, StreamOutbound]:
     """Every configured outbound; ``resolver`` is what they look names up with (the
-    runtime's DNS: a proxy given by name, direct's use_ip); ``groups``: the group state
-    a reload keeps (probe history, choices)."""
+    runtime's DNS: direct's use_ip, group probes); ``server_resolver`` finds the
+    servers of the proxy outbounds (socks, http, shadowsocks, trojan) - the DNS without
+    the servers reached through a proxy; ``groups``: the group state a reload keeps
+    (probe history, choices)."""
     resolver = resolver or SystemResolver()
+    server_resolver = server_resolver or resolver
     groups = groups or GroupState()
     outbounds: dict[str, StreamOutbound] = {}
     errors: list[ConfigError] = []
@@ -82,7 +88,9 @@ def build_outbounds(
             outbounds[ob.tag] = UnavailableOutbound(ob.tag, type(ob).TYPE)
         else:
             try:
-                outbounds[ob.tag] = factory(ob, resolver)
+                # a proxy's own server: never looked up through a proxy (itself, maybe)
+                finder = server_resolver if hasattr(ob, "server") else resolver
+                outbounds[ob.tag] = factory(ob, finder)
             except (ValueError, OSError) as exc:  # a key, a CA file (ssl.SSLError is OSError)
                 errors.append(ConfigError(f"outbound {ob.tag!r}: {_reason(exc)}",
                                           f"$.outbounds[{i}]"))  # fmt: skip
