@@ -299,3 +299,24 @@ def test_wire_header_for_a_domain() -> None:
     first, _ = ob._request("example.com", 443, b"payload")
     plain = proto.Decryptor("aes-128-gcm", ob.key).feed(first)
     assert plain == b"\x03\x0bexample.com" + struct.pack("!H", 443) + b"payload"
+
+
+@needs_ss_server
+async def test_dns_servers_can_be_reached_through_shadowsocks(echo: EchoServers,
+                                                              tmp_path: Path) -> None:  # fmt: skip
+    """dns.servers[].outbound = a shadowsocks outbound: the splitter gets a trio Stream
+    over the encrypted connection (TCP DNS, or TLS on top for DoT/DoH)."""
+    from trio_tproxy.dns.dialer import dialer_for
+    from trio_tproxy.resolver import SystemResolver
+
+    with ss_server("aes-128-gcm", "pw", tmp_path) as port:
+        dialer = dialer_for(outbound("aes-128-gcm", "pw", port), SystemResolver())
+        stream = await dialer.open_stream((LOCALHOST, echo.tcp_port), 5.0)
+        query = b"\x00\x05hello"
+        await stream.send_all(query)
+        got = b""
+        with trio.fail_after(5):
+            while len(got) < len(query):
+                got += await stream.receive_some()
+        assert got == query
+        await stream.aclose()

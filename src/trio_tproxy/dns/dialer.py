@@ -21,6 +21,7 @@ from ..inbound.sockopt import SocketSetupError, set_mark
 from ..resolver import Resolver
 from ..sock import addr_to_sockaddr, close_socket, family_of
 from ..upstreams import (
+    ByteStream,
     Destination,
     FlowRefused,
     SocketUpstream,
@@ -118,6 +119,33 @@ class DirectDialer:
         return _UdpSocket(trio.socket.from_stdlib_socket(sock))
 
 
+class _UpstreamStream(trio.abc.Stream):
+    """An outbound's transforming ByteStream as the trio Stream the DNS exchanges use
+    (TCP DNS, and TLS on top of it for DoT/DoH)."""
+
+    def __init__(self, stream: ByteStream) -> None:
+        self._stream = stream
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self._stream.send_all(data)
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            return await self._stream.receive_some(max_bytes or 65536)
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        self._stream.close()
+        await trio.lowlevel.checkpoint()
+
+
 class _StreamDialer:
     """TCP through any stream-capable outbound (socks, http, shadowsocks, a group...).
 
@@ -135,9 +163,9 @@ class _StreamDialer:
             upstream = await self._outbound.open_stream(Destination(addr), timeout=timeout)
         except (OSError, FlowRefused) as exc:  # DialError: a complete reason
             raise UpstreamError(f"through {self.label}: {exc}") from exc
+        if isinstance(upstream, StreamUpstream):  # shadowsocks, trojan: bytes transformed
+            return _UpstreamStream(upstream.stream)
         if not isinstance(upstream, SocketUpstream):
-            if isinstance(upstream, StreamUpstream):
-                upstream.stream.close()
             raise UpstreamError(f"through {self.label}: this outbound cannot carry DNS queries")
         if upstream.early:  # a DNS server never speaks first
             close_socket(upstream.sock)
