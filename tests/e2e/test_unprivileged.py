@@ -185,7 +185,8 @@ def test_three_ambient_capabilities_are_enough(
         assert f"(pid {proxy.pid} python, uid 65534)" in report.stdout, report.stdout
         # doctor as nobody without capabilities: advice where it cannot look, no traceback
         report = lab.gateway.run(["setpriv", "--reuid", NOBODY, "--regid", NOBODY,
-                                  "--clear-groups", str(world_python), "-m", "trio_tproxy",
+                                  "--clear-groups", "env", f"PYTHONPATH={nobody_home}",
+                                  str(world_python), "-m", "trio_tproxy",
                                   "doctor", str(proxy.config_path)], check=False, timeout=60)  # fmt: skip
         assert report.stderr == "" and report.returncode == 0, report.stdout + report.stderr
         assert (
