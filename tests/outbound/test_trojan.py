@@ -191,3 +191,22 @@ async def test_silent_server_hits_the_handshake_timeout() -> None:
 ])  # fmt: skip
 def test_decoy_detection(initial: bytes, first: bytes, decoy: bool) -> None:
     assert looks_like_decoy(initial, first) is decoy
+
+
+@needs_trojan
+async def test_http_sent_after_the_request_is_not_mistaken_for_the_decoy(
+    trojan: tuple[int, Path], tmp_path: Path
+) -> None:
+    """Without sniffing the client's first bytes travel after the request: an HTTP
+    answer to an HTTP request is the destination's, not the decoy's."""
+    port, ca = trojan
+    web = HttpDecoy()  # any HTTP server will do as the destination
+    try:
+        ob = outbound(port, sni="tj.test", ca=str(ca))
+        stream = await open_stream(ob, web.port, initial=b"")
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with trio.fail_after(5):
+            assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 400")
+        stream.close()
+    finally:
+        web.close()

@@ -174,6 +174,8 @@ class TrojanStream:
         self._answered = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._initial:  # not sniffed: what the client sent first is this
+            self._initial = bytes(data[:16])
         try:
             await self._tls.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
