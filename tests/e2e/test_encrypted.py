@@ -63,7 +63,9 @@ FAILING = {
     "ss-dead": f'type = "shadowsocks"\nserver = "{{s}}:{DEAD}"\nmethod = "aes-128-gcm"\n'
                'password = "x"',
 }  # fmt: skip
-UDP_ROUTES = {53: "ss-aes128", 5353: "ss22-chacha", 5354: "tj"}
+UDP_ROUTES = {53: "ss-aes128", 5353: "ss22-chacha", 5354: "tj", 5355: "auto"}
+# a group of encrypted members: flows name it and the member, auto[ss22-aes128]
+GROUP_MEMBERS = ["ss22-aes128", "tj"]
 
 
 @attrs.frozen
@@ -74,7 +76,7 @@ class Upstreams:
 
 
 def names() -> list[str]:
-    return [*SHADOWSOCKS, "tj", *FAILING]
+    return [*SHADOWSOCKS, "tj", "auto", *FAILING]
 
 
 def gateway_config(s: ServerNode, cert: Certificate) -> str:
@@ -85,6 +87,9 @@ def gateway_config(s: ServerNode, cert: Certificate) -> str:
     outbounds += (f'[[outbounds]]\ntag = "tj"\ntype = "trojan"\nserver = "{s.ip4}:{TROJAN}"\n'
                   f'password = "{TROJAN_PASSWORD}"\nsni = "trojan.{DOMAIN}"\nca = "{cert.path}"\n'
                   f'mark = {PROXY_MARK}\n')  # fmt: skip
+    outbounds += (f'[[outbounds]]\ntag = "auto"\ntype = "selector"\n'
+                  f'outbounds = {json.dumps(GROUP_MEMBERS)}\n'
+                  f'url = "http://{s.ip4}:{WEB}/index.html"\ninterval = "30s"\n')  # fmt: skip
     for tag, body in FAILING.items():
         outbounds += f'[[outbounds]]\ntag = "{tag}"\n{body.format(s=s.ip4)}\nmark = {PROXY_MARK}\n'
     rules = "".join(f'[[routing.rules]]\ndomain = "full:{tag}.{DOMAIN}"\noutbound = "{tag}"\n'
@@ -197,6 +202,9 @@ def test_every_method_carries_http_https_and_a_20mb_download(
                          check=False, timeout=120)  # fmt: skip
         assert out.stdout.split()[0] == up.big_sha256, (tag, out.stderr)
         print(f"{tag}: 20 MB in {time.monotonic() - start:.2f}s")
+    out = client.run(curl(up, "auto"), check=False, timeout=60)
+    assert (out.returncode, out.stdout) == (0, PAGE), ("auto", out.stderr)
+    gw.proxy.wait_for(f"[auto.{DOMAIN}] tcp/http1 tproxy-in -> auto[{GROUP_MEMBERS[0]}] (rule #")
     for tag in [*SHADOWSOCKS, "tj"]:
         # trojan cannot pass the client's FIN on (TLS): its flows end by downlink_only
         gw.proxy.wait_for(f"[{tag}.{DOMAIN}]", count=3)
@@ -226,7 +234,8 @@ def test_dig_over_udp_through_shadowsocks_and_trojan(
     for port, tag in UDP_ROUTES.items():
         gw.proxy.wait_for(f"-> {shown}:{port} [www.{DOMAIN}] udp")  # logged when the session idles out
         (line,) = [ln for ln in gw.proxy.access_lines() if f"-> {shown}:{port} [www.{DOMAIN}] udp" in ln]
-        assert f"-> {tag} (rule #" in line and "datagrams=1/1" in line, line
+        via = f"{tag}[{GROUP_MEMBERS[0]}]" if tag == "auto" else tag
+        assert f"-> {via} (rule #" in line and "datagrams=1/1" in line, line
 
 
 def test_failures_are_fast_and_cost_only_their_flows(encrypted: tuple[Gateway, Upstreams]) -> None:

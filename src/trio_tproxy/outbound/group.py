@@ -167,7 +167,12 @@ class GroupOutbound:
         if opener is None:
             raise DialError(errno.EOPNOTSUPP, f"group {self.tag!r}: member {member!r} does "
                             "not carry UDP")  # fmt: skip
-        return await opener.open_udp(request)
+        link = await opener.open_udp(request)
+        # The access log names the member (auto[ss-hk]): links carry no chain of their
+        # own unless a group put one there, so start from the member.
+        inner = getattr(link, "chain", None) or (member,)
+        link.chain = (*inner, self.tag)  # type: ignore[attr-defined]
+        return link
 
     # -- probes -------------------------------------------------------------------------
 

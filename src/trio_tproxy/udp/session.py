@@ -302,6 +302,8 @@ class UdpSession:
             return
         if flow.state is FlowState.SETUP and flow.outcome is None:
             flow.outcome = f"{ended} during setup"
+        if flow.link is not None and flow.link.link is not None:  # a group names its member
+            flow.record.chain = getattr(flow.link.link, "chain", ())
         log_access(
             flow.record, "udp", flow.up, flow.down, flow.final_outcome(ended),
             detail=f" datagrams={flow.up_datagrams}/{flow.down_datagrams}",
