@@ -246,11 +246,17 @@ async def relay_stream(
     *,
     chunk: int = 16384,
     stats: RelayStats | None = None,
+    pool: BufferPool | None = None,
 ) -> RelayStats:
     """:func:`relay` for an upstream that transforms bytes (ciphers, TLS): the same
     timers, half-close and error semantics, in userspace. Closes ``upstream`` (with a
-    reset when a side broke or the flow was cancelled); the caller closes ``client``."""
+    reset when a side broke or the flow was cancelled); the caller closes ``client``.
+
+    The client's bytes are read into ``pool``'s buffers (``policy.buffer_size``), held
+    only while a chunk is in flight, so an idle flow holds none; without a pool, into
+    one ``chunk``-sized buffer of its own."""
     stats = stats if stats is not None else RelayStats()
+    pool = pool if pool is not None else BufferPool(chunk, keep=1)
     activity = Activity(timeouts.idle)
     finished: set[str] = set()
     broken = True
@@ -272,17 +278,22 @@ async def relay_stream(
                     scope.cancel()
 
             async def uplink() -> None:
-                buf = bytearray(chunk)
                 try:
                     while True:
+                        buf = pool.acquire()
                         try:
                             n = client.recv_into(buf)
+                            if n:
+                                await upstream.send_all(memoryview(buf)[:n])
                         except BlockingIOError:
-                            await trio.lowlevel.wait_readable(client)
-                            continue
+                            n = -1
+                        finally:
+                            pool.release(buf)
                         if n == 0:
                             break
-                        await upstream.send_all(memoryview(buf)[:n])
+                        if n < 0:
+                            await trio.lowlevel.wait_readable(client)
+                            continue
                         stats.up += n
                         activity.touch()
                     await upstream.send_eof()

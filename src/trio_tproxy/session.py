@@ -175,7 +175,7 @@ async def carry(flow: TcpFlow, outbound: object) -> None:
         finally:
             close_socket(upstream.sock)
     else:
-        await relay_stream(flow.client, upstream.stream, ctx.timeouts, stats=stats)
+        await relay_stream(flow.client, upstream.stream, ctx.timeouts, stats=stats, pool=ctx.pool)
     if upstream.outcome is not None and stats.outcome == "done":
         stats.outcome = upstream.outcome
 

@@ -176,7 +176,8 @@ class TlsSocket:
     """A non-blocking stdlib SSLSocket driven by trio's readiness waits.
 
     OpenSSL reads and writes the descriptor itself: no memory BIOs and no copies
-    between layers, which costs about half the CPU per byte of trio.SSLStream. One task
+    between layers: under half the CPU per byte of trio.SSLStream (bench_encrypted:
+    0.12-0.15 against 0.30 CPU-seconds per Gbit). One task
     may send while another receives (the relay's two pumps)."""
 
     def __init__(self, sock: ssl.SSLSocket) -> None:
