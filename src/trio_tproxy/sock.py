@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import ipaddress
 import socket
 import struct
@@ -21,11 +22,17 @@ import trio
 from .addr import IPAddress, SockAddr, unmap
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_ip(host: str) -> IPAddress:
+    # Parsing "::ffff:a.b.c.d" costs more than a short flow's cipher setup; the same
+    # clients and servers come back all the time (addresses are immutable: shareable).
+    return unmap(ipaddress.ip_address(host.split("%", 1)[0]))  # drop an IPv6 scope id
+
+
 def sockaddr_to_addr(sockaddr: tuple[object, ...]) -> SockAddr:
-    host = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 scope id
     port = sockaddr[1]
     assert isinstance(port, int)
-    return unmap(ipaddress.ip_address(host)), port
+    return _parse_ip(str(sockaddr[0])), port
 
 
 def addr_to_sockaddr(addr: SockAddr, family: int) -> tuple[str, int]:

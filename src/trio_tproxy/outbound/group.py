@@ -19,6 +19,7 @@ instead of waiting out a dead proxy's handshake; the log says so once per outage
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -171,7 +172,8 @@ class GroupOutbound:
         # The access log names the member (auto[ss-hk]): links carry no chain of their
         # own unless a group put one there, so start from the member.
         inner = getattr(link, "chain", None) or (member,)
-        link.chain = (*inner, self.tag)  # type: ignore[attr-defined]
+        with contextlib.suppress(AttributeError):  # a link with __slots__: log the group
+            link.chain = (*inner, self.tag)  # type: ignore[attr-defined]
         return link
 
     # -- probes -------------------------------------------------------------------------
