@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -18,10 +20,12 @@ from pathlib import Path
 from netlab import Lab, requirements_met
 from netlab.namespace import CommandError, Netns
 from netlab.proxy import ProxyProcess
-from netlab.servers import start_http_server
+from netlab.servers import start_http_server, wait_listening
 
 PORT = 12345
 MARK = 255
+SS_PORT, SS_METHOD, SS_PASSWORD = 8388, "aes-128-gcm", "demo-password"
+ABROAD = 8080  # the port the demo sends through the Shadowsocks server
 
 
 def demo_config(lab: Lab) -> str:
@@ -60,6 +64,18 @@ outbound = "block"
 ip = ["{blocked_ip}/32"]
 outbound = "block"
 
+[[outbounds]]
+tag = "ss-abroad"           # an encrypted upstream: ss-server in the server namespace
+type = "shadowsocks"
+server = "{lab.server.ip4}:{SS_PORT}"
+method = "{SS_METHOD}"
+password = "{SS_PASSWORD}"
+mark = {MARK}
+
+[[routing.rules]]
+port = "{ABROAD}"
+outbound = "ss-abroad"
+
 [firewall]                  # what `trio-tproxy firewall apply` installs
 lan_interfaces = ["{lab.gateway.lan_if}"]
 # The sandbox lives in private ranges, which the default bypass (geoip:private) would
@@ -76,6 +92,7 @@ def requests(lab: Lab) -> list[tuple[str, list[str]]]:
         ("a name, sniffed from Host", ["-H", "Host: www.example.com", f"http://{s.extra_ip4[0]}/"]),
         ("an ad domain (rule #0)", ["-H", "Host: ads.example", f"http://{s.extra_ip4[0]}/"]),
         ("a blocked address (rule #1)", [f"http://{s.extra_ip4[1]}/"]),
+        ("through Shadowsocks (rule #2)", [f"http://{s.ip4}:{ABROAD}/"]),
     ]
 
 
@@ -96,6 +113,15 @@ def run_demo() -> int:
     with Lab.create(prefix="demo") as lab, tempfile.TemporaryDirectory() as web:
         Path(web, "index.html").write_text("hello from the server\n")
         start_http_server(lab.server, Path(web), port=80)
+        start_http_server(lab.server, Path(web), port=ABROAD)
+        if shutil.which("ss-server") is None:
+            print("demo: ss-server (shadowsocks-libev) is missing: run scripts/setup",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        ss = lab.server.popen(["ss-server", "-s", lab.server.ip4, "-p", str(SS_PORT), "-k",
+                               SS_PASSWORD, "-m", SS_METHOD], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+        wait_listening(lab.server, SS_PORT, process=ss)
         config = demo_config(lab)
         config_path = lab.gateway.workdir / "demo.toml"
         config_path.write_text(config)
