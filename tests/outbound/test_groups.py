@@ -419,3 +419,23 @@ async def test_probe_over_https(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         with pytest.raises(OSError, match="probe connection broke"):
             await probe_delay(direct, bad, 2.0, resolver=resolver)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_member_of_several_groups_is_probed_once_per_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    shared, a_only, b_only = FakeMember("hk", 30), FakeMember("us", 60), FakeMember("jp", 90)
+    table: dict[str, object] = {}
+    state = GroupState(selections=SelectionStore(None))
+    a = make_group("urltest", [shared, a_only], tag="a", state=state, outbounds=table)
+    b = make_group("fallback", [shared, b_only], tag="b", state=state, outbounds=table)
+    from trio_tproxy.outbound.group import probe_groups
+
+    with trio.move_on_after(35):  # interval 10 s: rounds at ~0, 10, 20, 30
+        await probe_groups({"a": a, "b": b, **{m.tag: m for m in (shared, a_only, b_only)}})  # type: ignore[dict-item]
+    assert len(a_only.probed_at) == len(b_only.probed_at) == 4
+    assert len(shared.probed_at) == 4  # not 8: the second group reused the first's
+    assert a.current() == "hk" and b.current() == "hk"
+    # an explicit probe (the API's delay test) always probes
+    assert (await b.probe_all())["hk"] == 30
+    assert len(shared.probed_at) == 5

@@ -55,6 +55,10 @@ class GroupState:
         self.selections = selections or SelectionStore.default()
         self.picks: dict[str, str] = {}  # group -> its choice so far
         self.all_down: set[str] = set()  # groups whose outage was logged
+        # (member, url) -> when its last scheduled probe ended and the delay: a member of
+        # several groups with one probe URL is probed once per interval, not per group
+        self.probed: dict[tuple[str, str], tuple[float, int]] = {}
+        self.probing: dict[tuple[str, str], trio.Event] = {}
 
 
 class GroupOutbound:
@@ -178,8 +182,31 @@ class GroupOutbound:
 
     # -- probes -------------------------------------------------------------------------
 
-    async def probe_member(self, member: str) -> int:
-        """Probe one member now and record it; the delay in ms, 0 when it failed."""
+    async def probe_member(self, member: str, *, reuse_within: float = 0.0) -> int:
+        """Probe one member now and record it; the delay in ms, 0 when it failed.
+
+        ``reuse_within``: a probe of the same member and URL (by another group) that
+        ended less than this many seconds ago, or is running now, answers instead."""
+        key, state = (member, self.url), self.state
+        if reuse_within:
+            running = state.probing.get(key)
+            if running is not None:
+                await running.wait()
+            seen = state.probed.get(key)
+            if seen is not None and trio.current_time() - seen[0] < reuse_within:
+                await trio.lowlevel.checkpoint()
+                return seen[1]
+            state.probing[key] = done = trio.Event()
+            try:
+                delay = await self._probe_now(member)
+                state.probed[key] = (trio.current_time(), delay)
+            finally:
+                del state.probing[key]
+                done.set()
+            return delay
+        return await self._probe_now(member)
+
+    async def _probe_now(self, member: str) -> int:
         outbound = self.outbounds.get(member)
         delay = 0
         with trio.move_on_after(self.timeout):  # probe_delay keeps it; a fake may not
@@ -194,14 +221,18 @@ class GroupOutbound:
         self.state.health.record(member, delay)
         return delay
 
-    async def probe_all(self) -> dict[str, int]:
-        """Probe every member now (staggered, concurrently); tag -> delay ms (0 failed)."""
+    async def probe_all(self, *, shared: bool = False) -> dict[str, int]:
+        """Probe every member now (staggered, concurrently); tag -> delay ms (0 failed).
+
+        ``shared`` (the scheduled rounds): reuse another group's probe of the same
+        member and URL from the last half interval."""
         results: dict[str, int] = {}
         gap = min(PROBE_GAP, self.interval / 10 / max(1, len(self.members)))
+        reuse = self.interval / 2 if shared else 0.0
 
         async def one(index: int, member: str) -> None:
             await trio.sleep(index * gap)
-            results[member] = await self.probe_member(member)
+            results[member] = await self.probe_member(member, reuse_within=reuse)
 
         async with trio.open_nursery() as nursery:
             for index, member in enumerate(dict.fromkeys(self.members)):
@@ -213,7 +244,7 @@ class GroupOutbound:
         """Probe every ``interval`` forever, the first round ``first`` seconds from now."""
         await trio.sleep(first)
         while True:
-            await self.probe_all()
+            await self.probe_all(shared=True)
             await trio.sleep(self.interval)
 
 
