@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ from common import (
     IPERF_PORT,
     MARK,
     PORT,
+    connections_per_second,
     dokodemo_inbound,
     iperf_tcp,
     start_v2ray,
@@ -99,15 +99,6 @@ def v2ray_config(protocol: str, server: str, ca: Path) -> dict[str, Any]:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-def connections_per_second(lab: Lab, requests: int, concurrency: int) -> tuple[float, int]:
-    argv = ["ab", "-q", "-n", str(requests), "-c", str(concurrency), "-s", "10",
-            f"http://{lab.server.ip4}:{WEB_PORT}/small.txt"]  # fmt: skip
-    out = lab.client.run(argv, timeout=300).stdout
-    failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
-    rate = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return rate, failed
 
 
 def start(name: str, protocol: str, lab: Lab, ca: Path) -> tuple[int, Callable[[], None]]:
@@ -195,7 +186,9 @@ def main() -> int:
                             # CPU seconds per Gbit moved = used / (gbits * seconds)
                             cpu.setdefault((protocol, name, reverse), []).append(
                                 used / (gbits * args.seconds))
-                        rate, errors = connections_per_second(lab, args.requests, args.concurrency)
+                        small = f"http://{lab.server.ip4}:{WEB_PORT}/small.txt"
+                        rate, errors = connections_per_second(lab, small, args.requests,
+                                                              args.concurrency)  # fmt: skip
                         cps.setdefault((protocol, name), []).append(rate)
                         failed[(protocol, name)] = failed.get((protocol, name), 0) + errors
                     finally:

@@ -18,7 +18,6 @@ Needs root; touches only the namespaces it creates. Not collected by pytest.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ from common import (
     IPERF_PORT,
     MARK,
     PORT,
+    connections_per_second,
     dokodemo_inbound,
     iperf_tcp,
     start_v2ray,
@@ -65,16 +65,6 @@ def v2ray_config(socks: str) -> dict[str, object]:
             "streamSettings": {"sockopt": {"mark": MARK}},
         }],
     }  # fmt: skip
-
-
-def connections_per_second(lab: Lab, requests: int, concurrency: int) -> tuple[float, int]:
-    """Requests (= connections) per second, and how many requests failed."""
-    argv = ["ab", "-q", "-n", str(requests), "-c", str(concurrency), "-s", "10",
-            f"http://{lab.server.ip4}:{WEB_PORT}/small.txt"]  # fmt: skip
-    out = lab.client.run(argv, timeout=300).stdout
-    failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
-    rate = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return rate, failed
 
 
 class Contender:
@@ -140,7 +130,9 @@ def main() -> int:
                         for reverse in (False, True):
                             tput.setdefault((name, streams, reverse), []).append(
                                 iperf_tcp(lab, args.seconds, streams, reverse))
-                    rate, errors = connections_per_second(lab, args.requests, args.concurrency)
+                    small = f"http://{lab.server.ip4}:{WEB_PORT}/small.txt"
+                    rate, errors = connections_per_second(lab, small, args.requests,
+                                                          args.concurrency)  # fmt: skip
                     cps.setdefault(name, []).append(rate)
                     failed[name] += errors
                 finally:

@@ -4,6 +4,7 @@ v2ray's equivalent configurations, and how to start v2ray and drive iperf3 over 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from typing import Any
 
@@ -65,3 +66,13 @@ def iperf_tcp(lab: Lab, seconds: int, streams: int, reverse: bool) -> float:
         argv.append("-R")
     out = lab.client.run(argv, timeout=seconds + 60)
     return float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def connections_per_second(lab: Lab, url: str, requests: int, concurrency: int
+                           ) -> tuple[float, int]:  # fmt: skip
+    """ab from the client: requests (= new connections) per second, and failed requests."""
+    argv = ["ab", "-q", "-n", str(requests), "-c", str(concurrency), "-s", "10", url]
+    out = lab.client.run(argv, timeout=300).stdout
+    failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    rate = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return rate, failed

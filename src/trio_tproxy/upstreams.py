@@ -22,7 +22,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from .addr import Endpoint, SockAddr
+from .addr import Endpoint, IPAddress, SockAddr
 
 
 @attrs.frozen
@@ -36,6 +36,12 @@ class Destination:
     @property
     def port(self) -> int:
         return self.address[1]
+
+    @property
+    def host(self) -> IPAddress | str:
+        """What a proxy is asked for: the sniffed domain when there is one (the proxy
+        resolves it), else the original IP."""
+        return self.domain or self.address[0]
 
 
 class FlowRefused(Exception):

@@ -29,8 +29,7 @@ from ..config.errors import ConfigError, ConfigErrors
 from ..config.schema import Config, Inbound, RedirectInbound, TproxyInbound
 from ..config.values import parse_cidr
 from ..geo import GeoData, GeoipError, Ranges, ip_list_name
-from ..geo.geoip import merge_ranges
-from ..route.ipset import complement
+from ..geo.geoip import complement, merge_ranges
 from .plan import USER_NAME, DiversionPlan
 
 _V4_TOP = (1 << 32) - 1

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .dat import DatError, geoip_entry_ranges, geosite_entry, index_dat
 from .dlc import GeositeError, GeositeRule
-from .geoip import GeoipError, Ranges, merge_ranges
+from .geoip import GeoipError, Ranges, complement, merge_ranges
 
 __all__ = ["DatFiles", "dat_origin", "split_ext"]
 
@@ -39,17 +39,6 @@ def split_ext(value: str) -> tuple[str, str]:
 
 def dat_origin(path: Path, name: str) -> str:
     return f"list {name.upper()} of {path}"
-
-
-def _complement(ranges: Ranges, top: int) -> Ranges:
-    out, at = [], 0
-    for lo, hi in ranges:
-        if lo > at:
-            out.append((at, lo - 1))
-        at = hi + 1
-    if at <= top:
-        out.append((at, top))
-    return out
 
 
 class _Loaded:
@@ -134,7 +123,7 @@ class DatFiles:
         v4, v6, reverse = geoip_entry_ranges(loaded.data, span, str(path))
         v4, v6 = merge_ranges(v4), merge_ranges(v6)
         if reverse:  # v2ray's reverse_match: every address the CIDRs do not cover
-            return _complement(v4, _V4_TOP), _complement(v6, _V6_TOP)
+            return complement(v4, _V4_TOP), complement(v6, _V6_TOP)
         return v4, v6
 
 

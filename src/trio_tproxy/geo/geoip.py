@@ -20,7 +20,7 @@ import ipaddress
 import sys
 import zlib
 from array import array
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -68,6 +68,18 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> Ranges:
                 out[-1] = (out[-1][0], hi)
         else:
             out.append((lo, hi))
+    return out
+
+
+def complement(ranges: Iterable[tuple[int, int]], top: int) -> Ranges:
+    """The gaps between sorted, non-overlapping ``ranges`` within ``0..top``."""
+    out, at = [], 0
+    for lo, hi in ranges:
+        if lo > at:
+            out.append((at, lo - 1))
+        at = hi + 1
+    if at <= top:
+        out.append((at, top))
     return out
 
 

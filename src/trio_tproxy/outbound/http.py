@@ -47,9 +47,8 @@ class HttpOutbound:
         timeout: float,  # noqa: ASYNC109
         initial: bytes = b"",
     ) -> SocketUpstream:
-        ip, port = destination.address
-        target: Host = destination.domain if destination.domain else ip
-        sock, early = await self.open_tunnel(target, port, resolver=self.resolver, timeout=timeout)
+        sock, early = await self.open_tunnel(destination.host, destination.port,
+                                             resolver=self.resolver, timeout=timeout)  # fmt: skip
         return await socket_upstream(sock, initial, chain=(self.tag,), early=early)
 
     async def open_tunnel(

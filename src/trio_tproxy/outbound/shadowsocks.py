@@ -43,7 +43,7 @@ from . import shadowsocks_proto as proto
 from .base import DatagramSink, Destination, StreamUpstream, UdpRequest
 from .socks_proto import Host, encode_address
 from .tunnel import handshake_timeout
-from .udp_map import ReplyMap
+from .udp_map import ReplyMap, datagram_host
 
 log = logging.getLogger("trio_tproxy.outbound.shadowsocks")
 
@@ -105,9 +105,6 @@ class ShadowsocksOutbound:
 
     # -- TCP -------------------------------------------------------------------------
 
-    def _target(self, destination: Destination) -> Host:
-        return destination.domain if destination.domain else destination.address[0]
-
     def _request(self, host: Host, port: int, initial: bytes) -> tuple[bytes, proto.Encryptor]:
         """The first write (salt, header, first bytes) and the encryptor for the rest."""
         if not self.v2022:
@@ -131,7 +128,7 @@ class ShadowsocksOutbound:
         if not self.tcp:
             raise DialError(errno.EPROTONOSUPPORT, f"{self.name}: network excludes tcp")
         try:
-            first, enc = self._request(self._target(destination), destination.port, initial)
+            first, enc = self._request(destination.host, destination.port, initial)
         except ValueError as exc:  # a name over 255 bytes
             raise DialError(errno.EINVAL, f"{self.name}: cannot request it: {exc}") from exc
         deadline = trio.current_time() + timeout
@@ -289,7 +286,7 @@ class ShadowsocksUdpLink:
     def send(self, payload: memoryview, dst: Endpoint, domain: str | None) -> str | None:
         if self.closed:
             return "link closed"
-        host: Host = domain if domain is not None else (ip_literal(dst[0]) or dst[0])
+        host: Host = datagram_host(dst, domain)
         try:
             packet = self._seal(host, dst[1], bytes(payload))
         except ValueError as exc:  # a name over 255 bytes

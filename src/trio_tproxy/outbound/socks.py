@@ -152,11 +152,10 @@ class SocksOutbound:
         timeout: float,  # noqa: ASYNC109
         initial: bytes = b"",
     ) -> SocketUpstream:
-        ip, port = destination.address
-        target: proto.Host = destination.domain if destination.domain else ip
         sock, _, early = await socks_open(
-            self.server, proto.CMD_CONNECT, target, port, resolver=self.resolver, timeout=timeout
-        )
+            self.server, proto.CMD_CONNECT, destination.host, destination.port,
+            resolver=self.resolver, timeout=timeout,
+        )  # fmt: skip
         return await socket_upstream(sock, initial, chain=(self.tag,), early=early)
 
     async def open_udp(self, request: UdpRequest) -> SocksUdpLink:

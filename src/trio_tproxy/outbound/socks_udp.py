@@ -27,7 +27,7 @@ import attrs
 import trio
 
 from ..addr import Endpoint, SockAddr, unmap
-from ..dial import DialError, ip_literal
+from ..dial import DialError
 from ..inbound.sockopt import set_mark
 from ..resolver import Resolver
 from ..sock import (
@@ -43,7 +43,7 @@ from ..sock import (
 )
 from . import socks_proto as proto
 from .base import DatagramSink
-from .udp_map import ReplyMap
+from .udp_map import ReplyMap, datagram_host
 
 log = logging.getLogger("trio_tproxy.outbound.socks_udp")
 
@@ -112,7 +112,7 @@ class SocksUdpLink:
         """One datagram to ``domain`` (ATYP 3, resolved by the proxy) or ``dst``."""
         if self.closed:
             return "association closed"
-        host: proto.Host = domain if domain is not None else (ip_literal(dst[0]) or dst[0])
+        host: proto.Host = datagram_host(dst, domain)
         self._replies.sent(dst, domain)
         try:
             self.udp.send(proto.encode_udp(host, dst[1], payload))

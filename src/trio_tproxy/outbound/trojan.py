@@ -41,7 +41,7 @@ from . import trojan_proto as proto
 from .base import DatagramSink, Destination, StreamUpstream, UdpRequest
 from .socks_proto import Host
 from .tunnel import handshake_timeout
-from .udp_map import ReplyMap
+from .udp_map import ReplyMap, datagram_host
 
 log = logging.getLogger("trio_tproxy.outbound.trojan")
 
@@ -141,10 +141,9 @@ class TrojanOutbound:
     ) -> StreamUpstream:
         if not self.tcp:
             raise DialError(errno.EPROTONOSUPPORT, f"{self.name}: network excludes tcp")
-        target: Host = destination.domain if destination.domain else destination.address[0]
         try:
-            tls = await self._connect(proto.CMD_CONNECT, target, destination.port, initial,
-                                      timeout)  # fmt: skip
+            tls = await self._connect(proto.CMD_CONNECT, destination.host, destination.port,
+                                      initial, timeout)  # fmt: skip
         except ValueError as exc:  # a name over 255 bytes
             raise DialError(errno.EINVAL, f"{self.name}: cannot request it: {exc}") from exc
         return StreamUpstream(TrojanStream(self, tls, initial), chain=(self.tag,))
@@ -280,7 +279,7 @@ class TrojanUdpLink:
     def send(self, payload: memoryview, dst: Endpoint, domain: str | None) -> str | None:
         if self.closed:
             return "link closed"
-        host: Host = domain if domain is not None else (ip_literal(dst[0]) or dst[0])
+        host: Host = datagram_host(dst, domain)
         try:
             frame = proto.encode_udp_frame(host, dst[1], bytes(payload))
         except ValueError as exc:  # over 0xFFFF bytes, a name over 255

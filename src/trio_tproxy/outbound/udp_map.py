@@ -10,10 +10,16 @@ own remote (full cone): any remote may answer through the relay.
 from __future__ import annotations
 
 from ..addr import Endpoint, IPAddress, unmap
+from ..dial import ip_literal
 
 # Remotes sent to by address, remembered to tell their replies from those of a name's
 # resolved address; beyond this many, new ones are not remembered.
 MAX_REMEMBERED = 1024
+
+
+def datagram_host(dst: Endpoint, domain: str | None) -> IPAddress | str:
+    """What a relay is asked to send a datagram to: the sniffed domain, else the IP."""
+    return domain if domain is not None else (ip_literal(dst[0]) or dst[0])
 
 
 class ReplyMap:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address
 
 from ..addr import IPAddress, unmap
+from ..geo.geoip import complement
 
 __all__ = ["IPAddress", "IpSet", "unmap"]
 
@@ -30,18 +31,6 @@ def _normalise(ranges: Iterable[tuple[int, int]]) -> tuple[list[int], list[int]]
             starts.append(lo)
             ends.append(hi)
     return starts, ends
-
-
-def complement(ranges: Iterable[tuple[int, int]], top: int) -> list[tuple[int, int]]:
-    """The gaps between sorted, non-overlapping ``ranges`` within ``0..top``."""
-    out, at = [], 0
-    for lo, hi in ranges:
-        if lo > at:
-            out.append((at, lo - 1))
-        at = hi + 1
-    if at <= top:
-        out.append((at, top))
-    return out
 
 
 class IpSet:
