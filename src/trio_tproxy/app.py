@@ -3,8 +3,10 @@
 Lifetimes nest as hypercorn's trio worker does: process > flows > listeners. On
 SIGTERM/SIGINT the listeners are cancelled and closed first (no new flows), then the
 flows nursery gets a deadline of ``policy.grace`` to drain before it is cancelled.
-SIGHUP reloads the configuration: new flows use the new runtime, established flows keep
-the one they started with; a bad new config is logged and the old one keeps running.
+SIGHUP reloads the configuration: the next runtime is built in a worker thread (the loop
+keeps relaying meanwhile) and swapped in when ready; new flows use it, established flows
+keep the one they started with; a bad new config is logged and the old one keeps running.
+SIGHUPs that arrive during a build coalesce into one more build after it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .inbound.udp import open_udp_listener
 from .limits import check_connection_budget, raise_nofile_limit
 from .notify import Notifier
 from .outbound import UnavailableOutbound
-from .runtime import Runtime, not_yet_in_effect
+from .runtime import Runtime, not_yet_in_effect, quiet_build
 from .session import handle_tcp
 from .sock import set_reset_on_close
 from .udp.service import UdpService
@@ -40,6 +42,7 @@ class Gateway:
         self.runtime = runtime
         self.active_flows = 0
         self._over_limit_logged = False
+        self._reload_wanted = trio.Event()
 
     def _handler(
         self, inbound: Inbound
@@ -66,25 +69,45 @@ class Gateway:
 
         return on_connection
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
+        """Build the next runtime off the loop from the config file and swap it in."""
+        old = self.runtime
+        log.info("reloading the configuration from %s", self.config_path)
         try:
-            runtime = Runtime.build(
-                load_config(self.config_path),
-                pipes=self.runtime.flow_context.pool.pipes,
-                router_cache=self.runtime.router_cache,
-            )
+            runtime = await trio.to_thread.run_sync(self._build_next, old, abandon_on_cancel=True)
         except ConfigErrors as exc:
             log.error("reload rejected, keeping the running configuration:")
             for error in exc.errors:
                 log.error("  %s", error)
             return
+        except Exception as exc:  # an unforeseen failure must not take the gateway down
+            log.error("reload failed, keeping the running configuration: %r", exc)
+            return
         warn_not_yet_in_effect(runtime.config)
-        if runtime.config.inbounds != self.runtime.config.inbounds:
+        if runtime.config.inbounds != old.config.inbounds:
             log.warning("inbound changes take effect on restart; other changes applied")
-        if runtime.config.dns.listen != self.runtime.config.dns.listen:
+        if runtime.config.dns.listen != old.config.dns.listen:
             log.warning("dns.listen changes take effect on restart; other changes applied")
         self.runtime = runtime
         log.info("configuration reloaded from %s", self.config_path)
+
+    def _build_next(self, old: Runtime) -> Runtime:
+        """In a worker thread: load and compile, keeping the running pipe pool and cache."""
+        with quiet_build():
+            return Runtime.build(
+                load_config(self.config_path),
+                pipes=old.flow_context.pool.pipes,
+                router_cache=old.router_cache,
+            )
+
+    async def _reloads(self, notifier: Notifier) -> None:
+        """One build at a time: SIGHUPs during a build ask for one more build after it."""
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted = trio.Event()
+            notifier.reloading()
+            await self.reload()
+            notifier.ready(f"{self.active_flows} active flow(s)")
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.runtime.config
@@ -128,12 +151,11 @@ class Gateway:
                         notifier.ready(f"{self.active_flows} active flow(s)")
                         if (every := notifier.watchdog_interval()) is not None:
                             accepting.start_soon(notifier.watchdog, every)
+                        accepting.start_soon(self._reloads, notifier)
                         task_status.started()
                         async for signum in sigs:
                             if signum == signal.SIGHUP:
-                                notifier.reloading()
-                                self.reload()
-                                notifier.ready(f"{self.active_flows} active flow(s)")
+                                self._reload_wanted.set()
                                 continue
                             break
                         accepting.cancel_scope.cancel()

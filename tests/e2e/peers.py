@@ -199,6 +199,23 @@ def client_hold(host: str, port: int, count: int, timeout: float) -> dict[str, o
     return {"held": count}
 
 
+def client_pingpong(host: str, port: int, seconds: float, timeout: float) -> dict[str, object]:
+    """One byte to an echo server every 10 ms for ``seconds``: the worst round trip."""
+    rtts: list[float] = []
+    with connect(host, port, timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        print(json.dumps({"connected": True}), flush=True)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            start = time.monotonic()
+            sock.sendall(b"x")
+            if sock.recv(1) != b"x":
+                return {"error": "echo broke", "count": len(rtts)}
+            rtts.append(time.monotonic() - start)
+            time.sleep(0.01)
+    return {"count": len(rtts), "worst": max(rtts), "median": sorted(rtts)[len(rtts) // 2]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("mode")
@@ -207,6 +224,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1_000_000)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--seconds", type=float, default=5.0)
     a = p.parse_args()
     if a.mode.startswith("serve-"):
         serve(a.port, HANDLERS[a.mode.removeprefix("serve-")])
@@ -217,6 +235,7 @@ def main() -> None:
         "connect": lambda: client_connect(a.host, a.port, a.timeout),
         "many": lambda: client_many(a.host, a.port, a.count, a.size, a.timeout),
         "hold": lambda: client_hold(a.host, a.port, a.count, a.timeout),
+        "pingpong": lambda: client_pingpong(a.host, a.port, a.seconds, a.timeout),
     }
     print(json.dumps(clients[a.mode]()), flush=True)
 
