@@ -17,6 +17,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import attrs
 import trio
 
 from .addr import SockAddr
@@ -43,6 +44,7 @@ class Gateway:
         self.active_flows = 0
         self._over_limit_logged = False
         self._reload_wanted = trio.Event()
+        self._firewall = AutoFirewall(None)  # firewall.auto: set by serve()
 
     def _handler(
         self, inbound: Inbound
@@ -83,6 +85,7 @@ class Gateway:
         except Exception as exc:  # an unforeseen failure must not take the gateway down
             log.error("reload failed, keeping the running configuration: %r", exc)
             return
+        runtime.dns.adopt(old.dns)  # the DNS cache and reverse map outlive the reload
         warn_not_yet_in_effect(runtime.config)
         if runtime.config.inbounds != old.config.inbounds:
             log.warning("inbound changes take effect on restart; other changes applied")
@@ -92,13 +95,17 @@ class Gateway:
         log.info("configuration reloaded from %s", self.config_path)
 
     def _build_next(self, old: Runtime) -> Runtime:
-        """In a worker thread: load and compile, keeping the running pipe pool and cache."""
+        """In a worker thread: load and compile, keeping the running pipe pool and cache;
+        then re-apply the firewall if firewall.auto and its ruleset changed."""
         with quiet_build():
-            return Runtime.build(
+            runtime = Runtime.build(
                 load_config(self.config_path),
                 pipes=old.flow_context.pool.pipes,
                 router_cache=old.router_cache,
             )
+        # the listeners keep the inbounds they were bound with until a restart
+        self._firewall.reload(attrs.evolve(runtime.config, inbounds=old.config.inbounds))
+        return runtime
 
     async def _reloads(self, notifier: Notifier) -> None:
         """One build at a time: SIGHUPs during a build ask for one more build after it."""
@@ -121,7 +128,7 @@ class Gateway:
         udp_inbounds = [ib for ib in cfg.inbounds if "udp" in ib.network]
         if self.runtime.dns.uses_system_resolver:
             log.info("dns.servers is empty: names are resolved by the system resolver")
-        firewall = AutoFirewall.prepare(cfg)  # firewall.auto; clears a crashed run's leftovers
+        self._firewall = firewall = AutoFirewall.prepare(cfg)  # clears a crashed run's leftovers
         listeners = []
         notifier = Notifier()  # systemd Type=notify: a no-op without $NOTIFY_SOCKET
         dns_listeners: list[DnsListener] = []

@@ -9,6 +9,9 @@ One :class:`DnsService` per runtime answers three kinds of callers:
   types forwarded (:meth:`forward`) to the server the splitter would choose;
 * sessions: :attr:`reverse`, the address -> domain map filled from answers.
 
+A reload builds a new service; :meth:`adopt` carries over the reverse map and the cached
+answers the new configuration would still get from the same server (see there).
+
 Server walk (reference section 5): servers in :func:`~.policy.select_servers` order,
 each under its own timeout; the next one is asked only when this one gave no answer
 (timeout, connection or TLS failure, a malformed answer) or every address it gave is
@@ -28,7 +31,7 @@ import attrs
 import trio
 
 from ..addr import IPAddress
-from ..config.schema import Config
+from ..config.schema import Config, DnsServerConfig
 from ..geo import GeoData
 from ..route import Router, normalize_domain
 from .answer import ClientAnswers, Resolution
@@ -73,6 +76,13 @@ SYSTEM_TTL = 60
 class _Forwarded:
     at: float  # when it was stored: TTLs are aged by the time since
     reply: bytes
+    origin: DnsServerConfig | None = None  # the server that answered (None: the system's)
+
+
+@attrs.frozen
+class _Resolved:
+    resolution: Resolution
+    origin: DnsServerConfig | None  # the server that answered (None: the system resolver)
 
 
 _Key = tuple[str | int | bool, ...]
@@ -96,7 +106,8 @@ class DnsService:
             resolver=self, bootstrap=self._bootstrap,
         )  # fmt: skip
         size = dns.cache_size if dns.cache else 0
-        self.cache: TtlCache[_Key, Resolution | _Forwarded] = TtlCache(
+        self._configs = tuple(dns.servers)
+        self.cache: TtlCache[_Key, _Resolved | _Forwarded] = TtlCache(
             size, dns.min_ttl.seconds, dns.max_ttl.seconds
         )
         self.inflight: Inflight[_Key, Resolution | bytes | None] = Inflight()
@@ -143,9 +154,9 @@ class DnsService:
             result = Resolution(NOERROR, (), LOCAL_TTL)  # query_strategy: not this family
         else:
             hit = self.cache.get(("ip", hosts.name, qtype), trio.current_time())
-            if hit is None or not isinstance(hit[0], Resolution):
+            if hit is None or not isinstance(hit[0], _Resolved):
                 return hosts.name
-            result = attrs.evolve(hit[0], ttl=hit[1])
+            result = attrs.evolve(hit[0].resolution, ttl=hit[1])
         self._learn(name, result)
         return result
 
@@ -154,18 +165,20 @@ class DnsService:
             self.reverse.learn(name, result.addresses)
 
     async def _fetch(self, name: str, qtype: int, *, bootstrap: bool = False) -> Resolution:
-        result = await self._walk(name, qtype, bootstrap=bootstrap)
+        result, origin = await self._walk(name, qtype, bootstrap=bootstrap)
         if result.rcode in (NOERROR, NXDOMAIN):
             negative = not result.addresses
-            stored = self.cache.put(
-                ("ip", name, qtype), result, result.ttl, trio.current_time(), negative=negative
-            )
+            stored = self.cache.put(("ip", name, qtype), _Resolved(result, origin), result.ttl,
+                                    trio.current_time(), negative=negative)  # fmt: skip
             result = attrs.evolve(result, ttl=stored or self.cache.ttl_for(result.ttl))
         return result
 
-    async def _walk(self, name: str, qtype: int, *, bootstrap: bool) -> Resolution:
+    async def _walk(
+        self, name: str, qtype: int, *, bootstrap: bool
+    ) -> tuple[Resolution, DnsServerConfig | None]:
+        """The answer and the server that gave it (None: the system resolver)."""
         if not self.servers:
-            return await self._system(name, qtype)
+            return await self._system(name, qtype), None
         for index in select_servers(name, self.plans, disable_fallback=self._disable_fallback):
             server = self.servers[index]
             if bootstrap and server.endpoint.scheme in ("tls", "https"):
@@ -182,14 +195,15 @@ class DnsService:
             if answer.truncated:
                 log.debug("%s: truncated answer for %s even over TCP", server.endpoint, name)
                 continue
+            origin = self._configs[index]
             if answer.rcode != NOERROR or not answer.addresses:
-                return Resolution(answer.rcode, (), answer.ttl)
+                return Resolution(answer.rcode, (), answer.ttl), origin
             kept = filter_expected(answer.addresses, server.plan.expect_ips)
             if kept:
-                return Resolution(NOERROR, kept, answer.ttl)
+                return Resolution(NOERROR, kept, answer.ttl), origin
             log.debug("%s: %s %s answers outside expect_ips: %s", server.endpoint, name,
                       qtype_name(qtype), ", ".join(map(str, answer.addresses)))  # fmt: skip
-        return Resolution(SERVFAIL, (), 0)
+        return Resolution(SERVFAIL, (), 0), None
 
     async def _system(self, name: str, qtype: int) -> Resolution:
         family = socket.AF_INET if qtype == QTYPE_A else socket.AF_INET6
@@ -215,6 +229,49 @@ class DnsService:
             if result.addresses:
                 return result.addresses[0]
         raise UpstreamError(f"cannot resolve the server name {host!r} (put it in dns.hosts)")
+
+    # -- across a reload ----------------------------------------------------------------
+
+    def adopt(self, previous: DnsService) -> None:
+        """Keep what ``previous`` (the service of the configuration being replaced) learnt
+        and this configuration does not invalidate: the address -> domain map (facts
+        about what clients resolved, whatever the config), and each cached answer whose
+        server is still configured alike and would still be asked for the name after
+        the same servers as before; the answers of servers removed or changed (address,
+        domains, expect_ips, outbound...) or now preceded by another are dropped."""
+        if self.reverse is not None and previous.reverse is not None:
+            self.reverse = previous.reverse
+        alike = (previous._configs == self._configs
+                 and previous._disable_fallback == self._disable_fallback)  # fmt: skip
+        verdicts: dict[tuple[str, DnsServerConfig | None], bool] = {}
+
+        def still_holds(key: _Key, entry: _Resolved | _Forwarded) -> bool:
+            if alike:
+                return True
+            found = (str(key[1]), entry.origin)
+            if found not in verdicts:
+                verdicts[found] = self._asked_alike(previous, *found)
+            return verdicts[found]
+
+        kept = self.cache.carry_over(previous.cache, still_holds, trio.current_time())
+        log.info("dns: kept %d of %d cached answer(s) and %d reverse-mapped address(es)",
+                 kept, len(previous.cache), len(self.reverse or ()))  # fmt: skip
+
+    def _asked_alike(
+        self, previous: DnsService, name: str, origin: DnsServerConfig | None
+    ) -> bool:
+        """Whether this configuration walks to ``origin`` for ``name`` past the same
+        servers as ``previous`` did (None: both ask the system resolver)."""
+        if origin is None:
+            return not self._configs and not previous._configs
+        before = [previous._configs[i] for i in select_servers(
+            name, previous.plans, disable_fallback=previous._disable_fallback)]  # fmt: skip
+        now = [self._configs[i] for i in select_servers(
+            name, self.plans, disable_fallback=self._disable_fallback)]  # fmt: skip
+        if origin not in before:
+            return False
+        upto = before.index(origin) + 1
+        return now[:upto] == before[:upto]
 
     # -- client messages (see .answer) -----------------------------------------------
 
@@ -267,7 +324,8 @@ class DnsService:
             if rcode in (NOERROR, NXDOMAIN):
                 negative = int.from_bytes(reply[6:8], "big") == 0
                 now = trio.current_time()
-                self.cache.put(key, _Forwarded(now, reply), ttl, now, negative=negative)
+                stored = _Forwarded(now, reply, self._configs[index])
+                self.cache.put(key, stored, ttl, now, negative=negative)
             return reply
         return None
 
