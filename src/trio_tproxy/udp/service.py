@@ -26,6 +26,7 @@ from ..config import Inbound
 from ..inbound import gso
 from ..inbound.udp import DATAGRAM_BUFFER, receive_datagrams
 from ..limits import DRAIN_IDLE, UdpCounters, UdpLimits, check_fd_budget
+from ..outbound.udp_socket import deliver_own_reply
 from ..runtime import Runtime
 from ..sock import close_socket
 from .lru import IdleLru
@@ -103,6 +104,9 @@ class UdpService:
             counters.dropped += 1
             return
         try:
+            if deliver_own_reply(dst, payload, client):  # see outbound/udp_socket.py
+                counters.own_replies += 1
+                return
             counters.datagrams_up += 1
             counters.bytes_up += len(payload)
             if not payload:
