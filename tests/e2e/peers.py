@@ -95,8 +95,36 @@ def handle_banner(conn: socket.socket) -> None:
             pass
 
 
+def handle_endless(conn: socket.socket) -> None:
+    """An HTTP/1.0 response whose body never ends (64 KiB every 10 ms, until the peer goes)."""
+    with conn:
+        try:
+            conn.recv(CHUNK)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n")
+            block = pattern(3, CHUNK)
+            for _ in range(100_000):
+                conn.sendall(block)
+                time.sleep(0.01)
+        except OSError:
+            pass
+
+
+def handle_finishing(conn: socket.socket) -> None:
+    """An HTTP/1.0 response ended by the close: ten 1000-byte pieces over ~0.5 s."""
+    with conn:
+        try:
+            conn.recv(CHUNK)
+            conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n")
+            for i in range(10):
+                conn.sendall(pattern(i, 1000))
+                time.sleep(0.05)
+        except OSError:
+            pass
+
+
 HANDLERS = {"echo": handle_echo, "halfclose": handle_halfclose, "source": handle_source,
-            "slow": handle_slow, "banner": handle_banner}  # fmt: skip
+            "slow": handle_slow, "banner": handle_banner, "endless": handle_endless,
+            "finishing": handle_finishing}  # fmt: skip
 
 
 def connect(host: str, port: int, timeout: float) -> socket.socket:

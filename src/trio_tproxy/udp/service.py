@@ -61,6 +61,7 @@ class UdpService:
         return self._runtime().udp_limits
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        ended = "stopped"
         try:
             async with trio.open_nursery() as nursery:
                 self._replies = self._make_replies(nursery)
@@ -73,8 +74,13 @@ class UdpService:
                 task_status.started()
                 await self._janitor()
                 nursery.cancel_scope.cancel()
+        except BaseException:
+            # Cut short: the drain deadline (trio's Cancelled, maybe in a group) or a
+            # crash. The sessions still open did not end on their own: say so.
+            ended = "cancelled"
+            raise
         finally:
-            self._close_all("stopped")
+            self._close_all(ended)
             log.info("udp %s: %s; %d datagrams left in GSO bursts", self.inbound.tag,
                      self.counters.summary(), gso.stats.coalesced)  # fmt: skip
 
