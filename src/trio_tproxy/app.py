@@ -85,6 +85,11 @@ class Gateway:
         except Exception as exc:  # an unforeseen failure must not take the gateway down
             log.error("reload failed, keeping the running configuration: %r", exc)
             return
+        # firewall.auto: re-applied when its ruleset changed. Not abandoned on cancel:
+        # the exit's removal must not race a ruleset still being installed. The
+        # listeners keep the inbounds they were bound with until a restart.
+        running = attrs.evolve(runtime.config, inbounds=old.config.inbounds)
+        await trio.to_thread.run_sync(self._firewall.reload, running)
         runtime.dns.adopt(old.dns)  # the DNS cache and reverse map outlive the reload
         warn_not_yet_in_effect(runtime.config)
         if runtime.config.inbounds != old.config.inbounds:
@@ -95,17 +100,13 @@ class Gateway:
         log.info("configuration reloaded from %s", self.config_path)
 
     def _build_next(self, old: Runtime) -> Runtime:
-        """In a worker thread: load and compile, keeping the running pipe pool and cache;
-        then re-apply the firewall if firewall.auto and its ruleset changed."""
+        """In a worker thread: load and compile, keeping the running pipe pool and cache."""
         with quiet_build():
-            runtime = Runtime.build(
+            return Runtime.build(
                 load_config(self.config_path),
                 pipes=old.flow_context.pool.pipes,
                 router_cache=old.router_cache,
             )
-        # the listeners keep the inbounds they were bound with until a restart
-        self._firewall.reload(attrs.evolve(runtime.config, inbounds=old.config.inbounds))
-        return runtime
 
     async def _reloads(self, notifier: Notifier) -> None:
         """One build at a time: SIGHUPs during a build ask for one more build after it."""
