@@ -11,9 +11,11 @@ SIGHUPs that arrive during a build coalesce into one more build after it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import trio
 from .addr import SockAddr
 from .config import Config, ConfigErrors, Inbound, load_config
 from .dns.server import DnsListener, open_dns_listener
+from .dns.service import DnsService
 from .firewall.apply import AutoFirewall
 from .inbound.tcp import accept_loop, open_tcp_listener
 from .inbound.udp import open_udp_listener
@@ -36,6 +39,15 @@ from .udp.service import UdpService
 
 log = logging.getLogger("trio_tproxy.app")
 
+# A replaced runtime is cyclic garbage once no flow holds it, freed by a full collection.
+# The build sends the new runtime straight to the oldest generation (runtime.quiet_build),
+# so reloads no longer trigger full collections by themselves: the replaced runtimes wait
+# for the next one the process makes anyway. To bound the memory they hold (~15-20 MB
+# each with conf/main.toml's lists), a reload that finds more than this many of them
+# still in memory runs a full collection before it builds (a pass over everything:
+# ~40-100 ms of GIL here, which is why it is not done at every reload).
+RETIRED_RUNTIMES_KEPT = 2
+
 
 class Gateway:
     def __init__(self, config_path: Path, runtime: Runtime) -> None:
@@ -45,6 +57,9 @@ class Gateway:
         self._over_limit_logged = False
         self._reload_wanted = trio.Event()
         self._firewall = AutoFirewall(None)  # firewall.auto: set by serve()
+        # replaced runtimes, until freed: by their DNS service, which sits in a reference
+        # cycle (the runtime object itself may go by refcount, leaving the cycle behind)
+        self._retired: list[weakref.ref[DnsService]] = []
 
     def _handler(
         self, inbound: Inbound
@@ -75,6 +90,10 @@ class Gateway:
         """Build the next runtime off the loop from the config file and swap it in."""
         old = self.runtime
         log.info("reloading the configuration from %s", self.config_path)
+        self._retired = [ref for ref in self._retired if ref() is not None]
+        if len(self._retired) > RETIRED_RUNTIMES_KEPT:
+            gc.collect()  # what earlier reloads replaced, before this one builds (above)
+            self._retired = [ref for ref in self._retired if ref() is not None]
         try:
             runtime = await trio.to_thread.run_sync(self._build_next, old, abandon_on_cancel=True)
         except ConfigErrors as exc:
@@ -98,6 +117,7 @@ class Gateway:
             log.warning("dns.listen changes take effect on restart; other changes applied")
         self.runtime = runtime
         log.info("configuration reloaded from %s", self.config_path)
+        self._retired.append(weakref.ref(old.dns))
 
     def _build_next(self, old: Runtime) -> Runtime:
         """In a worker thread: load and compile, keeping the running pipe pool and cache."""
