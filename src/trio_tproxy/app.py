@@ -90,25 +90,11 @@ class Gateway:
         """Build the next runtime off the loop from the config file and swap it in."""
         old = self.runtime
         log.info("reloading the configuration from %s", self.config_path)
-        self._retired = [ref for ref in self._retired if ref() is not None]
-        if len(self._retired) > RETIRED_RUNTIMES_KEPT:
-            gc.collect()  # what earlier reloads replaced, before this one builds (above)
-            self._retired = [ref for ref in self._retired if ref() is not None]
-        try:
-            runtime = await trio.to_thread.run_sync(self._build_next, old, abandon_on_cancel=True)
-        except ConfigErrors as exc:
-            log.error("reload rejected, keeping the running configuration:")
-            for error in exc.errors:
-                log.error("  %s", error)
+        self._collect_retired()
+        runtime = await self._build(old)
+        if runtime is None:
             return
-        except Exception as exc:  # an unforeseen failure must not take the gateway down
-            log.error("reload failed, keeping the running configuration: %r", exc)
-            return
-        # firewall.auto: re-applied when its ruleset changed. Not abandoned on cancel:
-        # the exit's removal must not race a ruleset still being installed. The
-        # listeners keep the inbounds they were bound with until a restart.
-        running = attrs.evolve(runtime.config, inbounds=old.config.inbounds)
-        await trio.to_thread.run_sync(self._firewall.reload, running)
+        await self._reapply_firewall(runtime, old)
         runtime.dns.adopt(old.dns)  # the DNS cache and reverse map outlive the reload
         warn_not_yet_in_effect(runtime.config)
         if runtime.config.inbounds != old.config.inbounds:
@@ -118,6 +104,35 @@ class Gateway:
         self.runtime = runtime
         log.info("configuration reloaded from %s", self.config_path)
         self._retired.append(weakref.ref(old.dns))
+
+    def _collect_retired(self) -> None:
+        """Free the runtimes earlier reloads replaced once too many wait (see the top)."""
+        self._retired = [ref for ref in self._retired if ref() is not None]
+        if len(self._retired) > RETIRED_RUNTIMES_KEPT:
+            gc.collect()
+            self._retired = [ref for ref in self._retired if ref() is not None]
+
+    async def _build(self, old: Runtime) -> Runtime | None:
+        """The next runtime, built in a worker thread; None (logged) if it cannot be."""
+        try:
+            return await trio.to_thread.run_sync(self._build_next, old, abandon_on_cancel=True)
+        except ConfigErrors as exc:
+            log.error("reload rejected, keeping the running configuration:")
+            for error in exc.errors:
+                log.error("  %s", error)
+        except Exception as exc:  # an unforeseen failure must not take the gateway down
+            log.error("reload failed, keeping the running configuration: %r", exc)
+        return None
+
+    async def _reapply_firewall(self, runtime: Runtime, old: Runtime) -> None:
+        """firewall.auto: re-applied when its ruleset changed, with the running inbounds
+        (the listeners keep theirs until a restart). Not abandoned on cancel: the exit's
+        removal must not race a ruleset still being installed."""
+        running = attrs.evolve(runtime.config, inbounds=old.config.inbounds)
+        try:
+            await trio.to_thread.run_sync(self._firewall.reload, running)
+        except Exception as exc:  # reload() logs what it expects; nothing may stop serving
+            log.error("firewall: not re-applied, the applied ruleset stays: %r", exc)
 
     def _build_next(self, old: Runtime) -> Runtime:
         """In a worker thread: load and compile, keeping the running pipe pool and cache."""
