@@ -35,5 +35,6 @@ async def test_a_faulty_server_makes_the_splitter_ask_the_next(
     assert bad.count("x.com", transport=transport) >= 1
     assert good.count("x.com", transport=transport) == 1
     # Over UDP a reply that does not parse as the answer to our query may be a spoof:
-    # it is waited past until the server's timeout (1 s). Never longer than that.
-    assert trio.current_time() - start < 1.5
+    # it is waited past until the server's timeout (1 s); then the next one answers (the
+    # margin is for a loaded test machine).
+    assert trio.current_time() - start < 2.5
