@@ -86,6 +86,11 @@ class Gateway:
 
         return on_connection
 
+    def request_reload(self) -> None:
+        """Ask for a reload (SIGHUP, the controller API): it runs in the background; asked
+        again while a build runs, one more build follows it (requests coalesce)."""
+        self._reload_wanted.set()
+
     async def reload(self) -> None:
         """Build the next runtime off the loop from the config file and swap it in."""
         old = self.runtime
@@ -198,7 +203,7 @@ class Gateway:
                         task_status.started()
                         async for signum in sigs:
                             if signum == signal.SIGHUP:
-                                self._reload_wanted.set()
+                                self.request_reload()
                                 continue
                             break
                         accepting.cancel_scope.cancel()
