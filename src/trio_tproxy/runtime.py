@@ -54,8 +54,10 @@ def not_yet_in_effect(cfg: Config) -> list[str]:
 # build is pure: config, lists, geodata, no trio). Through the GIL the build can still
 # stall the loop: a full collection during it (~120,000 new objects with conf/main.toml's
 # lists) holds the GIL ~50 ms, and under the default 5 ms switch interval the build
-# thread keeps the GIL 5 ms at a time. With the collector paused and a 1 ms interval
-# the worst round trip of a flow across reloads stayed at a few tens of ms.
+# thread keeps the GIL 5 ms at a time. Measured with tests/e2e/test_reload.py (a byte
+# every 10 ms, three uncached reloads of the big lists, 2 loaded cores): 213 ms worst
+# round trip building on the loop; 40-140 ms in a thread with the collector paused and a
+# 1 ms interval; 5-80 ms once the new runtime also skips the young generations (below).
 BUILD_SWITCH_INTERVAL = 0.001
 
 
