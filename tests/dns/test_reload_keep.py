@@ -102,3 +102,19 @@ async def test_kept_answers_keep_their_expiry(make_service: MakeService,
     new.adopt(old)
     reply = new.answer_now(query("x.com"), udp=True)
     assert reply is not None and 0 < DNSRecord.parse(reply).rr[0].ttl <= 300
+
+
+async def test_a_server_reached_through_a_changed_outbound_loses_its_answers(
+    make_service: MakeService, fake_dns: MakeFake
+) -> None:
+    foreign = fake_dns(FOREIGN)
+    dns = server(f"127.0.0.1:{foreign.port}", 'outbound = "via"')
+    old = make_service(dns, '[[outbounds]]\ntag = "via"\ntype = "direct"\n')
+    await ask(old, "x.com")
+    same = make_service(dns, '[[outbounds]]\ntag = "via"\ntype = "direct"\n')
+    same.adopt(old)
+    assert same.answer_now(query("x.com"), udp=True) is not None
+    changed = make_service(dns, '[[outbounds]]\ntag = "via"\ntype = "direct"\n'
+                                'domain_strategy = "use_ip"\n')  # fmt: skip
+    changed.adopt(old)
+    assert changed.answer_now(query("x.com"), udp=True) is None

@@ -72,20 +72,33 @@ LOCAL_TTL = 60
 SYSTEM_TTL = 60
 
 
+_Key = tuple[str | int | bool, ...]
+# Who gave an answer: the server as configured and, when it names one, its outbound as
+# configured (the same server reached another way may answer otherwise: geo-DNS).
+_Origin = tuple[DnsServerConfig, object]
+
+
+def _origins(cfg: Config) -> tuple[_Origin, ...]:
+    def outbound(tag: str | None) -> object:
+        try:
+            return cfg.outbound(tag) if tag is not None else None
+        except KeyError:  # the config checks refuse an unknown tag; nothing to compare
+            return None
+
+    return tuple((server, outbound(server.outbound)) for server in cfg.dns.servers)
+
+
 @attrs.frozen
 class _Forwarded:
     at: float  # when it was stored: TTLs are aged by the time since
     reply: bytes
-    origin: DnsServerConfig | None = None  # the server that answered (None: the system's)
+    origin: _Origin | None = None  # the server that answered (None: the system's)
 
 
 @attrs.frozen
 class _Resolved:
     resolution: Resolution
-    origin: DnsServerConfig | None  # the server that answered (None: the system resolver)
-
-
-_Key = tuple[str | int | bool, ...]
+    origin: _Origin | None  # the server that answered (None: the system resolver)
 
 
 class DnsService:
@@ -106,7 +119,7 @@ class DnsService:
             resolver=self, bootstrap=self._bootstrap,
         )  # fmt: skip
         size = dns.cache_size if dns.cache else 0
-        self._configs = tuple(dns.servers)
+        self._configs = _origins(cfg)
         self.cache: TtlCache[_Key, _Resolved | _Forwarded] = TtlCache(
             size, dns.min_ttl.seconds, dns.max_ttl.seconds
         )
@@ -175,7 +188,7 @@ class DnsService:
 
     async def _walk(
         self, name: str, qtype: int, *, bootstrap: bool
-    ) -> tuple[Resolution, DnsServerConfig | None]:
+    ) -> tuple[Resolution, _Origin | None]:
         """The answer and the server that gave it (None: the system resolver)."""
         if not self.servers:
             return await self._system(name, qtype), None
@@ -238,12 +251,13 @@ class DnsService:
         about what clients resolved, whatever the config), and each cached answer whose
         server is still configured alike and would still be asked for the name after
         the same servers as before; the answers of servers removed or changed (address,
-        domains, expect_ips, outbound...) or now preceded by another are dropped."""
+        domains, expect_ips, their outbound or its settings...) or now preceded by another
+        are dropped."""
         if self.reverse is not None and previous.reverse is not None:
             self.reverse = previous.reverse
         alike = (previous._configs == self._configs
                  and previous._disable_fallback == self._disable_fallback)  # fmt: skip
-        verdicts: dict[tuple[str, DnsServerConfig | None], bool] = {}
+        verdicts: dict[tuple[str, _Origin | None], bool] = {}
 
         def still_holds(key: _Key, entry: _Resolved | _Forwarded) -> bool:
             if alike:
@@ -258,7 +272,7 @@ class DnsService:
                  kept, len(previous.cache), len(self.reverse or ()))  # fmt: skip
 
     def _asked_alike(
-        self, previous: DnsService, name: str, origin: DnsServerConfig | None
+        self, previous: DnsService, name: str, origin: _Origin | None
     ) -> bool:
         """Whether this configuration walks to ``origin`` for ``name`` past the same
         servers as ``previous`` did (None: both ask the system resolver)."""
