@@ -3,23 +3,29 @@
 Lifetimes nest as hypercorn's trio worker does: process > flows > listeners. On
 SIGTERM/SIGINT the listeners are cancelled and closed first (no new flows), then the
 flows nursery gets a deadline of ``policy.grace`` to drain before it is cancelled.
-SIGHUP reloads the configuration: new flows use the new runtime, established flows keep
-the one they started with; a bad new config is logged and the old one keeps running.
+SIGHUP reloads the configuration: the next runtime is built in a worker thread (the loop
+keeps relaying meanwhile) and swapped in when ready; new flows use it, established flows
+keep the one they started with; a bad new config is logged and the old one keeps running.
+SIGHUPs that arrive during a build coalesce into one more build after it.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import attrs
 import trio
 
 from .addr import SockAddr
 from .config import Config, ConfigErrors, Inbound, load_config
 from .dns.server import DnsListener, open_dns_listener
+from .dns.service import DnsService
 from .firewall.apply import AutoFirewall
 from .inbound.tcp import accept_loop, open_tcp_listener
 from .inbound.udp import open_udp_listener
@@ -27,12 +33,21 @@ from .limits import check_connection_budget, raise_nofile_limit
 from .notify import Notifier
 from .outbound import UnavailableOutbound
 from .outbound.group import probe_groups
-from .runtime import Runtime, not_yet_in_effect
+from .runtime import Runtime, not_yet_in_effect, quiet_build
 from .session import handle_tcp
 from .sock import set_reset_on_close
 from .udp.service import UdpService
 
 log = logging.getLogger("trio_tproxy.app")
+
+# A replaced runtime is cyclic garbage once no flow holds it, freed by a full collection.
+# The build sends the new runtime straight to the oldest generation (runtime.quiet_build),
+# so reloads no longer trigger full collections by themselves: the replaced runtimes wait
+# for the next one the process makes anyway. To bound the memory they hold (~15-20 MB
+# each with conf/main.toml's lists), a reload that finds more than this many of them
+# still in memory runs a full collection before it builds (a pass over everything:
+# ~40-100 ms of GIL here, which is why it is not done at every reload).
+RETIRED_RUNTIMES_KEPT = 2
 
 
 class Gateway:
@@ -42,6 +57,11 @@ class Gateway:
         self.active_flows = 0
         self._over_limit_logged = False
         self._probing = trio.CancelScope()  # the running runtime's group probers
+        self._reload_wanted = trio.Event()
+        self._firewall = AutoFirewall(None)  # firewall.auto: set by serve()
+        # replaced runtimes, until freed: by their DNS service, which sits in a reference
+        # cycle (the runtime object itself may go by refcount, leaving the cycle behind)
+        self._retired: list[weakref.ref[DnsService]] = []
 
     def _handler(
         self, inbound: Inbound
@@ -68,26 +88,79 @@ class Gateway:
 
         return on_connection
 
-    def reload(self) -> None:
+    def request_reload(self) -> None:
+        """Ask for a reload (SIGHUP, the controller API): it runs in the background; asked
+        again while a build runs, one more build follows it (requests coalesce)."""
+        self._reload_wanted.set()
+
+    async def reload(self) -> None:
+        """Build the next runtime off the loop from the config file and swap it in."""
+        old = self.runtime
+        log.info("reloading the configuration from %s", self.config_path)
+        self._collect_retired()
+        runtime = await self._build(old)
+        if runtime is None:
+            return
+        await self._reapply_firewall(runtime, old)
+        runtime.dns.adopt(old.dns)  # the DNS cache and reverse map outlive the reload
+        warn_not_yet_in_effect(runtime.config)
+        if runtime.config.inbounds != old.config.inbounds:
+            log.warning("inbound changes take effect on restart; other changes applied")
+        if runtime.config.dns.listen != old.config.dns.listen:
+            log.warning("dns.listen changes take effect on restart; other changes applied")
+        self.runtime = runtime
+        log.info("configuration reloaded from %s", self.config_path)
+        self._retired.append(weakref.ref(old.dns))
+
+    def _collect_retired(self) -> None:
+        """Free the runtimes earlier reloads replaced once too many wait (see the top)."""
+        self._retired = [ref for ref in self._retired if ref() is not None]
+        if len(self._retired) > RETIRED_RUNTIMES_KEPT:
+            gc.collect()
+            self._retired = [ref for ref in self._retired if ref() is not None]
+
+    async def _build(self, old: Runtime) -> Runtime | None:
+        """The next runtime, built in a worker thread; None (logged) if it cannot be."""
         try:
-            runtime = Runtime.build(
-                load_config(self.config_path),
-                pipes=self.runtime.flow_context.pool.pipes,
-                router_cache=self.runtime.router_cache,
-                groups=self.runtime.groups,
-            )
+            return await trio.to_thread.run_sync(self._build_next, old, abandon_on_cancel=True)
         except ConfigErrors as exc:
             log.error("reload rejected, keeping the running configuration:")
             for error in exc.errors:
                 log.error("  %s", error)
-            return
-        warn_not_yet_in_effect(runtime.config)
-        if runtime.config.inbounds != self.runtime.config.inbounds:
-            log.warning("inbound changes take effect on restart; other changes applied")
-        if runtime.config.dns.listen != self.runtime.config.dns.listen:
-            log.warning("dns.listen changes take effect on restart; other changes applied")
-        self.runtime = runtime
-        log.info("configuration reloaded from %s", self.config_path)
+        except Exception as exc:  # an unforeseen failure must not take the gateway down
+            log.error("reload failed, keeping the running configuration: %r", exc)
+        return None
+
+    async def _reapply_firewall(self, runtime: Runtime, old: Runtime) -> None:
+        """firewall.auto: re-applied when its ruleset changed, with the running inbounds
+        (the listeners keep theirs until a restart). Not abandoned on cancel: the exit's
+        removal must not race a ruleset still being installed."""
+        running = attrs.evolve(runtime.config, inbounds=old.config.inbounds)
+        try:
+            await trio.to_thread.run_sync(self._firewall.reload, running)
+        except Exception as exc:  # reload() logs what it expects; nothing may stop serving
+            log.error("firewall: not re-applied, the applied ruleset stays: %r", exc)
+
+    def _build_next(self, old: Runtime) -> Runtime:
+        """In a worker thread: load and compile, keeping the running pipe pool and cache."""
+        with quiet_build():
+            return Runtime.build(
+                load_config(self.config_path),
+                pipes=old.flow_context.pool.pipes,
+                router_cache=old.router_cache,
+                groups=old.groups,  # probe history and selector choices outlive the reload
+            )
+
+    async def _reloads(self, notifier: Notifier, nursery: trio.Nursery) -> None:
+        """One build at a time: SIGHUPs during a build ask for one more build after it.
+        The group probers follow the runtime in use (``nursery``: where they run)."""
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted = trio.Event()
+            notifier.reloading()
+            await self.reload()
+            self._start_probers(nursery)
+            notifier.ready(f"{self.active_flows} active flow(s)")
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.runtime.config
@@ -105,7 +178,7 @@ class Gateway:
         udp_inbounds = [ib for ib in cfg.inbounds if "udp" in ib.network]
         if self.runtime.dns.uses_system_resolver:
             log.info("dns.servers is empty: names are resolved by the system resolver")
-        firewall = AutoFirewall.prepare(cfg)  # firewall.auto; clears a crashed run's leftovers
+        self._firewall = firewall = AutoFirewall.prepare(cfg)  # clears a crashed run's leftovers
         listeners = []
         notifier = Notifier()  # systemd Type=notify: a no-op without $NOTIFY_SOCKET
         dns_listeners: list[DnsListener] = []
@@ -136,13 +209,11 @@ class Gateway:
                         if (every := notifier.watchdog_interval()) is not None:
                             accepting.start_soon(notifier.watchdog, every)
                         self._start_probers(accepting)
+                        accepting.start_soon(self._reloads, notifier, accepting)
                         task_status.started()
                         async for signum in sigs:
                             if signum == signal.SIGHUP:
-                                notifier.reloading()
-                                self.reload()
-                                self._start_probers(accepting)
-                                notifier.ready(f"{self.active_flows} active flow(s)")
+                                self.request_reload()
                                 continue
                             break
                         accepting.cancel_scope.cancel()

@@ -105,6 +105,7 @@ class UdpCounters:
     empty: int = 0  # zero-length datagrams (relayed like any other)
     dropped: int = 0  # not relayed: queue full, send error, refused, blocked, truncated
     refused_loop: int = 0  # addressed to the gateway itself
+    own_replies: int = 0  # replies to our upstream links that the ruleset diverted here
     reply_sockets: int = 0  # transparent reply sockets opened
     reply_evicted: int = 0
     reply_raw: int = 0  # replies sent through the raw fallback
@@ -114,7 +115,8 @@ class UdpCounters:
             f"{self.sessions} sessions ({self.expired} expired, {self.evicted} evicted), "
             f"{self.flows} flows; up {self.datagrams_up} datagrams/{self.bytes_up} bytes, "
             f"down {self.datagrams_down}/{self.bytes_down}; {self.empty} empty, "
-            f"{self.dropped} dropped, {self.refused_loop} refused (loop); reply sockets "
+            f"{self.dropped} dropped, {self.refused_loop} refused (loop), "
+            f"{self.own_replies} diverted replies to our links delivered; reply sockets "
             f"{self.reply_sockets} opened, {self.reply_evicted} evicted, "
             f"{self.reply_raw} raw replies"
         )

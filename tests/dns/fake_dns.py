@@ -2,7 +2,7 @@
 
 Answers A/AAAA/TXT from a zone (name -> list of record texts), counts the questions it
 gets, and can misbehave on purpose: truncate every UDP answer (TC=1, the full answer
-over TCP), stay silent, or answer garbage. Runs in-process (tests on loopback) or as a
+over TCP), stay silent, answer garbage, cut its answers short or answer under another ID. Runs in-process (tests on loopback) or as a
 script inside a namespace::
 
     python fake_dns.py --listen 10.77.2.2:5354 --truncate --record big.example=A:10.0.0.1
@@ -34,6 +34,8 @@ class FakeDns:
         truncate_udp: bool = False,
         silent: bool = False,
         garbage: bool = False,
+        truncated: bool = False,
+        wrong_id: bool = False,
         ttl: int = 300,
         log: str | None = None,
     ) -> None:
@@ -41,6 +43,8 @@ class FakeDns:
         self.truncate_udp = truncate_udp
         self.silent = silent
         self.garbage = garbage
+        self.truncated = truncated  # answers cut short inside their last record
+        self.wrong_id = wrong_id  # answers under another message ID
         self.ttl = ttl
         self.questions: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self._log = open(log, "a", buffering=1) if log else None  # noqa: SIM115
@@ -137,7 +141,12 @@ class FakeDns:
         if transport == "udp" and self.truncate_udp:
             reply.rr = []
             reply.header.tc = 1
-        return reply.pack()
+        packed: bytes = reply.pack()
+        if self.truncated:
+            packed = packed[:-3]
+        if self.wrong_id:
+            packed = bytes([packed[0] ^ 0x5A, packed[1]]) + packed[2:]
+        return packed
 
     def close(self) -> None:
         for server in (self.udp, self.tcp):

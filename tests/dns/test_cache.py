@@ -144,3 +144,22 @@ def test_reverse_map_is_bounded_and_newest_wins() -> None:
     assert reverse.lookup(d) == "three.example"
     mapped = ipaddress.ip_address("::ffff:10.0.0.4")
     assert reverse.lookup(mapped) == "three.example"  # what a dual-stack socket reports
+
+
+def test_carry_over_keeps_live_accepted_entries_in_recency_order() -> None:
+    old: TtlCache[str, int] = TtlCache(10)
+    for i, key in enumerate("abcde"):
+        old.put(key, i, 30 if key == "a" else 10 + i, now=0.0)
+    old.get("a", now=1.0)  # recency now: b c d e a
+    new: TtlCache[str, int] = TtlCache(2)
+    # at 11.5 "b" has expired and "d" is refused: c, e, a are taken, the two most recent stay
+    assert new.carry_over(old, lambda key, value: key != "d", now=11.5) == 2
+    assert new.get("c", now=11.5) is None and new.get("b", now=11.5) is None
+    assert new.get("e", now=11.5) == (4, 14.0 - 11.5)  # its expiry kept, not renewed
+    assert new.get("a", now=11.5) == (0, 30.0 - 11.5)
+
+
+def test_carry_over_into_a_disabled_cache_takes_nothing() -> None:
+    old: TtlCache[str, int] = TtlCache(10)
+    old.put("a", 1, 60, now=0.0)
+    assert TtlCache[str, int](0).carry_over(old, lambda key, value: True, now=1.0) == 0

@@ -95,8 +95,49 @@ def handle_banner(conn: socket.socket) -> None:
             pass
 
 
+def handle_endless(conn: socket.socket) -> None:
+    """An HTTP/1.0 response whose body never ends (64 KiB every 10 ms, until the peer goes)."""
+    with conn:
+        try:
+            conn.recv(CHUNK)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n")
+            block = pattern(3, CHUNK)
+            for _ in range(100_000):
+                conn.sendall(block)
+                time.sleep(0.01)
+        except OSError:
+            pass
+
+
+def handle_reset(conn: socket.socket) -> None:
+    """Send for ~0.5 s, then reset the connection (SO_LINGER 0): a server dying mid-body."""
+    with conn:
+        try:
+            block = pattern(4, 16384)
+            for _ in range(50):
+                conn.sendall(block)
+                time.sleep(0.01)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        except OSError:
+            pass
+
+
+def handle_finishing(conn: socket.socket) -> None:
+    """An HTTP/1.0 response ended by the close: ten 1000-byte pieces over ~0.5 s."""
+    with conn:
+        try:
+            conn.recv(CHUNK)
+            conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n")
+            for i in range(10):
+                conn.sendall(pattern(i, 1000))
+                time.sleep(0.05)
+        except OSError:
+            pass
+
+
 HANDLERS = {"echo": handle_echo, "halfclose": handle_halfclose, "source": handle_source,
-            "slow": handle_slow, "banner": handle_banner}  # fmt: skip
+            "slow": handle_slow, "banner": handle_banner, "endless": handle_endless,
+            "finishing": handle_finishing, "reset": handle_reset}  # fmt: skip
 
 
 def connect(host: str, port: int, timeout: float) -> socket.socket:
@@ -199,6 +240,82 @@ def client_hold(host: str, port: int, count: int, timeout: float) -> dict[str, o
     return {"held": count}
 
 
+def client_pingpong(host: str, port: int, seconds: float, timeout: float) -> dict[str, object]:
+    """One byte to an echo server every 10 ms for ``seconds``: the worst round trip."""
+    rtts: list[float] = []
+    with connect(host, port, timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        print(json.dumps({"connected": True}), flush=True)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            start = time.monotonic()
+            sock.sendall(b"x")
+            if sock.recv(1) != b"x":
+                return {"error": "echo broke", "count": len(rtts)}
+            rtts.append(time.monotonic() - start)
+            time.sleep(0.01)
+    return {"count": len(rtts), "worst": max(rtts), "median": sorted(rtts)[len(rtts) // 2]}
+
+
+def upload(sock: socket.socket, deadline: float, ended: list[object]) -> None:
+    """Send 16 KiB every 10 ms until the connection breaks or the deadline passes; how
+    the sending ended ("reset", "broken", "open") and when goes into ``ended``."""
+    block = pattern(9, 16384)
+    while time.monotonic() < deadline:
+        try:
+            sock.send(block)
+        except BlockingIOError:
+            pass
+        except ConnectionResetError:
+            ended += ["reset", time.monotonic()]
+            return
+        except OSError:
+            ended += ["broken", time.monotonic()]
+            return
+        time.sleep(0.01)
+    ended += ["open", time.monotonic()]
+
+
+def client_watch(host: str, port: int, count: int, timeout: float, size: int) -> dict[str, object]:
+    """Open ``count`` connections (``size`` > 0: each also uploads, e.g. to an echo
+    server; else a download), say so, then read each until it ends. Per connection: how
+    reading ended ("reset", "eof", or "open" at the timeout) and when (time.monotonic(),
+    comparable across processes on one machine), then how uploading ended and when."""
+    socks = [connect(host, port, timeout) for _ in range(count)]
+    deadline = time.monotonic() + timeout
+    uploads: list[list[object]] = [[] for _ in socks]
+    senders = []
+    for s, ended in zip(socks, uploads, strict=True):
+        if size > 0:
+            s.sendall(b"start")
+        s.recv(CHUNK)
+        s.setblocking(False)
+        if size > 0:
+            senders.append(threading.Thread(target=upload, args=(s, deadline, ended), daemon=True))
+            senders[-1].start()
+    print(json.dumps({"holding": count}), flush=True)
+    ends: dict[int, list[object]] = {}
+    while len(ends) < count and time.monotonic() < deadline:
+        for i, s in enumerate(socks):
+            if i in ends:
+                continue
+            try:
+                if not s.recv(CHUNK):
+                    ends[i] = ["eof", time.monotonic()]
+            except BlockingIOError:
+                continue
+            except ConnectionResetError:
+                ends[i] = ["reset", time.monotonic()]
+        time.sleep(0.001)
+    for t in senders:  # the upload's verdict follows the read side's end within 2 s
+        t.join(max(0.0, min(2.0, deadline - time.monotonic())))
+    for s in socks:
+        s.close()
+    now = time.monotonic()
+    return {"ends": [ends.get(i, ["open", now]) + (uploads[i] or ["open", now])
+                     for i in range(count)]}  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("mode")
@@ -207,6 +324,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1_000_000)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--seconds", type=float, default=5.0)
     a = p.parse_args()
     if a.mode.startswith("serve-"):
         serve(a.port, HANDLERS[a.mode.removeprefix("serve-")])
@@ -217,6 +335,8 @@ def main() -> None:
         "connect": lambda: client_connect(a.host, a.port, a.timeout),
         "many": lambda: client_many(a.host, a.port, a.count, a.size, a.timeout),
         "hold": lambda: client_hold(a.host, a.port, a.count, a.timeout),
+        "watch": lambda: client_watch(a.host, a.port, a.count, a.timeout, a.size),
+        "pingpong": lambda: client_pingpong(a.host, a.port, a.seconds, a.timeout),
     }
     print(json.dumps(clients[a.mode]()), flush=True)
 

@@ -7,6 +7,7 @@ and a "foreign" one (10.77.3.2), so every answer says which resolver it came fro
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -49,7 +50,7 @@ FOREIGN = {
     "slow.example": ["10.77.3.24"], "a.dot.test": ["10.77.3.31"], "a.doh.test": ["10.77.3.32"],
     "mapped.example": [FOREIGN_IP], "socks.example": ["10.77.3.25"],
     "cached.example": ["10.77.3.26"], "hijacked.cn": ["10.77.3.16"],
-    "hijacked.com": ["10.77.3.27"],
+    "hijacked.com": ["10.77.3.27"], "kept.example": ["10.77.3.28"],
 }  # fmt: skip
 
 
@@ -299,3 +300,23 @@ def test_reverse_mapping_routes_by_the_resolved_name(dns_gateway: Gateway) -> No
     log = dns_gateway.proxy.wait_for("block (rule #1)")
     line = next(x for x in log.splitlines() if "access" in x and f"{FOREIGN_IP}:{ECHO}" in x)
     assert "[mapped.example]" in line
+
+
+def test_a_reload_keeps_the_cache_and_the_reverse_map(dns_gateway: Gateway,
+                                                      resolvers: Resolvers) -> None:  # fmt: skip
+    lab, proxy = dns_gateway.lab, dns_gateway.proxy
+    assert ask(dns_gateway, "kept.example") == ["10.77.3.28"]
+    assert ask(dns_gateway, "mapped.example") == [FOREIGN_IP]
+    blocked = proxy.log().count("block (rule #1)")
+    proxy.config_path.write_text(proxy.config_path.read_text() + "\n# edited\n")
+    proxy.signal(signal.SIGHUP)
+    log = proxy.wait_for("configuration reloaded", timeout=30)
+    assert "dns: kept " in log
+    assert ask(dns_gateway, "kept.example") == ["10.77.3.28"]
+    assert resolvers.foreign.queries("kept.example") == 1  # answered from the kept cache
+    # raw bytes to the address: only the kept reverse map knows the name
+    lab.client.run(
+        [sys.executable, str(Path(__file__).with_name("peers.py")), "connect",
+         "--host", FOREIGN_IP, "--port", str(ECHO), "--timeout", "10"], check=False,
+    )  # fmt: skip
+    proxy.wait_for("block (rule #1)", count=blocked + 1)

@@ -336,3 +336,31 @@ def test_the_iptables_script_works_the_same(lab: Lab, http: HttpServer) -> None:
     assert state(gw)[1] == before
     saved = gw.run(["sh", "-c", "iptables-save; ip6tables-save"]).stdout
     assert "trio_tproxy" not in saved and "-A " not in saved
+
+
+def test_a_reload_re_applies_a_changed_firewall_at_once(lab: Lab, http: HttpServer) -> None:
+    gw, s = lab.gateway, lab.server
+    before = state(gw)
+    text = config(lab, "auto = true")
+    proxy = ProxyProcess(gw, text)
+    proxy.wait_ready()
+    assert curl(lab.client, s.extra_ip4[1]) == "hello\n"
+    assert seen_by(http) == [lab.client.ip4]  # bypassed: forwarded by the kernel
+    # The same config with another bypass list and table name, applied by SIGHUP.
+    changed = config(lab, 'auto = true\ntable = "trio_tproxy_b"', bypass='["10.77.1.0/24"]')
+    proxy.config_path.write_text(changed)
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_for("configuration reloaded", timeout=30)
+    assert proxy.log().count("firewall applied") == 2
+    ruleset = state(gw)[0]
+    assert "table inet trio_tproxy_b {" in ruleset and "table inet trio_tproxy {" not in ruleset
+    assert curl(lab.client, s.extra_ip4[1]) == "hello\n"
+    assert seen_by(http) == [lab.client.ip4, gw.wan_ip4]  # no longer bypassed: relayed
+    # an unchanged [firewall] is not applied again
+    proxy.config_path.write_text(changed + "\n# edited\n")
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_for("configuration reloaded", count=2, timeout=30)
+    assert proxy.log().count("firewall applied") == 2
+    assert proxy.stop() == 0
+    assert "firewall removed: table inet trio_tproxy_b" in proxy.log()
+    assert state(gw) == before

@@ -17,7 +17,7 @@ from netlab import Lab, Netns
 from netlab.proxy import ProxyProcess
 from netlab.servers import start_iperf3_server, wait_listening
 
-from .conftest import TPROXY_PORT, Gateway, lab_plan, proxy_config
+from .conftest import PROXY_MARK, TPROXY_PORT, Gateway, lab_plan, proxy_config, run_client
 
 pytestmark = pytest.mark.netns
 
@@ -59,11 +59,12 @@ def summary(log: str) -> dict[str, int]:
     line = next(line for line in log.splitlines() if "udp tproxy-in: " in line and " sessions (" in line)
     numbers = re.search(
         r"(\d+) sessions \((\d+) expired, (\d+) evicted\), (\d+) flows; up (\d+) datagrams/"
-        r"\d+ bytes, down (\d+)/\d+; (\d+) empty, (\d+) dropped, (\d+) refused \(loop\); "
+        r"\d+ bytes, down (\d+)/\d+; (\d+) empty, (\d+) dropped, (\d+) refused \(loop\), "
+        r"(\d+) diverted replies to our links delivered; "
         r"reply sockets (\d+) opened, (\d+) evicted, (\d+) raw replies", line)  # fmt: skip
     assert numbers, line
     keys = ("sessions", "expired", "evicted", "flows", "up", "down", "empty", "dropped",
-            "refused_loop", "reply_sockets", "reply_evicted", "raw")  # fmt: skip
+            "refused_loop", "own_replies", "reply_sockets", "reply_evicted", "raw")  # fmt: skip
     return dict(zip(keys, (int(n) for n in numbers.groups()), strict=True))
 
 
@@ -194,7 +195,7 @@ def test_sessions_and_reply_sockets_are_evicted_least_recent_first(
 @pytest.mark.slow
 def test_ten_thousand_client_sources_stay_bounded(make_gateway: Callable[..., Gateway],
                                                   udp_echo: object) -> None:  # fmt: skip
-    limit = 1000
+    limit = 2000  # issue 13: fds <= baseline + 2,100 and RSS growth < 60 MB
     gateway = make_gateway(proxy_config(network=BOTH, policy=f"max_udp_sessions = {limit}"))
     lab, proxy = gateway.lab, gateway.proxy
 
@@ -213,8 +214,9 @@ def test_ten_thousand_client_sources_stay_bounded(make_gateway: Callable[..., Ga
         samples.append((proxy.open_fds(), rss_kib()))
     print(f"10,000 sources, max_udp_sessions={limit}: fds {base_fds} -> "
           f"{[fds for fds, _ in samples]}, RSS KiB {base_rss} -> {[rss for _, rss in samples]}")
-    for fds, _ in samples:
+    for fds, rss in samples:
         assert fds <= base_fds + limit + 16  # one upstream socket per live session
+        assert rss - base_rss < 60 * 1024
     # Once the table is full, memory stops growing with the number of sources seen.
     assert samples[-1][1] - samples[0][1] < 24 * 1024, samples
     proxy.stop()
@@ -358,3 +360,77 @@ outbound = "web"
     assert any(":9002 udp tproxy-in -> web (rule #1)" in line
                and "refused: outbound 'web' does not carry UDP" in line for line in lines), lines  # fmt: skip
     assert gateway.proxy.log().count("outbound 'web' (http) does not carry UDP") == 1
+
+
+# gost's transparent-proxy guide, "Playground" (go-gost/docs, docs/tutorials/redirect.md):
+# the routing and iptables rules of its gateway namespace ns1, verbatim (without the
+# `ip netns exec ns1` prefix). UDP is TPROXY'd with no "local destination: return", so
+# replies to the proxy's own unconnected (full-cone) upstream sockets are diverted too.
+GOST_PLAYGROUND = """
+ip rule add fwmark 1 lookup 100
+ip route add local default dev lo table 100
+
+# TCP
+iptables -t mangle -N DIVERT
+iptables -t mangle -A DIVERT -j MARK --set-mark 1
+iptables -t mangle -A DIVERT -j ACCEPT
+iptables -t mangle -A PREROUTING -p tcp -m socket -j DIVERT
+
+iptables -t mangle -N GOST
+iptables -t mangle -A GOST -p tcp -d 127.0.0.0/8 -j RETURN
+iptables -t mangle -A GOST -p tcp -d 255.255.255.255/32 -j RETURN
+iptables -t mangle -A GOST -p tcp -m mark --mark 100 -j RETURN
+iptables -t mangle -A GOST -p tcp -j TPROXY --tproxy-mark 0x1/0x1 --on-port 12345
+iptables -t mangle -A PREROUTING -p tcp -j GOST
+
+# UDP
+iptables -t mangle -A GOST -p udp -d 127.0.0.0/8 -j RETURN
+iptables -t mangle -A GOST -p udp -d 255.255.255.255/32 -j RETURN
+iptables -t mangle -A GOST -p udp -m mark --mark 100 -j RETURN
+iptables -t mangle -A GOST -p udp -j TPROXY --tproxy-mark 0x1/0x1 --on-port 12345
+iptables -t mangle -A PREROUTING -p udp -j GOST
+"""
+GOST_MARK = 100  # gost's so_mark=100 on its upstream sockets: our direct outbound's mark
+
+
+@pytest.fixture
+def gost_playground_gateway(lab: Lab, udp_echo: object) -> Iterator[Gateway]:
+    for line in GOST_PLAYGROUND.splitlines():
+        if line.strip() and not line.startswith("#"):
+            lab.gateway.run(line.split())
+    config = proxy_config(network=BOTH).replace(f"mark = {PROXY_MARK}", f"mark = {GOST_MARK}")
+    proxy = ProxyProcess(lab.gateway, config)
+    proxy.wait_ready()
+    yield Gateway(lab, proxy)
+    proxy.stop()
+
+
+def test_udp_echo_and_full_cone_behind_gosts_playground_rules(
+    gost_playground_gateway: Gateway,
+) -> None:
+    gateway = gost_playground_gateway
+    lab, proxy = gateway.lab, gateway.proxy
+    server, wan = lab.server.ip4, lab.gateway.wan_ip4
+    result = udp_peer(lab.client, "echo", host=server, port=ECHO, count=20, size=200)
+    assert result == {"ok": 20, "intact": True, "sources": [[server, ECHO]]}
+    # full cone: a remote the client never addressed reaches it through the same mapping
+    b = lab.server.extra_ip4[0]
+    client = lab.client.popen([sys.executable, str(UDP_PEERS), "cone", "--host", server,
+                               "--port", str(ECHO), "--timeout", "10"])  # fmt: skip
+    assert client.stdout is not None
+    mapped = json.loads(client.stdout.readline())["mapped"]
+    assert mapped is not None and mapped[0] == wan
+    udp_peer(lab.server, "send", src=b, sport=7777, host=wan, port=mapped[1], payload="from B")
+    cone = json.loads(client.communicate(timeout=20)[0].strip().splitlines()[-1])
+    assert cone == {"from": [b, 7777], "payload": "from B"}
+    # TCP through the same rules
+    assert run_client(lab.client, "many", server, ECHO, count=3, size=10_000) == {
+        "ok": 3, "errors": []}  # fmt: skip
+    # anything else addressed to the gateway itself is still refused as a loop
+    udp_peer(lab.client, "send", src=lab.client.ip4, sport=7778, host=lab.gateway.lan_ip4,
+             port=5555, payload="to the gateway")  # fmt: skip
+    proxy.stop()
+    counters = summary(proxy.log())
+    assert counters["own_replies"] >= 21  # 20 echoes + B's datagram, each delivered
+    assert counters["refused_loop"] == 1
+    assert proxy.log().count("refused: it is an address of this gateway") == 1

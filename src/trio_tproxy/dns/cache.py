@@ -70,6 +70,21 @@ class TtlCache(Generic[K, V]):
     def clear(self) -> None:
         self._entries.clear()
 
+    def carry_over(self, other: TtlCache[K, V], keep: Callable[[K, V], bool], now: float) -> int:
+        """Take ``other``'s live entries that ``keep`` accepts, with their expiry and in
+        their recency order (a reload keeps what still holds); returns how many."""
+        if self.size <= 0:
+            return 0
+        taken = 0
+        for key, (expires, value) in list(other._entries.items()):  # oldest first
+            if expires > now and keep(key, value):
+                self._entries[key] = (expires, value)
+                self._entries.move_to_end(key)
+                taken += 1
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return min(taken, len(self._entries))
+
 
 @attrs.define
 class _Pending(Generic[V]):

@@ -9,6 +9,9 @@ One :class:`DnsService` per runtime answers three kinds of callers:
   types forwarded (:meth:`forward`) to the server the splitter would choose;
 * sessions: :attr:`reverse`, the address -> domain map filled from answers.
 
+A reload builds a new service; :meth:`adopt` carries over the reverse map and the cached
+answers the new configuration would still get from the same server (see there).
+
 Server walk (reference section 5): servers in :func:`~.policy.select_servers` order,
 each under its own timeout; the next one is asked only when this one gave no answer
 (timeout, connection or TLS failure, a malformed answer) or every address it gave is
@@ -30,7 +33,7 @@ import attrs
 import trio
 
 from ..addr import IPAddress
-from ..config.schema import Config
+from ..config.schema import Config, DnsServerConfig
 from ..geo import GeoData
 from ..route import Router, normalize_domain
 from .answer import ClientAnswers, Resolution
@@ -71,13 +74,35 @@ LOCAL_TTL = 60
 SYSTEM_TTL = 60
 
 
+_Key = tuple[str | int | bool, ...]
+# Who gave an answer: the server as configured and, when it names one, its outbound as
+# configured (the same server reached another way may answer otherwise: geo-DNS).
+_Origin = tuple[DnsServerConfig, object]
+
+
+def _origins(cfg: Config) -> tuple[_Origin, ...]:
+    def outbound(tag: str | None) -> object:
+        try:
+            return cfg.outbound(tag) if tag is not None else None
+        except KeyError:  # the config checks refuse an unknown tag; nothing to compare
+            return None
+
+    return tuple((server, outbound(server.outbound)) for server in cfg.dns.servers)
+
+
 @attrs.frozen
 class _Forwarded:
     at: float  # when it was stored: TTLs are aged by the time since
     reply: bytes
+    origin: _Origin | None = None  # the server that answered (None: the system's)
 
 
-_Key = tuple[str | int | bool, ...]
+@attrs.frozen
+class _Resolved:
+    resolution: Resolution
+    origin: _Origin | None  # the server that answered (None: the system resolver)
+
+
 _T = TypeVar("_T")
 
 
@@ -99,7 +124,8 @@ class DnsService:
             resolver=self, bootstrap=self._bootstrap,
         )  # fmt: skip
         size = dns.cache_size if dns.cache else 0
-        self.cache: TtlCache[_Key, Resolution | _Forwarded] = TtlCache(
+        self._configs = _origins(cfg)
+        self.cache: TtlCache[_Key, _Resolved | _Forwarded] = TtlCache(
             size, dns.min_ttl.seconds, dns.max_ttl.seconds
         )
         self.inflight: Inflight[_Key, Resolution | bytes | None] = Inflight()
@@ -156,9 +182,9 @@ class DnsService:
             result = Resolution(NOERROR, (), LOCAL_TTL)  # query_strategy: not this family
         else:
             hit = self.cache.get(("ip", hosts.name, qtype), trio.current_time())
-            if hit is None or not isinstance(hit[0], Resolution):
+            if hit is None or not isinstance(hit[0], _Resolved):
                 return hosts.name
-            result = attrs.evolve(hit[0], ttl=hit[1])
+            result = attrs.evolve(hit[0].resolution, ttl=hit[1])
         self._learn(name, result)
         return result
 
@@ -168,13 +194,12 @@ class DnsService:
 
     async def _fetch(self, name: str, qtype: int, *, bootstrap: bool = False,
                      direct_only: bool = False) -> Resolution:  # fmt: skip
-        result = await self._ask_addresses(name, qtype, bootstrap=bootstrap,
-                                           direct_only=direct_only)  # fmt: skip
+        result, origin = await self._ask_addresses(name, qtype, bootstrap=bootstrap,
+                                                   direct_only=direct_only)  # fmt: skip
         if result.rcode in (NOERROR, NXDOMAIN):
             negative = not result.addresses
-            stored = self.cache.put(
-                ("ip", name, qtype), result, result.ttl, trio.current_time(), negative=negative
-            )
+            stored = self.cache.put(("ip", name, qtype), _Resolved(result, origin), result.ttl,
+                                    trio.current_time(), negative=negative)  # fmt: skip
             result = attrs.evolve(result, ttl=stored or self.cache.ttl_for(result.ttl))
         return result
 
@@ -212,22 +237,24 @@ class DnsService:
         return None
 
     async def _ask_addresses(self, name: str, qtype: int, *, bootstrap: bool,
-                             direct_only: bool = False) -> Resolution:  # fmt: skip
-        if not self.servers:
-            return await self._system(name, qtype)
-        if direct_only and not await self.servers.any_direct():
-            return await self._system(name, qtype)
+                             direct_only: bool = False,
+                             ) -> tuple[Resolution, _Origin | None]:  # fmt: skip
+        """The answer and the server that gave it (None: the system resolver)."""
+        if not self.servers or (direct_only and not await self.servers.any_direct()):
+            return await self._system(name, qtype), None
 
-        def judge(server: Server, reply: bytes, qid: int) -> Resolution | None:
+        def judge(server: Server, reply: bytes, qid: int
+                  ) -> tuple[Resolution, _Origin | None] | None:  # fmt: skip
             answer = parse_answer(reply, qid, name, qtype)
             if answer.truncated:
                 log.debug("%s: truncated answer for %s even over TCP", server.endpoint, name)
                 return None
+            origin = self._configs[server.plan.index]
             if answer.rcode != NOERROR or not answer.addresses:
-                return Resolution(answer.rcode, (), answer.ttl)
+                return Resolution(answer.rcode, (), answer.ttl), origin
             kept = filter_expected(answer.addresses, server.plan.expect_ips)
             if kept:
-                return Resolution(NOERROR, kept, answer.ttl)
+                return Resolution(NOERROR, kept, answer.ttl), origin
             log.debug("%s: %s %s answers outside expect_ips: %s", server.endpoint, name,
                       qtype_name(qtype), ", ".join(map(str, answer.addresses)))  # fmt: skip
             return None
@@ -235,7 +262,7 @@ class DnsService:
         query = functools.partial(build_query, name, qtype)
         result = await self._walk(name, query, judge, bootstrap=bootstrap,
                                   direct_only=direct_only)  # fmt: skip
-        return Resolution(SERVFAIL, (), 0) if result is None else result
+        return (Resolution(SERVFAIL, (), 0), None) if result is None else result
 
     async def _system(self, name: str, qtype: int) -> Resolution:
         family = socket.AF_INET if qtype == QTYPE_A else socket.AF_INET6
@@ -261,6 +288,50 @@ class DnsService:
             if result.addresses:
                 return result.addresses[0]
         raise UpstreamError(f"cannot resolve the server name {host!r} (put it in dns.hosts)")
+
+    # -- across a reload ----------------------------------------------------------------
+
+    def adopt(self, previous: DnsService) -> None:
+        """Keep what ``previous`` (the service of the configuration being replaced) learnt
+        and this configuration does not invalidate: the address -> domain map (facts
+        about what clients resolved, whatever the config), and each cached answer whose
+        server is still configured alike and would still be asked for the name after
+        the same servers as before; the answers of servers removed or changed (address,
+        domains, expect_ips, their outbound or its settings...) or now preceded by another
+        are dropped."""
+        if self.reverse is not None and previous.reverse is not None:
+            self.reverse = previous.reverse
+        alike = (previous._configs == self._configs
+                 and previous._disable_fallback == self._disable_fallback)  # fmt: skip
+        verdicts: dict[tuple[str, _Origin | None], bool] = {}
+
+        def still_holds(key: _Key, entry: _Resolved | _Forwarded) -> bool:
+            if alike:
+                return True
+            found = (str(key[1]), entry.origin)
+            if found not in verdicts:
+                verdicts[found] = self._asked_alike(previous, *found)
+            return verdicts[found]
+
+        kept = self.cache.carry_over(previous.cache, still_holds, trio.current_time())
+        log.info("dns: kept %d of %d cached answer(s) and %d reverse-mapped address(es)",
+                 kept, len(previous.cache), len(self.reverse or ()))  # fmt: skip
+
+    def _asked_alike(
+        self, previous: DnsService, name: str, origin: _Origin | None
+    ) -> bool:
+        """Whether this configuration walks to ``origin`` for ``name`` past the same
+        servers as ``previous`` did (None: both ask the system resolver)."""
+        if origin is None:
+            return not self._configs and not previous._configs
+        before = [previous._configs[i] for i in select_servers(
+            name, previous.plans, disable_fallback=previous._disable_fallback)]  # fmt: skip
+        now = [self._configs[i] for i in select_servers(
+            name, self.plans, disable_fallback=self._disable_fallback)]  # fmt: skip
+        if origin not in before:
+            return False
+        upto = before.index(origin) + 1
+        return now[:upto] == before[:upto]
 
     # -- client messages (see .answer) -----------------------------------------------
 
@@ -304,7 +375,8 @@ class DnsService:
             if rcode in (NOERROR, NXDOMAIN):
                 negative = int.from_bytes(reply[6:8], "big") == 0
                 now = trio.current_time()
-                self.cache.put(key, _Forwarded(now, reply), ttl, now, negative=negative)
+                origin = self._configs[server.plan.index]
+                self.cache.put(key, _Forwarded(now, reply, origin), ttl, now, negative=negative)
             return reply
 
         return await self._walk(query.name, functools.partial(with_id, query.raw), judge)

@@ -65,6 +65,20 @@ def apply_plan(plan: DiversionPlan) -> None:
     log.info("firewall applied: %s", describe(plan))
 
 
+def replace_plan(old: DiversionPlan, new: DiversionPlan) -> None:
+    """Switch from ``old`` to ``new`` (a reload): the new ruleset replaces our table in one
+    nft transaction, then what only the old plan had (another table name, fwmark or
+    route table) is removed, so no moment passes without a diversion."""
+    apply_plan(new)
+    if old.table != new.table:
+        _run(["nft", "-f", "-"], input=render_nft_removal(old))
+    if rule_selector(old) != rule_selector(new):
+        for family in _FAMILIES:
+            _delete_rules(old, family)
+            if old.route_table != new.route_table:
+                _run(["ip", f"-{family}", "route", "del", *local_route(old, family)], check=False)
+
+
 def remove_plan(plan: DiversionPlan) -> list[str]:
     """Remove the plan's table and policy routing; returns what was found and removed."""
     require_net_admin("firewall remove")
@@ -185,6 +199,27 @@ class AutoFirewall:
     def apply(self) -> None:
         if self.plan is not None:
             apply_plan(self.plan)
+
+    def reload(self, cfg: Config) -> None:
+        """At a reload (blocking: run it off the event loop): re-apply when the ruleset
+        ``cfg`` makes differs from the applied one. ``cfg`` carries the running inbounds
+        (inbound changes wait for a restart, so the diversion keeps their ports). A
+        failure is logged and the applied ruleset stays; switching ``auto`` itself on or
+        off waits for a restart."""
+        if (self.plan is not None) != cfg.firewall.auto:
+            log.warning("firewall.auto changes take effect on restart")
+            return
+        if self.plan is None:
+            return
+        try:
+            plan = plan_from_config(cfg)
+            if plan != self.plan:
+                replace_plan(self.plan, plan)
+                self.plan = plan
+        except ConfigErrors as exc:
+            log.error("firewall: not re-applied: %s", "; ".join(str(e) for e in exc.errors))
+        except FirewallError as exc:
+            log.error("firewall: re-applying failed, the applied ruleset stays: %s", exc)
 
     def remove(self) -> None:
         """Never raises: this runs on the way out, whatever brought us there."""

@@ -7,6 +7,13 @@ to 0.0.0.0 does not pass that test, gets TPROXY'd back into our own listener, an
 flow becomes a loop. Bound to the address the route to the first destination would
 use, the socket is found, and its replies are delivered to it.
 
+Some rulesets divert those replies all the same: TPROXY's socket lookup only takes a
+*connected* UDP socket as the packet's owner, so behind rules that send every UDP packet
+to TPROXY with no "local destination: return" (gost's transparent-proxy guide) a reply
+to our unconnected socket lands on the TPROXY listener, addressed to the socket's own
+address:port. Each link registers that address while it receives; the listener hands
+such a datagram to :func:`deliver_own_reply` and so full cone works behind them too.
+
 The address comes from the kernel itself: ``connect()`` on a UDP socket sends nothing
 but runs the route lookup (with our SO_MARK, so policy routing by mark is honoured),
 and ``getsockname()`` then tells the chosen source. The answer is cached briefly:
@@ -35,6 +42,18 @@ ROUTE_CACHE_SIZE: Final = 1024
 UPSTREAM_SNDBUF: Final = 4 << 20
 
 _route_cache: dict[tuple[int, str, int], tuple[str, float]] = {}
+# The bound address of every receiving link -> where its replies go.
+_own_links: dict[Endpoint, DatagramSink] = {}
+
+
+def deliver_own_reply(dst: Endpoint, payload: memoryview, remote: Endpoint) -> bool:
+    """A datagram the ruleset diverted to a TPROXY listener: if ``dst`` is the address of
+    one of our upstream links, it is that link's reply from ``remote``: delivered."""
+    deliver = _own_links.get(dst)
+    if deliver is None:
+        return False
+    deliver(payload, remote)
+    return True
 
 
 def family_of_text(ip: str) -> int:
@@ -97,11 +116,34 @@ class SocketLink:
         self.sock = sock
         self._buffer = buffer
         self._out = gso.Coalescer(sock)
+        self._local: Endpoint | None = None  # registered in _own_links while receiving
+        self._deliver: DatagramSink | None = None
 
     def send(self, payload: memoryview, dst: Endpoint, domain: str | None) -> str | None:
         return self._out.send(payload, dst)
 
     async def receive(self, deliver: DatagramSink) -> None:
+        self._register(deliver)
+        try:
+            await self._receive(deliver)
+        finally:
+            self._unregister()
+
+    def _register(self, deliver: DatagramSink) -> None:
+        try:
+            host, port = self.sock.getsockname()[:2]
+        except OSError:
+            return
+        self._local, self._deliver = (str(host), int(port)), deliver
+        _own_links[self._local] = deliver
+
+    def _unregister(self) -> None:
+        # only our own entry: a new link may already be bound to the same port
+        if self._local is not None and _own_links.get(self._local) is self._deliver:
+            del _own_links[self._local]
+        self._local = None
+
+    async def _receive(self, deliver: DatagramSink) -> None:
         sock, buffer = self.sock, self._buffer
         view = memoryview(buffer)
 
@@ -123,4 +165,5 @@ class SocketLink:
         await receive_batches(sock, read_batch)
 
     def close(self) -> None:
+        self._unregister()
         close_socket(self.sock)

@@ -26,6 +26,7 @@ from ..config import Inbound
 from ..inbound import gso
 from ..inbound.udp import DATAGRAM_BUFFER, receive_datagrams
 from ..limits import DRAIN_IDLE, UdpCounters, UdpLimits, check_fd_budget
+from ..outbound.udp_socket import deliver_own_reply
 from ..runtime import Runtime
 from ..sock import close_socket
 from .lru import IdleLru
@@ -60,6 +61,7 @@ class UdpService:
         return self._runtime().udp_limits
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        ended = "stopped"
         try:
             async with trio.open_nursery() as nursery:
                 self._replies = self._make_replies(nursery)
@@ -72,8 +74,13 @@ class UdpService:
                 task_status.started()
                 await self._janitor()
                 nursery.cancel_scope.cancel()
+        except BaseException:
+            # Cut short: the drain deadline (trio's Cancelled, maybe in a group) or a
+            # crash. The sessions still open did not end on their own: say so.
+            ended = "cancelled"
+            raise
         finally:
-            self._close_all("stopped")
+            self._close_all(ended)
             log.info("udp %s: %s; %d datagrams left in GSO bursts", self.inbound.tag,
                      self.counters.summary(), gso.stats.coalesced)  # fmt: skip
 
@@ -103,6 +110,9 @@ class UdpService:
             counters.dropped += 1
             return
         try:
+            if deliver_own_reply(dst, payload, client):  # see outbound/udp_socket.py
+                counters.own_replies += 1
+                return
             counters.datagrams_up += 1
             counters.bytes_up += len(payload)
             if not payload:
