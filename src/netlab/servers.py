@@ -66,11 +66,16 @@ class HttpServer:
     port: int
     access_log: Path
 
-    def requests(self) -> list[AccessLogEntry]:
-        """Every request logged so far (nginx writes the log line before closing)."""
-        if not self.access_log.exists():
-            return []
-        return [_parse_log_line(line) for line in self.access_log.read_text().splitlines()]
+    def requests(self, *, wait: float = 1.0) -> list[AccessLogEntry]:
+        """Every request logged so far. nginx logs a request once it has sent the
+        response, which a client behind a proxy may have read before that: when none is
+        logged yet, wait up to ``wait`` seconds for the first one."""
+        deadline = time.monotonic() + wait
+        while True:
+            text = self.access_log.read_text() if self.access_log.exists() else ""
+            if text or time.monotonic() >= deadline:
+                return [_parse_log_line(line) for line in text.splitlines()]
+            time.sleep(0.02)
 
 
 def _parse_log_line(line: str) -> AccessLogEntry:
