@@ -24,7 +24,10 @@ class ProxyProcess:
         self.config_path.write_text(config_text)
         self.log_path = netns.workdir / f"{name}.log"
         self._log = self.log_path.open("w")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # selector choices go to the lab's own state directory, never the host's
+        # /var/lib/trio-tproxy (a test that wants another one sets STATE_DIRECTORY)
+        env = {"STATE_DIRECTORY": str(netns.workdir / "state"), **os.environ,
+               "PYTHONUNBUFFERED": "1"}  # fmt: skip
         self.process = netns.popen(
             [sys.executable, "-m", "trio_tproxy", "run", str(self.config_path)],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=Path.cwd(), env=env,
