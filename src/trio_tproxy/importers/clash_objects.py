@@ -1,0 +1,418 @@
+"""Clash / mihomo YAML: general keys, inbounds, proxies, proxy groups.
+
+``tproxy-port`` / ``redir-port`` become tproxy / redirect inbounds; ``proxies`` of type
+ss, trojan, socks5 and http become outbounds with the proxy's name as tag; groups
+select, url-test and fallback become selector, urltest and fallback (``interval`` in
+seconds, ``tolerance`` and ``timeout`` in milliseconds, as mihomo reads them). The
+built-in policies ``DIRECT`` and ``REJECT`` / ``REJECT-DROP`` become outbounds of those
+names. The target of ``MATCH`` (DIRECT when there is none, as in mihomo) is the first
+outbound, our default. A proxy or group without an equivalent is written as a block
+outbound of the same name, so rules and groups naming it keep their meaning and
+nothing leaks out directly; rules and DNS are in :mod:`.clash_rules`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import yaml
+
+from .draft import Draft, host_port, order_keys, seconds
+from .report import Node, Report, UnreadableInput, kind
+from .toml_out import Table
+
+__all__ = ["ClashContext", "assemble_outbounds", "convert_objects", "load_yaml", "wildcard_entry"]
+
+_LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warning", "error": "error",
+               "silent": "error"}  # fmt: skip
+_SS_CIPHERS = {"aes-128-gcm": "aes-128-gcm", "aes-256-gcm": "aes-256-gcm",
+               "chacha20-ietf-poly1305": "chacha20-ietf-poly1305",
+               "chacha20-poly1305": "chacha20-ietf-poly1305",
+               "2022-blake3-aes-128-gcm": "2022-blake3-aes-128-gcm",
+               "2022-blake3-aes-256-gcm": "2022-blake3-aes-256-gcm",
+               "2022-blake3-chacha20-poly1305": "2022-blake3-chacha20-poly1305"}  # fmt: skip
+_GROUPS = {"select": "selector", "url-test": "urltest", "fallback": "fallback"}
+_BUILTIN = {"DIRECT": "direct", "REJECT": "block", "REJECT-DROP": "block"}
+# Keys that only matter to a client app, a dashboard or mihomo's own process.
+_HARMLESS = ("allow-lan", "bind-address", "lan-allowed-ips", "lan-disallowed-ips",
+             "unified-delay", "tcp-concurrent", "find-process-mode", "global-client-fingerprint",
+             "keep-alive-interval", "keep-alive-idle", "disable-keep-alive", "profile",
+             "geodata-mode", "geodata-loader", "geo-auto-update", "geo-update-interval",
+             "geox-url", "global-ua", "etag-support")  # fmt: skip
+
+
+@attrs.define
+class ClashContext:
+    report: Report
+    draft: Draft
+    names: dict[str, str] = attrs.field(factory=dict)  # proxy/group/builtin name -> our tag
+    tables: dict[str, Table] = attrs.field(factory=dict)
+    used_builtins: set[str] = attrs.field(factory=set)
+    inbound_tags: list[str] = attrs.field(factory=list)
+    mark: int | None = None
+
+    def tag_for(self, name: str) -> str | None:
+        """Our tag for a policy name (adding DIRECT/REJECT when first used)."""
+        if name in _BUILTIN:
+            self.used_builtins.add(name)
+            return name
+        return self.names.get(name)
+
+
+def load_yaml(text: str, name: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1} column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise UnreadableInput(f"{name}: not valid YAML: {problem}{at}") from None
+    except (RecursionError, ValueError, TypeError) as exc:
+        raise UnreadableInput(f"{name}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UnreadableInput(f"{name}: expected a YAML mapping at the top, got {kind(data)}")
+    return data
+
+
+def convert_objects(ctx: ClashContext, root: Node) -> None:
+    """General keys, inbounds, proxies and groups (rules name them)."""
+    _general(ctx, root)
+    _inbounds(ctx, root)
+    for item in _list(root, "proxies"):
+        _proxy(ctx, item)
+    _groups(ctx, root)
+    root.ignore(*_HARMLESS)
+
+
+def _list(root: Node, key: str) -> list[Node]:
+    return list(root.nodes(key))
+
+
+def _general(ctx: ClashContext, root: Node) -> None:
+    level = root.text("log-level")
+    if level:
+        ours = _LOG_LEVELS.get(level.lower())
+        if ours is None:
+            ctx.report.omit(root.at("log-level"), f"unknown level {level!r}; info used")
+        else:
+            ctx.draft.log.set("level", ours)
+    mode = (root.text("mode") or "rule").lower()
+    if mode != "rule":
+        ctx.report.omit(root.at("mode"), f"mode {mode!r} is not converted: rules decide")
+    if root.flag("ipv6") is False:
+        ctx.draft.dns.set("query_strategy", "use_ipv4", "ipv6: false")
+    ctx.mark = root.number("routing-mark")
+    controller = root.text("external-controller")
+    if controller:
+        host, _, port = controller.rpartition(":")
+        table = ctx.draft.api
+        table.set("listen", host_port(host.strip("[]") or "127.0.0.1", int(port))
+                  if port.isdigit() else controller)  # fmt: skip
+        secret = root.text("secret")
+        if secret:
+            table.set("secret", secret)
+        ui = root.text("external-ui")
+        if ui:
+            ctx.report.omit(root.at("external-ui"), "set api.ui_dir to the dashboard's "
+                            "absolute directory yourself")  # fmt: skip
+    else:
+        root.ignore("secret")
+    for key in ("port", "socks-port", "mixed-port"):
+        if root.take(key) is not None:
+            ctx.report.omit(root.at(key), "proxy ports for clients that are set up to use "
+                            "one have no equivalent: only transparent inbounds")  # fmt: skip
+
+
+def _inbounds(ctx: ClashContext, root: Node) -> None:
+    sniffing = _sniffer(root.node("sniffer"))
+    for key, kind_, tag in (("tproxy-port", "tproxy", "tproxy-in"),
+                            ("redir-port", "redirect", "redir-in")):  # fmt: skip
+        port = root.number(key)
+        if port is None:
+            continue
+        if not 1 <= port <= 65535:
+            ctx.report.omit(root.at(key), f"port {port} out of range; not converted")
+            continue
+        _add_inbound(ctx, root.at(key), tag, kind_, port, sniffing=sniffing)
+    if not ctx.draft.inbounds:
+        ctx.report.omit("$", "no tproxy-port or redir-port: a tproxy inbound on port 7893 "
+                        "(mihomo's usual tproxy-port) was added")  # fmt: skip
+        _add_inbound(ctx, "added", "tproxy-in", "tproxy", 7893, sniffing=sniffing)
+
+
+def _add_inbound(
+    ctx: ClashContext, path: str, tag: str, kind_: str, port: int, *, sniffing: Table | None
+) -> None:
+    table = Table(None)
+    table.note(path)
+    table.set("tag", tag)
+    table.set("type", kind_)
+    table.set("port", port)
+    table.set("network", ["tcp", "udp"] if kind_ == "tproxy" else ["tcp"])
+    if ctx.mark:
+        table.set("mark", ctx.mark)
+    ctx.inbound_tags.append(tag)
+    copy = None
+    if sniffing is not None:
+        copy = Table(None, comments=list(sniffing.comments), entries=list(sniffing.entries))
+    ctx.draft.inbounds.append((table, copy))
+
+
+def _sniffer(node: Node | None) -> Table | None:
+    if node is None:
+        return None
+    table = Table(None)
+    table.note("from $.sniffer")
+    table.set("enabled", bool(node.flag("enable")))
+    protocols: list[str] = []
+    sniff = node.node("sniff")
+    if sniff is not None:
+        for proto in list(sniff.raw):
+            ours = {"http": "http", "tls": "tls", "quic": "quic"}.get(str(proto).lower())
+            settings = sniff.node(str(proto))
+            if ours is None:
+                node.report.omit(sniff.at(str(proto)), "not sniffed here")
+                continue
+            protocols.append(ours)
+            if settings is not None:
+                settings.ignore("ports")  # we sniff every port
+                override = settings.flag("override-destination")
+                if override is False:
+                    table.set("route_only", True)
+                settings.leftovers()
+        sniff.leftovers()
+    for legacy in node.texts("sniffing"):  # Clash Premium's older form
+        if legacy.lower() in ("http", "tls", "quic"):
+            protocols.append(legacy.lower())
+    table.set("dest_override", list(dict.fromkeys(protocols)) or ["http", "tls", "quic"])
+    if node.flag("override-destination") is False:
+        table.set("route_only", True)
+    skip = [wildcard_entry(d) for d in node.texts("skip-domain")]
+    if skip:
+        table.set("exclude_domains", skip)
+    node.ignore("parse-pure-ip")
+    node.leftovers()
+    return table
+
+
+def wildcard_entry(pattern: str) -> str:
+    """A mihomo domain wildcard (``+.x``: x and subdomains, ``*.x``: one label,
+    ``.x``: subdomains only) in routing domain syntax."""
+    if pattern.startswith("+."):
+        return f"domain:{pattern[2:]}"
+    if pattern.startswith("*.") and "*" not in pattern[2:]:
+        body = pattern[2:].replace(".", r"\.")
+        return f"regexp:^[^.]+\\.{body}$"
+    if pattern.startswith(".") and "*" not in pattern:
+        body = pattern[1:].replace(".", r"\.")
+        return f"regexp:\\.{body}$"
+    if "*" in pattern:
+        parts = [p.replace(".", r"\.") for p in pattern.split("*")]
+        return "regexp:^" + "[^.]+".join(parts) + "$"
+    return f"full:{pattern}"
+
+
+# --- proxies -----------------------------------------------------------------------
+
+
+def _proxy(ctx: ClashContext, node: Node) -> None:
+    name = node.text("name") or ""
+    kind_ = (node.text("type") or "").lower()
+    if not name:
+        ctx.report.omit(node.path, "a proxy without a name cannot be named by rules; skipped")
+        return
+    if name in ctx.names or name in _BUILTIN:
+        ctx.report.omit(node.at("name"), f"name {name!r} is already taken; skipped")
+        return
+    table = Table(None)
+    table.note(f"{node.path}: {kind_} proxy")
+    table.set("tag", name)
+    ctx.names[name] = name
+    ctx.tables[name] = table
+    convert = {"ss": _ss, "trojan": _trojan, "socks5": _socks, "http": _http}.get(kind_)
+    why = None if convert is not None else f"proxy type {kind_!r} has no equivalent"
+    if convert is not None:
+        why = convert(node, table)
+    if why is not None:
+        ctx.report.omit(node.path, f"{why}; written as a block outbound {name!r} so rules and "
+                        "groups naming it keep their meaning: replace it")  # fmt: skip
+        table.entries = [("tag", name, ""), ("type", "block", "")]
+        table.note(
+            f"PLACEHOLDER: {why}. Replace with a shadowsocks, trojan, socks or http "
+            "outbound (README: Bring your config)."
+        )
+        return
+    if ctx.mark:
+        table.set("mark", ctx.mark)
+    order_keys(table)
+    node.ignore("name", "type")
+    node.leftovers()
+
+
+def _server(node: Node, table: Table) -> str | None:
+    host = node.text("server") or ""
+    port = node.number("port")
+    if not host or port is None or not 1 <= port <= 65535:
+        return "a proxy needs a server and a port 1-65535"
+    table.set("server", host_port(host, port))
+    return None
+
+
+def _udp(node: Node, table: Table) -> None:
+    if node.flag("udp") is not True:  # mihomo's default: TCP only
+        table.set("network", ["tcp"])
+
+
+def _ss(node: Node, table: Table) -> str | None:
+    cipher = (node.text("cipher") or "").lower()
+    if cipher not in _SS_CIPHERS:
+        return f"cipher {cipher!r} has no equivalent (AEAD and 2022 ciphers are supported)"
+    if node.take("plugin") is not None:
+        return "shadowsocks plugins (obfs, v2ray-plugin, shadow-tls) have no equivalent"
+    if node.flag("udp-over-tcp"):
+        return "UDP over TCP has no equivalent"
+    table.set("type", "shadowsocks")
+    problem = _server(node, table)
+    table.set("method", _SS_CIPHERS[cipher])
+    table.set("password", node.text("password") or "")
+    _udp(node, table)
+    node.ignore("plugin-opts", "udp-over-tcp-version")
+    return problem
+
+
+def _trojan(node: Node, table: Table) -> str | None:
+    network = (node.text("network") or "tcp").lower()
+    if network != "tcp":
+        return f"trojan over {network!r} has no equivalent"
+    if node.take("reality-opts") is not None:
+        return "REALITY has no equivalent"
+    table.set("type", "trojan")
+    problem = _server(node, table)
+    table.set("password", node.text("password") or "")
+    sni = node.text("sni", "servername")
+    if sni:
+        table.set("sni", sni)
+    alpn = node.texts("alpn")
+    if alpn:
+        table.set("alpn", alpn)
+    if node.flag("skip-cert-verify"):
+        table.set("insecure", True)
+    _udp(node, table)
+    fingerprint = node.text("client-fingerprint")
+    if fingerprint:
+        node.report.omit(node.at("client-fingerprint"), "TLS fingerprint imitation is not "
+                         "converted")  # fmt: skip
+    return problem
+
+
+def _socks(node: Node, table: Table) -> str | None:
+    if node.flag("tls"):
+        return "SOCKS5 over TLS has no equivalent"
+    table.set("type", "socks")
+    problem = _server(node, table)
+    _credentials(node, table)
+    node.ignore("udp", "skip-cert-verify")  # our socks outbound relays UDP by UDP ASSOCIATE
+    return problem
+
+
+def _http(node: Node, table: Table) -> str | None:
+    if node.flag("tls"):
+        return "an HTTPS proxy (tls: true) has no equivalent"
+    table.set("type", "http")
+    problem = _server(node, table)
+    _credentials(node, table)
+    node.ignore("skip-cert-verify", "sni")
+    return problem
+
+
+def _credentials(node: Node, table: Table) -> None:
+    user, password = node.text("username"), node.text("password")
+    if user is not None and password is not None:
+        table.set("username", user)
+        table.set("password", password)
+
+
+# --- groups ------------------------------------------------------------------------
+
+
+def _groups(ctx: ClashContext, root: Node) -> None:
+    nodes = _list(root, "proxy-groups")
+    for node in nodes:  # names first: groups may name groups defined later
+        name = node.text("name") or ""
+        if name and name not in ctx.names and name not in _BUILTIN:
+            ctx.names[name] = name
+    for node in nodes:
+        _group(ctx, node)
+
+
+def _group(ctx: ClashContext, node: Node) -> None:
+    name = node.text("name") or ""
+    kind_ = (node.text("type") or "").lower()
+    if not name or name in ctx.tables:
+        ctx.report.omit(node.path, "a group needs a name no other proxy or group has; skipped")
+        return
+    table = Table(None)
+    table.note(f"{node.path}: {kind_} group")
+    table.set("tag", name)
+    ctx.tables[name] = table
+    members = []
+    for i, member in enumerate(node.texts("proxies")):
+        tag = ctx.tag_for(member)
+        if tag is None:
+            ctx.report.omit(f"{node.at('proxies')}[{i}]", f"no proxy or group {member!r}; "
+                            "member dropped")  # fmt: skip
+        else:
+            members.append(tag)
+    for key in ("use", "include-all", "include-all-proxies", "include-all-providers"):
+        if node.take(key) is not None:
+            ctx.report.omit(node.at(key), "proxy providers have no equivalent; their proxies "
+                            "are not members")  # fmt: skip
+    ours = _GROUPS.get(kind_)
+    why = None if ours else f"group type {kind_!r} has no equivalent"
+    if ours and not members:
+        why = "no member could be converted"
+    if why is not None:
+        ctx.report.omit(node.path, f"{why}; written as a block outbound {name!r} so rules "
+                        "naming it keep their meaning: replace it")  # fmt: skip
+        table.entries = [("tag", name, ""), ("type", "block", "")]
+        table.note(f"PLACEHOLDER: {why}.")
+        node.ignore(*node.raw)
+        return
+    assert ours is not None
+    table.set("type", ours)
+    table.set("outbounds", list(dict.fromkeys(members)))
+    if ours != "selector" or "url" in node.raw:
+        url = node.text("url")
+        if url:
+            table.set("url", url)
+        interval = node.number("interval")
+        if interval:
+            table.set("interval", seconds(interval))
+        timeout = node.number("timeout")
+        if timeout:
+            table.set("timeout", seconds(timeout / 1000))
+    tolerance = node.number("tolerance")
+    if tolerance is not None and ours == "urltest":
+        table.set("tolerance", seconds(tolerance / 1000))
+    node.ignore("name", "type", "lazy", "icon", "hidden", "expected-status", "max-failed-times")
+    node.leftovers()
+
+
+def assemble_outbounds(ctx: ClashContext, default: str) -> None:
+    """Outbounds in source order, the built-ins added where used, the default first."""
+    for builtin in ("DIRECT", "REJECT", "REJECT-DROP"):
+        if builtin in ctx.used_builtins or builtin == default:
+            table = Table(None)
+            table.note(f"mihomo's built-in {builtin}")
+            table.set("tag", builtin)
+            table.set("type", _BUILTIN[builtin])
+            if builtin == "DIRECT" and ctx.mark:
+                table.set("mark", ctx.mark)
+            ctx.tables[builtin] = table
+    ordered = [ctx.tables[default]] + [t for tag, t in ctx.tables.items() if tag != default]
+    ctx.draft.outbounds.extend(ordered)
+    fwmark = 1 if ctx.mark != 1 else 2
+    ctx.draft.firewall.note("The diversion rules are ours: `trio-tproxy firewall print` "
+                            "shows them.")  # fmt: skip
+    ctx.draft.firewall.set("fwmark", fwmark)

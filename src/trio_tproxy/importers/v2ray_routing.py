@@ -1,0 +1,382 @@
+"""v2ray v4 / Xray ``routing`` and ``dns`` -> ``[routing]`` and ``[dns]``.
+
+Rules are converted one to one and in order (first match wins in both). A rule keeps
+every condition or is dropped whole and reported: losing one condition of an AND would
+make the rule match more than it did. What v2ray itself ignores is dropped and
+reported too: a rule naming only inbounds that do not exist, and a rule on ``user`` or
+``attrs`` (never filled for dokodemo-door flows, so such a rule never matched).
+Balancers become ``urltest`` groups of the outbounds their selector prefixes pick.
+"""
+
+from __future__ import annotations
+
+from ..config.errors import BadValue
+from ..config.values import PortRanges, check_domain_entry, check_ip_entry
+from .draft import entry_value, host_port, is_ip, normalise_cidr, seconds, unique_tag
+from .report import Node
+from .toml_out import Table
+from .v2ray_objects import V2rayContext, networks
+
+__all__ = ["convert_dns", "convert_routing", "domain_entry", "ip_entry"]
+
+_ROUTING_STRATEGIES = {"asis": "as_is", "ipifnonmatch": "ip_if_non_match",
+                       "ipondemand": "ip_on_demand"}  # fmt: skip
+_QUERY_STRATEGIES = {"useip": "use_ip", "useipv4": "use_ipv4", "useipv6": "use_ipv6"}
+_PROTOCOLS = {"http": "http", "tls": "tls", "quic": "quic", "bittorrent": "bittorrent",
+              "dns": "dns"}  # fmt: skip
+_EXT_PREFIXES = ("ext:", "ext-domain:", "ext-ip:")
+
+
+class RuleDropped(Exception):
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(why)
+        self.path = path
+        self.why = why
+
+
+def domain_entry(entry: str) -> str:
+    """A v2ray domain entry in our syntax (the same but for ``ext-domain:``); raises
+    BadValue when it cannot be written."""
+    lowered = entry.lower()
+    if lowered.startswith("ext-domain:"):
+        return "ext:" + entry[len("ext-domain:") :]
+    if lowered.startswith("ext:"):
+        return entry  # v2ray's asset-directory lists: kept verbatim for [geodata]
+    return check_domain_entry(entry)
+
+
+def ip_entry(entry: str) -> str:
+    lowered = entry.lower()
+    if lowered.startswith(_EXT_PREFIXES):
+        return entry
+    if entry.startswith("!"):
+        raise BadValue(f"negated entry {entry!r} (Xray) has no equivalent")
+    if lowered.startswith("geoip:"):
+        return check_ip_entry(entry)
+    cidr = normalise_cidr(entry)
+    if cidr is None:
+        raise BadValue(f"{entry!r} is not an IP, CIDR or geoip: entry")
+    return cidr
+
+
+# --- routing -----------------------------------------------------------------------
+
+
+def convert_routing(ctx: V2rayContext, routing: Node | None) -> None:
+    if routing is None:
+        return
+    strategy = routing.text("domainStrategy")
+    if strategy:
+        ours = _ROUTING_STRATEGIES.get(strategy.lower())
+        if ours is None:
+            ctx.report.omit(routing.at("domainStrategy"), f"unknown {strategy!r}; as_is used")
+        else:
+            ctx.draft.routing.set("domain_strategy", ours)
+    routing.ignore("domainMatcher")  # linear / mph: how, not what, is matched
+    balancers = _balancers(ctx, routing)
+    for node in routing.nodes("rules"):
+        try:
+            table = _rule(ctx, node, balancers)
+        except RuleDropped as exc:
+            ctx.report.omit(exc.path, f"{exc.why}; rule dropped")
+            continue
+        ctx.draft.rules.append(table)
+        node.leftovers()
+    routing.leftovers()
+
+
+def _balancers(ctx: V2rayContext, routing: Node) -> dict[str, str]:
+    """Balancer tag -> the tag of the urltest group written for it."""
+    groups: dict[str, str] = {}
+    for node in routing.nodes("balancers"):
+        tag = node.text("tag") or ""
+        prefixes = node.texts("selector")
+        members = [ours for theirs, ours in ctx.outbound_tags.items()
+                   if theirs and any(theirs.startswith(p) for p in prefixes)]  # fmt: skip
+        if not tag or not members:
+            ctx.report.omit(node.path, "a balancer needs a tag and a selector that picks "
+                            "outbounds; not converted")  # fmt: skip
+            node.ignore(*node.raw)
+            continue
+        strategy = node.node("strategy")
+        kind = (strategy.text("type") if strategy else None) or "random"
+        if strategy is not None:
+            strategy.ignore(*strategy.raw)
+        ours = unique_tag(tag, ctx.taken_tags)
+        table = Table(None)
+        table.note(f"{node.path}: balancer (strategy {kind})")
+        for key, item in (("tag", ours), ("type", "urltest"), ("outbounds", members)):
+            table.set(key, item)
+        ctx.draft.outbounds.append(table)
+        groups[tag] = ours
+        why = "" if kind.lower() == "leastping" else f"strategy {kind!r} approximated: "
+        ctx.report.omit(node.path, f"{why}balancer written as urltest group {ours!r} "
+                        "(lowest probe delay among the selected outbounds)")  # fmt: skip
+        fallback = node.text("fallbackTag")
+        if fallback:
+            ctx.report.omit(node.at("fallbackTag"), "no equivalent: a urltest group keeps "
+                            "its best member")  # fmt: skip
+        node.leftovers()
+    return groups
+
+
+def _rule(ctx: V2rayContext, node: Node, balancers: dict[str, str]) -> Table:
+    kind = node.text("type") or "field"
+    if kind != "field":
+        raise RuleDropped(node.at("type"), f"rule type {kind!r}: only 'field' rules exist")
+    for never in ("user", "attrs"):
+        if node.take(never) is not None:
+            raise RuleDropped(node.at(never), f"{never!r} is never set on dokodemo-door "
+                              "flows, so this rule never matched")  # fmt: skip
+    table = Table(None)
+    table.note(f"{node.path}")
+    outbound = _target(ctx, node, balancers)
+    domains = _entries(node, ("domain", "domains"), domain_entry)
+    ips = _entries(node, ("ip",), ip_entry)
+    sources = _entries(node, ("source", "sourceIP"), ip_entry)
+    if domains:
+        table.set("domain", domains)
+    if ips:
+        table.set("ip", ips)
+    for key, ours in (("port", "port"), ("sourcePort", "source_port")):
+        ports = _ports(node, key)
+        if ports is not None:
+            table.set(ours, ports)
+    network = node.take("network")
+    if network is not None:
+        wanted = networks(network)
+        if not wanted:
+            raise RuleDropped(node.at("network"), f"network {network!r} is not tcp/udp")
+        table.set("network", wanted)
+    if sources:
+        table.set("source", sources)
+    inbound = _inbound_tags(ctx, node)
+    if inbound:
+        table.set("inbound_tag", inbound)
+    protocols = _entries(node, ("protocol",), _protocol)
+    if protocols:
+        table.set("protocol", protocols)
+    if len(table.entries) == 0:
+        raise RuleDropped(node.path, "no condition (v2ray rejects such a rule)")
+    table.set("outbound", outbound)
+    return table
+
+
+def _target(ctx: V2rayContext, node: Node, balancers: dict[str, str]) -> str:
+    tag = node.text("outboundTag")
+    if tag is None:
+        balancer = node.text("balancerTag")
+        if balancer is None:
+            raise RuleDropped(node.path, "neither outboundTag nor balancerTag")
+        if balancer not in balancers:
+            raise RuleDropped(node.at("balancerTag"), f"balancer {balancer!r} was not "
+                              "converted")  # fmt: skip
+        return balancers[balancer]
+    node.ignore("balancerTag")  # both: v2ray uses outboundTag
+    if tag in ctx.outbound_tags:
+        return ctx.outbound_tags[tag]
+    ctx.report.omit(
+        node.at("outboundTag"),
+        f"no outbound {tag!r}: v2ray sends such flows "
+        f"to the default outbound, so does this rule ({ctx.default_outbound!r})",
+    )
+    return ctx.default_outbound
+
+
+def _entries(node: Node, keys: tuple[str, ...], convert: object) -> list[str]:
+    """The converted entries of list ``keys[0]`` (or an alias); a list that had entries
+    but keeps none drops the rule."""
+    assert callable(convert)
+    present = next((k for k in keys if k in node.raw), keys[0])
+    given = node.texts(*keys)
+    kept = []
+    for i, entry in enumerate(given):
+        try:
+            kept.append(convert(entry))
+        except BadValue as exc:
+            node.report.omit(f"{node.at(present)}[{i}]", f"{exc}; entry dropped")
+    if given and not kept:
+        raise RuleDropped(node.at(present), "no entry of this condition could be converted")
+    return list(dict.fromkeys(kept))
+
+
+def _protocol(name: str) -> str:
+    ours = _PROTOCOLS.get(name.lower())
+    if ours is None:
+        raise BadValue(f"protocol {name!r} is not sniffed here")
+    return ours
+
+
+def _ports(node: Node, key: str) -> str | int | None:
+    item = node.take(key)
+    if item is None:
+        return None
+    if isinstance(item, int) and not isinstance(item, bool):
+        item = str(item)
+    if not isinstance(item, str):
+        raise RuleDropped(node.at(key), f"bad port list {item!r}")
+    text = item.replace(" ", "")
+    try:
+        ranges = PortRanges.parse(text)
+    except BadValue as exc:
+        raise RuleDropped(node.at(key), str(exc)) from None
+    single = ranges.ranges[0][0] if len(ranges.ranges) == 1 else None
+    return single if single is not None and ranges.ranges[0][1] == single else str(ranges)
+
+
+def _inbound_tags(ctx: V2rayContext, node: Node) -> list[str]:
+    given = node.texts("inboundTag")
+    dns_tag = str(entry_value(ctx.draft.dns, "tag", "dns"))
+    kept = [tag for tag in given if tag in ctx.inbound_tags or tag == dns_tag]
+    for i, tag in enumerate(given):
+        if tag in kept:
+            continue
+        if tag in ctx.source_inbound_tags:
+            why = f"inbound {tag!r} was not converted"
+        else:
+            why = f"no inbound {tag!r} exists (v2ray ignores it)"
+        if given and not kept:
+            raise RuleDropped(node.at("inboundTag"), f"{why}; the rule names no other inbound")
+        ctx.report.omit(f"{node.at('inboundTag')}[{i}]", f"{why}; entry dropped")
+    return kept
+
+
+# --- dns ---------------------------------------------------------------------------
+
+
+def convert_dns(ctx: V2rayContext, dns: Node | None) -> None:
+    if dns is None:
+        return
+    table = ctx.draft.dns
+    tag = dns.text("tag")
+    if tag:
+        table.set("tag", tag, "the inbound tag DNS queries carry in routing")
+    strategy = dns.text("queryStrategy")
+    if strategy:
+        ours = _QUERY_STRATEGIES.get(strategy.lower())
+        if ours is None:
+            ctx.report.omit(dns.at("queryStrategy"), f"unknown {strategy!r}; use_ip used")
+        else:
+            table.set("query_strategy", ours)
+    if dns.flag("disableCache"):
+        table.set("cache", False)
+    if dns.flag("disableFallback"):
+        table.set("disable_fallback", True)
+    _hosts(ctx, dns.node("hosts"))
+    servers = list(_server_nodes(dns))
+    only_system = bool(servers) and all(s[1] == "localhost" for s in servers)
+    for path, item in servers:
+        if only_system:
+            break  # no servers = the system resolver, which is what "localhost" is
+        _server(ctx, path, item)
+    dns.leftovers()
+
+
+def _server_nodes(dns: Node) -> list[tuple[str, object]]:
+    items = dns.take("servers")
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        dns.report.omit(dns.at("servers"), "expected a list; ignored")
+        return []
+    return [(f"{dns.at('servers')}[{i}]", item) for i, item in enumerate(items)]
+
+
+def _hosts(ctx: V2rayContext, hosts: Node | None) -> None:
+    if hosts is None:
+        return
+    for name, item in hosts.raw.items():
+        path = hosts.at(str(name))
+        hosts.ignore(name)
+        values = [item] if isinstance(item, str) else item
+        if not _addresses(values):
+            ctx.report.omit(path, "expected an address, a name or a list of them; dropped")
+            continue
+        try:
+            key = str(name)
+            if not key.lower().startswith("ext:"):
+                check_domain_entry(key)
+        except BadValue as exc:
+            ctx.report.omit(path, f"{exc}; dropped")
+            continue
+        ctx.draft.dns_hosts.set(key, [str(v) for v in values])
+
+
+def _server(ctx: V2rayContext, path: str, item: object) -> None:
+    if isinstance(item, str):
+        node = Node({"address": item}, path, ctx.report)
+    else:
+        found = Node.of(item, path, ctx.report)
+        if found is None:
+            return
+        node = found
+    address = node.text("address") or ""
+    port = node.number("port")
+    table = Table(None)
+    table.note(path)
+    try:
+        ours, via_direct = _server_address(address, port)
+    except BadValue as exc:
+        ctx.report.omit(path, f"{exc}; server not converted")
+        return
+    table.set("address", ours)
+    domains = _server_entries(node, "domains", domain_entry)
+    expect = _server_entries(node, "expectIPs", ip_entry, case_insensitive=True)
+    if domains:
+        table.set("domains", domains)
+    if expect:
+        table.set("expect_ips", expect)
+    if node.flag("skipFallback"):
+        table.set("skip_fallback", True)
+    if via_direct:
+        if ctx.direct_tag is None:
+            ctx.report.omit(node.at("address"), "'+local' means not routed, but there is no "
+                            "freedom outbound to send it through; routed")  # fmt: skip
+        else:
+            table.set("outbound", ctx.direct_tag, "'+local': never routed through a proxy")
+    timeout = node.number("timeoutMs")
+    if timeout:
+        table.set("timeout", seconds(timeout / 1000))
+    ctx.draft.dns_servers.append(table)
+    if isinstance(item, dict):
+        node.leftovers()
+
+
+def _addresses(values: object) -> bool:
+    return isinstance(values, list) and bool(values) and all(isinstance(v, str) for v in values)
+
+
+def _server_entries(
+    node: Node, key: str, convert: object, case_insensitive: bool = False
+) -> list[str]:
+    assert callable(convert)
+    given = node.take_ci(key) if case_insensitive else node.take(key)
+    if given is None:
+        return []
+    entries = [given] if isinstance(given, str) else given
+    kept = []
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        try:
+            kept.append(convert(str(entry)))
+        except BadValue as exc:
+            node.report.omit(f"{node.at(key)}[{i}]", f"{exc}; entry dropped")
+    return kept
+
+
+def _server_address(address: str, port: int | None) -> tuple[str, bool]:
+    """Our address for a v2ray DNS server, and whether it must bypass routing."""
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        if address == "localhost":
+            raise BadValue("'localhost' (the system resolver) next to other servers has no "
+                           "equivalent")  # fmt: skip
+        if address == "fakedns":
+            raise BadValue("fake DNS has no equivalent")
+        if not is_ip(address):
+            raise BadValue(f"plain DNS server {address!r} must be an IP address")
+        return host_port(address, port or 53), False
+    local = scheme.endswith("+local")
+    scheme = scheme.removesuffix("+local")
+    if scheme not in ("tcp", "https", "udp", "tls"):
+        raise BadValue(f"{scheme}:// DNS servers have no equivalent")
+    return f"{scheme}://{rest}", local
