@@ -17,7 +17,6 @@ from .conftest import (
     Case,
     Decider,
     assert_reported,
-    convert,
     fixture_in,
     omission_paths,
     repo_geodata,
@@ -239,3 +238,200 @@ def test_a_json_error_names_the_line_despite_comments() -> None:
     text = '/* one\ntwo */\n{\n "log": {}, // fine\n "x": ]\n}'
     with pytest.raises(UnreadableInput, match="line 5 column 7"):
         convert_v2ray(text, name="x.json", geodata=repo_geodata())
+
+
+KITCHEN_SINK = """{
+  "log": {"loglevel": "info", "access": "/var/log/v2ray/access.log",
+          "error": "/var/log/v2ray/error.log"},
+  "api": {"tag": "api", "services": ["StatsService"]},
+  "stats": {},
+  "fakedns": [{"ipPool": "198.18.0.0/15", "poolSize": 65535}],
+  "observatory": {"subjectSelector": ["ss-"]},
+  "reverse": {"bridges": []},
+  "inbounds": [
+    {"tag": "tp", "port": 12345, "protocol": "dokodemo-door",
+     "settings": {"network": "tcp,udp", "followRedirect": true, "userLevel": 0},
+     "sniffing": {"enabled": true, "destOverride": ["http", "tls", "fakedns"]},
+     "streamSettings": {"sockopt": {"tproxy": "tproxy", "tcpFastOpen": true}}},
+    {"tag": "redir", "port": 12346, "protocol": "dokodemo-door",
+     "settings": {"network": "tcp,udp", "followRedirect": true}},
+    {"tag": "fwd", "port": 5353, "protocol": "dokodemo-door",
+     "settings": {"address": "1.1.1.1", "port": 53, "network": "udp"}},
+    {"tag": "api-in", "listen": "127.0.0.1", "port": 10085, "protocol": "vmess"}
+  ],
+  "outbounds": [
+    {"tag": "ss-hk", "protocol": "shadowsocks",
+     "settings": {"servers": [
+       {"address": "hk.example.net", "port": 8388, "method": "chacha20-poly1305", "password": "p"},
+       {"address": "hk2.example.net", "port": 8388, "method": "aes-128-gcm", "password": "q"}]},
+     "mux": {"enabled": true, "concurrency": 8}},
+    {"tag": "ss-old", "protocol": "shadowsocks", "settings": {"servers": [
+       {"address": "old.example.net", "port": 8388, "method": "aes-256-cfb", "password": "p"}]}},
+    {"tag": "vless-us", "protocol": "vless", "settings": {"vnext": []}},
+    {"tag": "socks-up", "protocol": "socks", "settings": {"servers": [
+       {"address": "192.0.2.10", "port": 1080, "users": [{"user": "u", "pass": "p"}]}]},
+     "streamSettings": {"network": "ws"}},
+    {"tag": "http-up", "protocol": "http", "settings": {"servers": [
+       {"address": "192.0.2.11", "port": 3128}]}, "proxySettings": {"tag": "ss-hk"}},
+    {"tag": "direct", "protocol": "freedom",
+     "settings": {"domainStrategy": "UseIPv4v6", "redirect": "127.0.0.1:3366"},
+     "sendThrough": "192.0.2.1"},
+    {"tag": "dns-out", "protocol": "dns", "settings": {"address": "1.1.1.1", "port": 53}},
+    {"tag": "loop", "protocol": "loopback", "settings": {"inboundTag": "tp"}}
+  ],
+  "routing": {
+    "domainStrategy": "AsIs", "domainMatcher": "mph",
+    "balancers": [
+      {"tag": "auto", "selector": ["ss-"], "strategy": {"type": "leastPing"}},
+      {"tag": "rr", "selector": ["nothing-"]}
+    ],
+    "rules": [
+      {"type": "field", "inboundTag": ["api-in"], "outboundTag": "direct"},
+      {"type": "field", "domain": ["geosite:cn", "dotless:"], "outboundTag": "direct"},
+      {"type": "field", "ip": ["!geoip:cn", "10.0.0.1/8"], "outboundTag": "direct"},
+      {"type": "field", "user": ["a@example.org"], "outboundTag": "direct"},
+      {"type": "field", "network": "tcp", "balancerTag": "auto"},
+      {"type": "field", "port": "443", "balancerTag": "rr"},
+      {"type": "field", "port": "0-65535", "outboundTag": "nonexistent"},
+      {"type": "field", "inboundTag": ["tp", "ghost"], "protocol": ["bittorrent", "stun"],
+       "outboundTag": "direct"},
+      {"type": "field", "outboundTag": "direct"},
+      {"type": "field", "domain": ["regexp:(unclosed"], "outboundTag": "direct"},
+      {"type": "field", "sourcePort": "1024-65535", "source": ["192.168.1.7/24"],
+       "outboundTag": "ss-old"}
+    ]
+  },
+  "dns": {
+    "servers": ["fakedns", "localhost",
+      {"address": "https+local://1.1.1.1/dns-query", "domains": ["geosite:google"],
+       "clientIp": "192.0.2.1", "tag": "x"},
+      "quic+local://dns.example", "dns.example"],
+    "disableFallbackIfMatch": true, "clientIp": "192.0.2.1", "disableCache": true
+  },
+  "policy": {"levels": {"0": {"handshake": 4, "connIdle": 300, "uplinkOnly": 2,
+                              "downlinkOnly": 5, "bufferSize": 512},
+                        "1": {"connIdle": 100}},
+             "system": {"statsInboundUplink": true}},
+  "transport": {"tcpSettings": {}}
+}"""
+
+SINK_REPORTS = [
+    ("$.log.access", "not to the file"),
+    ("$.log.error", "log goes to stderr"),
+    ("$.inbounds[0].sniffing.destOverride[2]", "fake dns"),
+    ("$.inbounds[0].streamSettings.sockopt.tcpFastOpen", "no equivalent"),
+    ("$.inbounds[1].settings.network", "udp needs sockopt.tproxy"),
+    ("$.inbounds[2]", "port mapping"),
+    ("$.inbounds[3]", "vmess inbound has no equivalent"),
+    ("$.outbounds[0].settings.servers[1]", "only the first server"),
+    ("$.outbounds[0].mux", "mux"),
+    ("$.outbounds[1].settings.servers[0].method", "'aes-256-cfb' has no equivalent"),
+    ("$.outbounds[2]", "protocol 'vless' has no equivalent"),
+    ("$.outbounds[3].streamSettings.network", "transport 'ws'"),
+    ("$.outbounds[4].proxySettings", "chaining"),
+    ("$.outbounds[5].settings.domainStrategy", "approximated as 'use_ip'"),
+    ("$.outbounds[5].settings.redirect", "no equivalent"),
+    ("$.outbounds[5].sendThrough", "no equivalent"),
+    ("$.outbounds[6].settings.address", "built-in DNS"),
+    ("$.outbounds[6].settings.port", "built-in DNS"),
+    ("$.outbounds[7]", "protocol 'loopback'"),
+    ("$.routing.balancers[0]", "urltest group 'auto'"),
+    ("$.routing.balancers[1]", "not converted"),
+    (
+        "$.routing.rules[0].inboundTag",
+        "inbound 'api-in' was not converted; the rule names no other",
+    ),
+    ("$.routing.rules[2].ip", "negated entry '!geoip:cn' (xray) has no equivalent; rule dropped"),
+    ("$.routing.rules[3].user", "never matched; rule dropped"),
+    ("$.routing.rules[5].balancerTag", "balancer 'rr' was not converted; rule dropped"),
+    ("$.routing.rules[6].outboundTag", "default outbound"),
+    ("$.routing.rules[7].inboundTag[1]", "no inbound 'ghost' exists (v2ray ignores it)"),
+    ("$.routing.rules[7].protocol[1]", "'stun' is not sniffed here"),
+    ("$.routing.rules[8]", "no condition"),
+    ("$.routing.rules[9].domain[0]", "bad regexp"),
+    ("$.routing.rules[9].domain", "rule dropped"),
+    ("$.dns.servers[0]", "fake dns"),
+    ("$.dns.servers[1]", "'localhost'"),
+    ("$.dns.servers[2].clientIp", "no equivalent"),
+    ("$.dns.servers[2].tag", "no equivalent"),
+    ("$.dns.servers[3]", "quic://"),
+    ("$.dns.servers[4]", "must be an IP address"),
+    ("$.dns.disableFallbackIfMatch", "no equivalent"),
+    ("$.dns.clientIp", "no equivalent"),
+    ("$.policy.levels.1", "only level 0"),
+    ("$.api", "no equivalent"),
+    ("$.stats", "no equivalent"),
+    ("$.fakedns", "no equivalent"),
+    ("$.observatory", "no equivalent"),
+    ("$.reverse", "no equivalent"),
+    ("$.transport", "no equivalent"),
+]
+
+
+def test_every_construct_without_an_equivalent_is_reported_with_its_path() -> None:
+    from trio_tproxy.config import parse_config_text
+
+    result = convert_v2ray(KITCHEN_SINK, name="sink.json", geodata=repo_geodata())
+    assert_reported(result, SINK_REPORTS)
+    # nothing reported twice, nothing reported that the list above does not expect
+    assert len(omission_paths(result)) == len(set(map(str, result.omissions)))
+    expected = {path for path, _ in SINK_REPORTS}
+    assert set(omission_paths(result)) == expected
+    cfg = parse_config_text(result.toml)  # the schema and the cross-checks accept it
+    assert [ib.tag for ib in cfg.inbounds] == ["tp", "redir"]
+    assert cfg.inbounds[1].TYPE == "redirect" and cfg.inbounds[1].network == ("tcp",)
+    assert [(o.tag, o.TYPE) for o in cfg.outbounds] == [
+        ("ss-hk", "shadowsocks"),
+        ("ss-old", "block"),
+        ("vless-us", "block"),
+        ("socks-up", "block"),
+        ("http-up", "block"),
+        ("direct", "direct"),
+        ("dns-out", "dns"),
+        ("loop", "block"),
+        ("auto", "urltest"),
+    ]
+    hk = cfg.outbound("ss-hk")
+    assert hk.method == "chacha20-ietf-poly1305"  # type: ignore[union-attr]
+    assert cfg.outbound("auto").outbounds == ("ss-hk", "ss-old")  # type: ignore[union-attr]
+    rules = cfg.routing.rules
+    assert [r.outbound for r in rules] == ["direct", "auto", "ss-hk", "direct", "ss-old"]
+    assert rules[0].domain == ("geosite:cn", "dotless:")
+    assert rules[3].inbound_tag == ("tp",) and rules[3].protocol == ("bittorrent",)
+    assert str(rules[4].source_port) == "1024-65535" and rules[4].source == ("192.168.1.0/24",)
+    assert [s.address for s in cfg.dns.servers] == ["https://1.1.1.1/dns-query"]
+    assert cfg.dns.servers[0].outbound == "direct"  # "+local": not through a proxy
+    assert cfg.dns.cache is False
+    assert cfg.policy.handshake.seconds == 4 and cfg.policy.buffer_size == 512 * 1024
+    assert cfg.outbound("direct").domain_strategy == "use_ip"  # type: ignore[union-attr]
+
+
+def test_ext_names_are_kept_verbatim() -> None:
+    text = """{"inbounds": [], "outbounds": [{"protocol": "freedom", "tag": "d"}],
+      "routing": {"rules": [
+        {"type": "field", "domain": ["ext:custom.dat:mylist", "ext-domain:b.dat:x@ads"],
+         "outboundTag": "d"},
+        {"type": "field", "ip": ["ext:ips.dat:lan", "ext-ip:ips.dat:!cn"], "outboundTag": "d"}]},
+      "dns": {"hosts": {"ext:custom.dat:hosts": "10.0.0.1"}}}"""
+    raw = tomllib.loads(convert_v2ray(text, name="x", geodata=repo_geodata()).toml)
+    assert raw["routing"]["rules"][0]["domain"] == ["ext:custom.dat:mylist", "ext:b.dat:x@ads"]
+    assert raw["routing"]["rules"][1]["ip"] == ["ext:ips.dat:lan", "ext-ip:ips.dat:!cn"]
+    assert raw["dns"]["hosts"] == {"ext:custom.dat:hosts": ["10.0.0.1"]}
+
+
+def test_no_transparent_inbound_and_no_outbound_still_give_a_config() -> None:
+    from trio_tproxy.config import parse_config_text
+
+    result = convert_v2ray("{}", name="empty.json", geodata=repo_geodata())
+    assert omission_paths(result) == ["$.inbounds", "$.outbounds"]
+    cfg = parse_config_text(result.toml)
+    assert cfg.inbounds[0].port == 12345 and cfg.outbounds[0].TYPE == "direct"
+
+
+def test_a_mark_equal_to_the_default_fwmark_moves_the_fwmark() -> None:
+    from trio_tproxy.config import parse_config_text
+
+    text = """{"outbounds": [{"protocol": "freedom", "streamSettings": {"sockopt": {"mark": 1}}},
+      {"protocol": "blackhole", "tag": "b"}]}"""
+    cfg = parse_config_text(convert_v2ray(text, name="x", geodata=repo_geodata()).toml)
+    assert cfg.firewall.fwmark == 2 and cfg.outbounds[0].tag == "freedom-0"

@@ -49,8 +49,6 @@ def ip_entry(entry: str) -> str:
     lowered = entry.lower()
     if lowered.startswith(_EXT_PREFIXES):
         return entry
-    if entry.startswith("!"):
-        raise BadValue(f"negated entry {entry!r} (Xray) has no equivalent")
     if lowered.startswith("geoip:"):
         return check_ip_entry(entry)
     cidr = normalise_cidr(entry)
@@ -128,6 +126,11 @@ def _rule(ctx: V2rayContext, node: Node, balancers: dict[str, str]) -> Table:
         if node.take(never) is not None:
             raise RuleDropped(node.at(never), f"{never!r} is never set on dokodemo-door "
                               "flows, so this rule never matched")  # fmt: skip
+    for key in ("ip", "source", "sourceIP"):
+        negated = [e for e in node.texts(key) if e.startswith("!")]
+        if negated:  # Xray ANDs them with the rest: dropping one would widen the rule
+            raise RuleDropped(node.at(key), f"negated entry {negated[0]!r} (Xray) has no "
+                              "equivalent")  # fmt: skip
     table = Table(None)
     table.note(f"{node.path}")
     outbound = _target(ctx, node, balancers)
