@@ -176,7 +176,8 @@ def _sniffer(node: Node | None) -> Table | None:
                 continue
             protocols.append(ours)
             if settings is not None:
-                settings.ignore("ports")  # we sniff every port
+                if settings.take("ports") is not None:
+                    node.report.omit(settings.at("ports"), "every port is sniffed here")
                 override = settings.flag("override-destination")
                 if override is False:
                     table.set("route_only", True)

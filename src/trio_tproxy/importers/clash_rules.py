@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from ..config.errors import BadValue
 from ..config.values import PortRanges, check_domain_entry, check_ip_entry
 from .clash_objects import ClashContext, wildcard_entry
-from .draft import host_port, is_ip, normalise_cidr
+from .draft import host_port, host_values, is_ip, normalise_cidr
 from .report import Node
 from .toml_out import Table, Value
 
@@ -111,6 +111,9 @@ def _rule(ctx: ClashContext, path: str, text: str) -> tuple[Table, bool | None, 
         table.set("network", ["tcp", "udp"], "MATCH: every flow")
         table.set("outbound", _target(ctx, parts[1]))
         return table, None, True
+    convert = _CONDITIONS.get(kind)
+    if convert is None:
+        raise RuleDropped(f"rule type {kind} has no equivalent")
     if len(parts) < 3:
         raise RuleDropped("expected 'TYPE,VALUE,TARGET'")
     value, target, options = parts[1], parts[2], [p.lower() for p in parts[3:]]
@@ -118,9 +121,6 @@ def _rule(ctx: ClashContext, path: str, text: str) -> tuple[Table, bool | None, 
     unknown = [o for o in options if o != "no-resolve"]
     if unknown:
         raise RuleDropped(f"option {unknown[0]!r} has no equivalent")
-    convert = _CONDITIONS.get(kind)
-    if convert is None:
-        raise RuleDropped(f"rule type {kind} has no equivalent")
     key, entry = convert(value)
     table.set(key, entry)
     table.set("outbound", _target(ctx, target))
@@ -247,8 +247,8 @@ def _hosts(ctx: ClashContext, hosts: Node | None) -> None:
         hosts.ignore(name)
         path = hosts.at(str(name))
         values = [value] if isinstance(value, str) else value
-        if not (isinstance(values, list) and values and all(isinstance(v, str) for v in values)):
-            ctx.report.omit(path, "expected an address or a list of addresses; dropped")
+        if not host_values(values):
+            ctx.report.omit(path, "expected IP addresses or host names; dropped")
             continue
         try:
             key = check_domain_entry(wildcard_entry(str(name)))

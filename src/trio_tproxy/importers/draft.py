@@ -8,6 +8,7 @@ before its sub-tables, as TOML requires).
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import attrs
 
@@ -118,6 +119,18 @@ def is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9.-]+")
+
+
+def host_values(values: object) -> bool:
+    """A non-empty list of IP addresses and host names (a hosts entry's value)."""
+    return (
+        isinstance(values, list)
+        and bool(values)
+        and all(isinstance(v, str) and (is_ip(v) or _HOST_NAME.fullmatch(v)) for v in values)
+    )
 
 
 def seconds(value: float) -> str:

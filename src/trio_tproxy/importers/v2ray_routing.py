@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..config.errors import BadValue
 from ..config.values import PortRanges, check_domain_entry, check_ip_entry
-from .draft import entry_value, host_port, is_ip, normalise_cidr, seconds, unique_tag
+from .draft import entry_value, host_port, host_values, is_ip, normalise_cidr, seconds, unique_tag
 from .report import Node
 from .toml_out import Table
 from .v2ray_objects import V2rayContext, networks
@@ -292,8 +292,8 @@ def _hosts(ctx: V2rayContext, hosts: Node | None) -> None:
         path = hosts.at(str(name))
         hosts.ignore(name)
         values = [item] if isinstance(item, str) else item
-        if not _addresses(values):
-            ctx.report.omit(path, "expected an address, a name or a list of them; dropped")
+        if not host_values(values):
+            ctx.report.omit(path, "expected IP addresses or host names; dropped")
             continue
         try:
             key = str(name)
@@ -343,10 +343,6 @@ def _server(ctx: V2rayContext, path: str, item: object) -> None:
     ctx.draft.dns_servers.append(table)
     if isinstance(item, dict):
         node.leftovers()
-
-
-def _addresses(values: object) -> bool:
-    return isinstance(values, list) and bool(values) and all(isinstance(v, str) for v in values)
 
 
 def _server_entries(
