@@ -48,7 +48,7 @@ def write_dats(directory: Path) -> None:
     sites = {name: dat_domains(geo.geosite(name)) for name in SITE_LISTS}
     (directory / "geosite.dat").write_bytes(encode_geosite_dat(sites))
     nets = {}
-    for code in ("CN", "US"):
+    for code in ("CN", "US", "PRIVATE"):  # v2ray itself reads geoip:private from the file
         v4, v6 = geo.country_ranges(code)
         nets[code] = [
             net

@@ -18,11 +18,20 @@ from typing import Any
 import attrs
 import yaml
 
-from .draft import Draft, host_port, order_keys, seconds
+from ..config.errors import BadValue
+from ..config.values import HostPort
+from .draft import Draft, checked_entries, host_port, order_keys, seconds
 from .report import Node, Report, UnreadableInput, kind
 from .toml_out import Table
 
-__all__ = ["ClashContext", "assemble_outbounds", "convert_objects", "load_yaml", "wildcard_entry"]
+__all__ = [
+    "ClashContext",
+    "assemble_outbounds",
+    "convert_objects",
+    "listen_address",
+    "load_yaml",
+    "wildcard_entry",
+]
 
 _LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warning", "error": "error",
                "silent": "error"}  # fmt: skip
@@ -104,11 +113,13 @@ def _general(ctx: ClashContext, root: Node) -> None:
         ctx.draft.dns.set("query_strategy", "use_ipv4", "ipv6: false")
     ctx.mark = root.number("routing-mark")
     controller = root.text("external-controller")
-    if controller:
-        host, _, port = controller.rpartition(":")
+    listen = listen_address(controller, "127.0.0.1") if controller else None
+    if controller and listen is None:
+        ctx.report.omit(root.at("external-controller"), f"{controller!r} is not host:port; "
+                        "no controller API configured")  # fmt: skip
+    if listen is not None:
         table = ctx.draft.api
-        table.set("listen", host_port(host.strip("[]") or "127.0.0.1", int(port))
-                  if port.isdigit() else controller)  # fmt: skip
+        table.set("listen", listen)
         secret = root.text("secret")
         if secret:
             table.set("secret", secret)
@@ -122,6 +133,16 @@ def _general(ctx: ClashContext, root: Node) -> None:
         if root.take(key) is not None:
             ctx.report.omit(root.at(key), "proxy ports for clients that are set up to use "
                             "one have no equivalent: only transparent inbounds")  # fmt: skip
+
+
+def listen_address(text: str, wildcard: str) -> str | None:
+    """mihomo's ``[host]:port`` (``:port`` = every address) as our ``host:port``."""
+    host, _, port = text.strip().rpartition(":")
+    host = host.strip("[]") or wildcard
+    try:
+        return str(HostPort.parse(host_port(host, int(port))))
+    except (ValueError, BadValue):
+        return None
 
 
 def _inbounds(ctx: ClashContext, root: Node) -> None:
@@ -189,7 +210,9 @@ def _sniffer(node: Node | None) -> Table | None:
     table.set("dest_override", list(dict.fromkeys(protocols)) or ["http", "tls", "quic"])
     if node.flag("override-destination") is False:
         table.set("route_only", True)
-    skip = [wildcard_entry(d) for d in node.texts("skip-domain")]
+    skip = checked_entries(
+        node, "skip-domain", [wildcard_entry(d) for d in node.texts("skip-domain")]
+    )
     if skip:
         table.set("exclude_domains", skip)
     node.ignore("parse-pure-ip")

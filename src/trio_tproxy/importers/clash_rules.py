@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 from ..config.errors import BadValue
 from ..config.values import PortRanges, check_domain_entry, check_ip_entry
-from .clash_objects import ClashContext, wildcard_entry
-from .draft import host_port, host_values, is_ip, normalise_cidr
+from .clash_objects import ClashContext, listen_address, wildcard_entry
+from .draft import checked_dns_address, host_port, host_values, is_ip, normalise_cidr
 from .report import Node
 from .toml_out import Table, Value
 
@@ -205,10 +205,11 @@ def convert_dns(ctx: ClashContext, root: Node) -> None:
         dns.ignore(*dns.raw)
         return
     listen = dns.text("listen")
-    if listen:
-        host, _, port = listen.rpartition(":")
-        ctx.draft.dns.set("listen", [host_port(host.strip("[]") or "0.0.0.0", int(port))
-                                     if port.isdigit() else listen])  # fmt: skip
+    address = listen_address(listen, "0.0.0.0") if listen else None
+    if address is not None:
+        ctx.draft.dns.set("listen", [address])
+    elif listen:
+        ctx.report.omit(dns.at("listen"), f"{listen!r} is not host:port; not converted")
     if dns.flag("ipv6") is not True and root.raw.get("ipv6") is not False:
         ctx.draft.dns.set("query_strategy", "use_ipv4", "mihomo's dns.ipv6 is off")
     mode = (dns.text("enhanced-mode") or "redir-host").lower()
@@ -314,24 +315,21 @@ class _Servers:
                 raise BadValue(f"no proxy or group {via!r}")
         if "://" not in text:
             text = f"udp://{text}"
-        parts = urlsplit(text)
-        scheme = parts.scheme.lower()
+        try:
+            parts = urlsplit(text)
+            scheme, host, port = parts.scheme.lower(), parts.hostname or "", parts.port
+        except ValueError:
+            raise BadValue(f"{address!r} is not a server address") from None
         if scheme not in ("udp", "tcp", "tls", "https"):
             raise BadValue(f"{scheme}:// DNS servers have no equivalent")
-        host = parts.hostname or ""
         if not host:
             raise BadValue(f"no host in {address!r}")
         if not is_ip(host):
             if scheme in ("udp", "tcp"):
                 raise BadValue(f"plain DNS server {host!r} must be an IP address")
             self.names.append(host)
-        if scheme == "udp":
-            try:
-                port = parts.port or 53
-            except ValueError:
-                raise BadValue(f"bad port in {address!r}") from None
-            return host_port(host, port), outbound
-        return text, outbound
+        ours = host_port(host, port or 53) if scheme == "udp" else text
+        return checked_dns_address(ours), outbound
 
     def bootstrap(self, dns: Node) -> None:
         defaults = dns.texts("default-nameserver")

@@ -12,6 +12,10 @@ import re
 
 import attrs
 
+from ..config.checks import parse_dns_address
+from ..config.errors import BadValue
+from ..config.values import check_domain_entry
+from .report import Node
 from .toml_out import Document, Table
 
 
@@ -119,6 +123,27 @@ def is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def checked_entries(node: Node, key: str, entries: list[str]) -> list[str]:
+    """The routing domain entries of list ``key`` that `check` accepts; the others are
+    reported (path and why) and left out."""
+    kept = []
+    for i, entry in enumerate(entries):
+        try:
+            kept.append(check_domain_entry(entry))
+        except BadValue as exc:
+            node.report.omit(f"{node.at(key)}[{i}]", f"{exc}; entry dropped")
+    return kept
+
+
+def checked_dns_address(address: str) -> str:
+    """``address`` if `check` accepts it as a DNS server, else BadValue."""
+    try:
+        parse_dns_address(address)
+    except ValueError as exc:  # BadValue, and what urlsplit raises for "[x]" hosts
+        raise BadValue(str(exc)) from None
+    return address
 
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9.-]+")

@@ -82,7 +82,7 @@ def _unwritable(char: str) -> bool:
 class Table:
     """``[header]`` (or ``[[header]]`` when ``array``), its comments and its keys."""
 
-    header: str | None  # None: the document's top-level keys
+    header: tuple[str, ...] | None  # the dotted header's parts; None: top-level keys
     array: bool = False
     comments: list[str] = attrs.field(factory=list)
     entries: list[tuple[str, Value, str]] = attrs.field(factory=list)  # key, value, comment
@@ -98,7 +98,7 @@ class Table:
         for text in self.comments:
             lines += comment_lines(text)
         if self.header is not None:
-            dotted = ".".join(key(part) for part in self.header.split("\0"))
+            dotted = ".".join(key(part) for part in self.header)
             lines.append(f"[[{dotted}]]" if self.array else f"[{dotted}]")
         for name, item, text in self.entries:
             line = f"{key(name)} = {value(item)}"
@@ -106,11 +106,6 @@ class Table:
                 line += "  " + _comment(text)
             lines.append(line)
         return lines
-
-
-def header(*parts: str) -> str:
-    """A table header from its parts (each quoted as needed when rendered)."""
-    return "\0".join(parts)
 
 
 @attrs.define
@@ -122,7 +117,7 @@ class Document:
     tables: list[Table] = attrs.field(factory=list)
 
     def table(self, *parts: str, array: bool = False, comment: str = "") -> Table:
-        table = Table(header(*parts) if parts else None, array)
+        table = Table(parts or None, array)
         if comment:
             table.note(comment)
         self.tables.append(table)

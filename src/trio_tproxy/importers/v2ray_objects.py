@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from .draft import Draft, host_port, is_ip, order_keys, seconds, unique_tag
+from .draft import Draft, checked_entries, host_port, is_ip, order_keys, seconds, unique_tag
 from .report import Node, Report, UnreadableInput
 from .toml_out import Table
 
@@ -228,7 +228,7 @@ def _sniffing(node: Node | None) -> Table | None:
     table.set("dest_override", protocols)
     if node.flag("routeOnly"):
         table.set("route_only", True)
-    excluded = node.texts("domainsExcluded")
+    excluded = checked_entries(node, "domainsExcluded", node.texts("domainsExcluded"))
     if excluded:
         table.set("exclude_domains", excluded)
     if node.flag("metadataOnly"):

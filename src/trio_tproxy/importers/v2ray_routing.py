@@ -12,7 +12,16 @@ from __future__ import annotations
 
 from ..config.errors import BadValue
 from ..config.values import PortRanges, check_domain_entry, check_ip_entry
-from .draft import entry_value, host_port, host_values, is_ip, normalise_cidr, seconds, unique_tag
+from .draft import (
+    checked_dns_address,
+    entry_value,
+    host_port,
+    host_values,
+    is_ip,
+    normalise_cidr,
+    seconds,
+    unique_tag,
+)
 from .report import Node
 from .toml_out import Table
 from .v2ray_objects import V2rayContext, networks
@@ -373,9 +382,9 @@ def _server_address(address: str, port: int | None) -> tuple[str, bool]:
             raise BadValue("fake DNS has no equivalent")
         if not is_ip(address):
             raise BadValue(f"plain DNS server {address!r} must be an IP address")
-        return host_port(address, port or 53), False
+        return checked_dns_address(host_port(address, port or 53)), False
     local = scheme.endswith("+local")
     scheme = scheme.removesuffix("+local")
     if scheme not in ("tcp", "https", "udp", "tls"):
         raise BadValue(f"{scheme}:// DNS servers have no equivalent")
-    return f"{scheme}://{rest}", local
+    return checked_dns_address(f"{scheme}://{rest}"), local
