@@ -343,3 +343,30 @@ def test_country_mmdb_beside_the_file_is_the_geoip_database(tmp_path: Path) -> N
 def test_yaml_errors_raise_unreadable_input() -> None:
     with pytest.raises(UnreadableInput, match="line 2 column"):
         convert_clash("a: 1\n  b: [\n", name="x", geodata=repo_geodata())
+
+
+def test_a_cycle_of_groups_is_broken_and_reported() -> None:
+    text = """
+tproxy-port: 7893
+proxy-groups:
+  - {name: A, type: select, proxies: [B, DIRECT]}
+  - {name: B, type: url-test, proxies: [A, REJECT]}
+  - {name: C, type: fallback, proxies: [C]}
+"""
+    result = convert_clash(text, name="x", geodata=repo_geodata())
+    assert [str(o) for o in result.omissions] == [
+        "$.proxy-groups[1].proxies: member 'A' closes a cycle of groups; dropped",
+        "$.proxy-groups[2].proxies: member 'C' closes a cycle of groups; dropped",
+        "$.proxy-groups[2].proxies: no member left; written as a block outbound",
+    ]
+    cfg = parse_config_text(result.toml)
+    assert cfg.outbound("A").outbounds == ("B", "DIRECT")  # type: ignore[union-attr]
+    assert cfg.outbound("B").outbounds == ("REJECT",)  # type: ignore[union-attr]
+    assert cfg.outbound("C").TYPE == "block"
+
+
+def test_socks5_without_udp_is_reported() -> None:
+    text = "tproxy-port: 1\nproxies:\n  - {name: s, type: socks5, server: 192.0.2.1, port: 1}\n"
+    result = convert_clash(text, name="x", geodata=repo_geodata())
+    assert [o.path for o in result.omissions] == ["$.proxies[0]"]
+    assert "UDP ASSOCIATE" in result.omissions[0].why

@@ -103,9 +103,18 @@ def clash_documents() -> st.SearchStrategy[Any]:
 
 def _accepts(text: str) -> None:
     try:
-        parse_config_text(text)
+        cfg = parse_config_text(text)
     except ConfigErrors as exc:
         raise AssertionError("\n".join(map(str, exc.errors)) + "\n" + text) from None
+    groups = {ob.tag: getattr(ob, "outbounds", ()) for ob in cfg.outbounds}
+    for tag, direct in groups.items():  # no group reaches itself (as the groups' check wants)
+        seen, todo = set(), list(direct)
+        while todo:
+            member = todo.pop()
+            assert member != tag, f"group {tag!r} reaches itself\n{text}"
+            if member not in seen:
+                seen.add(member)
+                todo.extend(groups.get(member, ()))
 
 
 @SETTINGS

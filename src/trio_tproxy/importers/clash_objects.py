@@ -20,7 +20,7 @@ import yaml
 
 from ..config.errors import BadValue
 from ..config.values import HostPort
-from .draft import Draft, checked_entries, host_port, order_keys, seconds
+from .draft import Draft, checked_entries, entry_value, host_port, order_keys, seconds
 from .report import Node, Report, UnreadableInput, kind
 from .toml_out import Table
 
@@ -57,6 +57,7 @@ class ClashContext:
     draft: Draft
     names: dict[str, str] = attrs.field(factory=dict)  # proxy/group/builtin name -> our tag
     tables: dict[str, Table] = attrs.field(factory=dict)
+    group_paths: dict[str, str] = attrs.field(factory=dict)  # group tag -> its proxies' path
     used_builtins: set[str] = attrs.field(factory=set)
     inbound_tags: list[str] = attrs.field(factory=list)
     mark: int | None = None
@@ -336,7 +337,10 @@ def _socks(node: Node, table: Table) -> str | None:
     table.set("type", "socks")
     problem = _server(node, table)
     _credentials(node, table)
-    node.ignore("udp", "skip-cert-verify")  # our socks outbound relays UDP by UDP ASSOCIATE
+    if node.flag("udp") is not True:  # mihomo's default: no UDP through a SOCKS5 proxy
+        node.report.omit(node.path, "UDP flows routed here are relayed by UDP ASSOCIATE "
+                         "(mihomo relays UDP only with udp: true)")  # fmt: skip
+    node.ignore("skip-cert-verify")
     return problem
 
 
@@ -380,6 +384,7 @@ def _group(ctx: ClashContext, node: Node) -> None:
     table.note(f"{node.path}: {kind_} group")
     table.set("tag", name)
     ctx.tables[name] = table
+    ctx.group_paths[name] = node.at("proxies")
     members = []
     for i, member in enumerate(node.texts("proxies")):
         tag = ctx.tag_for(member)
@@ -423,8 +428,36 @@ def _group(ctx: ClashContext, node: Node) -> None:
     node.leftovers()
 
 
+def _break_cycles(ctx: ClashContext) -> None:
+    """A group reaching itself through its members is an error here (mihomo fails to
+    load it too): the member closing each cycle is dropped and reported."""
+    members = {tag: entry_value(t, "outbounds") for tag, t in ctx.tables.items()}
+    done: set[str] = set()
+
+    def visit(tag: str, path: list[str]) -> None:
+        group = members.get(tag)
+        if not isinstance(group, list) or tag in done:
+            return
+        for member in list(group):
+            if member in path or member == tag:
+                group.remove(member)
+                ctx.report.omit(ctx.group_paths[tag], f"member {member!r} closes a cycle of "
+                                "groups; dropped")  # fmt: skip
+            else:
+                visit(member, [*path, tag])
+        done.add(tag)
+
+    for tag in list(members):
+        visit(tag, [])
+    for tag, group in members.items():
+        if isinstance(group, list) and not group:
+            ctx.report.omit(ctx.group_paths[tag], "no member left; written as a block outbound")
+            ctx.tables[tag].entries = [("tag", tag, ""), ("type", "block", "")]
+
+
 def assemble_outbounds(ctx: ClashContext, default: str) -> None:
     """Outbounds in source order, the built-ins added where used, the default first."""
+    _break_cycles(ctx)
     for builtin in ("DIRECT", "REJECT", "REJECT-DROP"):
         if builtin in ctx.used_builtins or builtin == default:
             table = Table(None)
