@@ -370,3 +370,12 @@ def test_socks5_without_udp_is_reported() -> None:
     result = convert_clash(text, name="x", geodata=repo_geodata())
     assert [o.path for o in result.omissions] == ["$.proxies[0]"]
     assert "UDP ASSOCIATE" in result.omissions[0].why
+
+
+def test_redir_port_equal_to_tproxy_port_is_reported() -> None:
+    result = convert_clash("tproxy-port: 7893\nredir-port: 7893\n", name="x",
+                           geodata=repo_geodata())  # fmt: skip
+    assert [str(o) for o in result.omissions] == [
+        "$.redir-port: port 7893 is already taken by another inbound; not converted"
+    ]
+    assert [i.tag for i in parse_config_text(result.toml).inbounds] == ["tproxy-in"]

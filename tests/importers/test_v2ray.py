@@ -435,3 +435,29 @@ def test_a_mark_equal_to_the_default_fwmark_moves_the_fwmark() -> None:
       {"protocol": "blackhole", "tag": "b"}]}"""
     cfg = parse_config_text(convert_v2ray(text, name="x", geodata=repo_geodata()).toml)
     assert cfg.firewall.fwmark == 2 and cfg.outbounds[0].tag == "freedom-0"
+
+
+def test_two_inbounds_on_one_port_keep_the_first() -> None:
+    from trio_tproxy.config import parse_config_text
+
+    text = """{"inbounds": [
+      {"tag": "a", "port": 12345, "protocol": "dokodemo-door",
+       "settings": {"network": "tcp", "followRedirect": true}},
+      {"tag": "b", "port": 12345, "protocol": "dokodemo-door",
+       "settings": {"network": "tcp,udp", "followRedirect": true},
+       "streamSettings": {"sockopt": {"tproxy": "tproxy"}}},
+      {"tag": "c", "port": 12345, "protocol": "dokodemo-door",
+       "settings": {"network": "udp", "followRedirect": true},
+       "streamSettings": {"sockopt": {"tproxy": "tproxy"}}}],
+      "outbounds": [{"protocol": "freedom", "tag": "d"}],
+      "routing": {"rules": [{"type": "field", "inboundTag": ["c"], "outboundTag": "d"}]}}"""
+    result = convert_v2ray(text, name="x", geodata=repo_geodata())
+    assert [str(o) for o in result.omissions] == [
+        "$.inbounds[1].port: tcp port 12345 is already taken by another inbound",
+        "$.inbounds[2].port: udp port 12345 is already taken by another inbound; inbound not "
+        "converted",
+        "$.routing.rules[0].inboundTag: inbound 'c' was not converted; the rule names no other "
+        "inbound; rule dropped",
+    ]
+    cfg = parse_config_text(result.toml)
+    assert [(i.tag, i.network) for i in cfg.inbounds] == [("a", ("tcp",)), ("b", ("udp",))]

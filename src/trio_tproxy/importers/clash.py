@@ -1,14 +1,17 @@
 """``trio-tproxy import clash``: a Clash / mihomo YAML config -> our TOML.
 
 Pure: the caller reads the file and finds the data files (:class:`GeodataPaths`).
-See :mod:`.clash_objects` (inbounds, proxies, groups) and :mod:`.clash_rules` (rules,
-DNS) for what maps to what.
+See :mod:`.clash_inbounds`, :mod:`.clash_proxies`, :mod:`.clash_rules` and
+:mod:`.clash_dns` for what maps to what.
 """
 
 from __future__ import annotations
 
-from .clash_objects import ClashContext, assemble_outbounds, convert_objects, load_yaml
-from .clash_rules import convert_dns, convert_rules, match_target
+from .clash_context import ClashContext, load_yaml
+from .clash_dns import convert_dns
+from .clash_inbounds import convert_general
+from .clash_proxies import assemble_outbounds, convert_proxies
+from .clash_rules import convert_rules, match_target
 from .draft import Draft, GeodataPaths
 from .report import ImportResult, Node, Report
 
@@ -24,7 +27,8 @@ def convert_clash(text: str, *, name: str, geodata: GeodataPaths) -> ImportResul
     ctx.draft.intro += [f"Converted by `trio-tproxy import clash` from {name}.",
                         "Review it before use; `trio-tproxy check` validates it."]  # fmt: skip
     ctx.draft.set_geodata(geodata)
-    convert_objects(ctx, root)
+    convert_general(ctx, root)
+    convert_proxies(ctx, root)
     default = match_target(ctx, root)
     convert_rules(ctx, root)
     convert_dns(ctx, root)

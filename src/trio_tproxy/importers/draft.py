@@ -56,6 +56,16 @@ class Draft:
     firewall: Table = attrs.field(factory=section)
     api: Table = attrs.field(factory=section)
 
+    def free_networks(self, port: int, networks: list[str]) -> list[str]:
+        """The ``networks`` no inbound listens on at ``port`` yet (any two listeners on
+        one port and network collide, whatever their addresses)."""
+        taken: set[str] = set()
+        for inbound, _ in self.inbounds:
+            used = entry_value(inbound, "network", ())
+            if entry_value(inbound, "port") == port and isinstance(used, list | tuple):
+                taken.update(map(str, used))
+        return [n for n in networks if n not in taken]
+
     def outbound_tags(self) -> list[str]:
         return [str(entry_value(ob, "tag")) for ob in self.outbounds]
 

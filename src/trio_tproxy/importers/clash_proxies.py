@@ -1,4 +1,4 @@
-"""Clash / mihomo YAML: general keys, inbounds, proxies, proxy groups.
+"""Clash / mihomo ``proxies`` and ``proxy-groups``.
 
 ``tproxy-port`` / ``redir-port`` become tproxy / redirect inbounds; ``proxies`` of type
 ss, trojan, socks5 and http become outbounds with the proxy's name as tag; groups
@@ -13,232 +13,32 @@ nothing leaks out directly; rules and DNS are in :mod:`.clash_rules`.
 
 from __future__ import annotations
 
-from typing import Any
-
-import attrs
-import yaml
-
-from ..config.errors import BadValue
-from ..config.values import HostPort
-from .draft import Draft, checked_entries, entry_value, host_port, order_keys, seconds
-from .report import Node, Report, UnreadableInput, kind
+from .clash_context import BUILTIN, ClashContext
+from .draft import entry_value, host_port, order_keys, seconds
+from .report import Node
 from .toml_out import Table
 
-__all__ = [
-    "ClashContext",
-    "assemble_outbounds",
-    "convert_objects",
-    "listen_address",
-    "load_yaml",
-    "wildcard_entry",
-]
+__all__ = ["assemble_outbounds", "convert_proxies"]
 
-_LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warning", "error": "error",
-               "silent": "error"}  # fmt: skip
 _SS_CIPHERS = {"aes-128-gcm": "aes-128-gcm", "aes-256-gcm": "aes-256-gcm",
                "chacha20-ietf-poly1305": "chacha20-ietf-poly1305",
                "chacha20-poly1305": "chacha20-ietf-poly1305",
                "2022-blake3-aes-128-gcm": "2022-blake3-aes-128-gcm",
                "2022-blake3-aes-256-gcm": "2022-blake3-aes-256-gcm",
                "2022-blake3-chacha20-poly1305": "2022-blake3-chacha20-poly1305"}  # fmt: skip
+
+
 _GROUPS = {"select": "selector", "url-test": "urltest", "fallback": "fallback"}
-_BUILTIN = {"DIRECT": "direct", "REJECT": "block", "REJECT-DROP": "block"}
-# Keys that only matter to a client app, a dashboard or mihomo's own process.
-_HARMLESS = ("allow-lan", "bind-address", "lan-allowed-ips", "lan-disallowed-ips",
-             "unified-delay", "tcp-concurrent", "find-process-mode", "global-client-fingerprint",
-             "keep-alive-interval", "keep-alive-idle", "disable-keep-alive", "profile",
-             "geodata-mode", "geodata-loader", "geo-auto-update", "geo-update-interval",
-             "geox-url", "global-ua", "etag-support")  # fmt: skip
 
 
-@attrs.define
-class ClashContext:
-    report: Report
-    draft: Draft
-    names: dict[str, str] = attrs.field(factory=dict)  # proxy/group/builtin name -> our tag
-    tables: dict[str, Table] = attrs.field(factory=dict)
-    group_paths: dict[str, str] = attrs.field(factory=dict)  # group tag -> its proxies' path
-    used_builtins: set[str] = attrs.field(factory=set)
-    inbound_tags: list[str] = attrs.field(factory=list)
-    mark: int | None = None
-
-    def tag_for(self, name: str) -> str | None:
-        """Our tag for a policy name (adding DIRECT/REJECT when first used)."""
-        if name in _BUILTIN:
-            self.used_builtins.add(name)
-            return name
-        return self.names.get(name)
-
-
-def load_yaml(text: str, name: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1} column {where.column + 1}" if where else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise UnreadableInput(f"{name}: not valid YAML: {problem}{at}") from None
-    except (RecursionError, ValueError, TypeError) as exc:
-        raise UnreadableInput(f"{name}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise UnreadableInput(f"{name}: expected a YAML mapping at the top, got {kind(data)}")
-    return data
-
-
-def convert_objects(ctx: ClashContext, root: Node) -> None:
-    """General keys, inbounds, proxies and groups (rules name them)."""
-    _general(ctx, root)
-    _inbounds(ctx, root)
+def convert_proxies(ctx: ClashContext, root: Node) -> None:
     for item in _list(root, "proxies"):
         _proxy(ctx, item)
     _groups(ctx, root)
-    root.ignore(*_HARMLESS)
 
 
 def _list(root: Node, key: str) -> list[Node]:
     return list(root.nodes(key))
-
-
-def _general(ctx: ClashContext, root: Node) -> None:
-    level = root.text("log-level")
-    if level:
-        ours = _LOG_LEVELS.get(level.lower())
-        if ours is None:
-            ctx.report.omit(root.at("log-level"), f"unknown level {level!r}; info used")
-        else:
-            ctx.draft.log.set("level", ours)
-    mode = (root.text("mode") or "rule").lower()
-    if mode != "rule":
-        ctx.report.omit(root.at("mode"), f"mode {mode!r} is not converted: rules decide")
-    if root.flag("ipv6") is False:
-        ctx.draft.dns.set("query_strategy", "use_ipv4", "ipv6: false")
-    ctx.mark = root.number("routing-mark")
-    controller = root.text("external-controller")
-    listen = listen_address(controller, "127.0.0.1") if controller else None
-    if controller and listen is None:
-        ctx.report.omit(root.at("external-controller"), f"{controller!r} is not host:port; "
-                        "no controller API configured")  # fmt: skip
-    if listen is not None:
-        table = ctx.draft.api
-        table.set("listen", listen)
-        secret = root.text("secret")
-        if secret:
-            table.set("secret", secret)
-        ui = root.text("external-ui")
-        if ui:
-            ctx.report.omit(root.at("external-ui"), "set api.ui_dir to the dashboard's "
-                            "absolute directory yourself")  # fmt: skip
-    else:
-        root.ignore("secret")
-    for key in ("port", "socks-port", "mixed-port"):
-        if root.take(key) is not None:
-            ctx.report.omit(root.at(key), "proxy ports for clients that are set up to use "
-                            "one have no equivalent: only transparent inbounds")  # fmt: skip
-
-
-def listen_address(text: str, wildcard: str) -> str | None:
-    """mihomo's ``[host]:port`` (``:port`` = every address) as our ``host:port``."""
-    host, _, port = text.strip().rpartition(":")
-    host = host.strip("[]") or wildcard
-    try:
-        return str(HostPort.parse(host_port(host, int(port))))
-    except (ValueError, BadValue):
-        return None
-
-
-def _inbounds(ctx: ClashContext, root: Node) -> None:
-    sniffing = _sniffer(root.node("sniffer"))
-    for key, kind_, tag in (("tproxy-port", "tproxy", "tproxy-in"),
-                            ("redir-port", "redirect", "redir-in")):  # fmt: skip
-        port = root.number(key)
-        if port is None:
-            continue
-        if not 1 <= port <= 65535:
-            ctx.report.omit(root.at(key), f"port {port} out of range; not converted")
-            continue
-        _add_inbound(ctx, root.at(key), tag, kind_, port, sniffing=sniffing)
-    if not ctx.draft.inbounds:
-        ctx.report.omit("$", "no tproxy-port or redir-port: a tproxy inbound on port 7893 "
-                        "(mihomo's usual tproxy-port) was added")  # fmt: skip
-        _add_inbound(ctx, "added", "tproxy-in", "tproxy", 7893, sniffing=sniffing)
-
-
-def _add_inbound(
-    ctx: ClashContext, path: str, tag: str, kind_: str, port: int, *, sniffing: Table | None
-) -> None:
-    table = Table(None)
-    table.note(path)
-    table.set("tag", tag)
-    table.set("type", kind_)
-    table.set("port", port)
-    table.set("network", ["tcp", "udp"] if kind_ == "tproxy" else ["tcp"])
-    if ctx.mark:
-        table.set("mark", ctx.mark)
-    ctx.inbound_tags.append(tag)
-    copy = None
-    if sniffing is not None:
-        copy = Table(None, comments=list(sniffing.comments), entries=list(sniffing.entries))
-    ctx.draft.inbounds.append((table, copy))
-
-
-def _sniffer(node: Node | None) -> Table | None:
-    if node is None:
-        return None
-    table = Table(None)
-    table.note("from $.sniffer")
-    table.set("enabled", bool(node.flag("enable")))
-    protocols: list[str] = []
-    sniff = node.node("sniff")
-    if sniff is not None:
-        for proto in list(sniff.raw):
-            ours = {"http": "http", "tls": "tls", "quic": "quic"}.get(str(proto).lower())
-            settings = sniff.node(str(proto))
-            if ours is None:
-                node.report.omit(sniff.at(str(proto)), "not sniffed here")
-                continue
-            protocols.append(ours)
-            if settings is not None:
-                if settings.take("ports") is not None:
-                    node.report.omit(settings.at("ports"), "every port is sniffed here")
-                override = settings.flag("override-destination")
-                if override is False:
-                    table.set("route_only", True)
-                settings.leftovers()
-        sniff.leftovers()
-    for legacy in node.texts("sniffing"):  # Clash Premium's older form
-        if legacy.lower() in ("http", "tls", "quic"):
-            protocols.append(legacy.lower())
-    table.set("dest_override", list(dict.fromkeys(protocols)) or ["http", "tls", "quic"])
-    if node.flag("override-destination") is False:
-        table.set("route_only", True)
-    skip = checked_entries(
-        node, "skip-domain", [wildcard_entry(d) for d in node.texts("skip-domain")]
-    )
-    if skip:
-        table.set("exclude_domains", skip)
-    node.ignore("parse-pure-ip")
-    node.leftovers()
-    return table
-
-
-def wildcard_entry(pattern: str) -> str:
-    """A mihomo domain wildcard (``+.x``: x and subdomains, ``*.x``: one label,
-    ``.x``: subdomains only) in routing domain syntax."""
-    if pattern.startswith("+."):
-        return f"domain:{pattern[2:]}"
-    if pattern.startswith("*.") and "*" not in pattern[2:]:
-        body = pattern[2:].replace(".", r"\.")
-        return f"regexp:^[^.]+\\.{body}$"
-    if pattern.startswith(".") and "*" not in pattern:
-        body = pattern[1:].replace(".", r"\.")
-        return f"regexp:\\.{body}$"
-    if "*" in pattern:
-        parts = [p.replace(".", r"\.") for p in pattern.split("*")]
-        return "regexp:^" + "[^.]+".join(parts) + "$"
-    return f"full:{pattern}"
-
-
-# --- proxies -----------------------------------------------------------------------
 
 
 def _proxy(ctx: ClashContext, node: Node) -> None:
@@ -247,7 +47,7 @@ def _proxy(ctx: ClashContext, node: Node) -> None:
     if not name:
         ctx.report.omit(node.path, "a proxy without a name cannot be named by rules; skipped")
         return
-    if name in ctx.names or name in _BUILTIN:
+    if name in ctx.names or name in BUILTIN:
         ctx.report.omit(node.at("name"), f"name {name!r} is already taken; skipped")
         return
     table = Table(None)
@@ -361,14 +161,11 @@ def _credentials(node: Node, table: Table) -> None:
         table.set("password", password)
 
 
-# --- groups ------------------------------------------------------------------------
-
-
 def _groups(ctx: ClashContext, root: Node) -> None:
     nodes = _list(root, "proxy-groups")
     for node in nodes:  # names first: groups may name groups defined later
         name = node.text("name") or ""
-        if name and name not in ctx.names and name not in _BUILTIN:
+        if name and name not in ctx.names and name not in BUILTIN:
             ctx.names[name] = name
     for node in nodes:
         _group(ctx, node)
@@ -463,7 +260,7 @@ def assemble_outbounds(ctx: ClashContext, default: str) -> None:
             table = Table(None)
             table.note(f"mihomo's built-in {builtin}")
             table.set("tag", builtin)
-            table.set("type", _BUILTIN[builtin])
+            table.set("type", BUILTIN[builtin])
             if builtin == "DIRECT" and ctx.mark:
                 table.set("mark", ctx.mark)
             ctx.tables[builtin] = table
