@@ -379,3 +379,27 @@ def test_redir_port_equal_to_tproxy_port_is_reported() -> None:
         "$.redir-port: port 7893 is already taken by another inbound; not converted"
     ]
     assert [i.tag for i in parse_config_text(result.toml).inbounds] == ["tproxy-in"]
+
+
+def test_in_port_and_in_type_pick_inbounds() -> None:
+    text = """
+tproxy-port: 7893
+redir-port: 7892
+proxies:
+  - {name: s, type: ss, server: 192.0.2.1, port: 1, cipher: aes-128-gcm, password: p,
+     dialer-proxy: t}
+rules:
+  - IN-PORT,7892,REJECT
+  - IN-TYPE,TPROXY,DIRECT
+  - IN-TYPE,MIXED,DIRECT
+  - IN-PORT,7890-7891,DIRECT
+"""
+    result = convert_clash(text, name="x", geodata=repo_geodata())
+    assert [o.path for o in result.omissions] == ["$.proxies[0]", "$.rules[2]", "$.rules[3]"]
+    assert "dialer-proxy" in result.omissions[0].why
+    cfg = parse_config_text(result.toml)
+    assert [(r.inbound_tag, r.outbound) for r in cfg.routing.rules] == [
+        (("redir-in",), "REJECT"),
+        (("tproxy-in",), "DIRECT"),
+    ]
+    assert cfg.outbound("s").TYPE == "block"

@@ -28,7 +28,7 @@ class ClashContext:
     tables: dict[str, Table] = attrs.field(factory=dict)
     group_paths: dict[str, str] = attrs.field(factory=dict)  # group tag -> its proxies' path
     used_builtins: set[str] = attrs.field(factory=set)
-    inbound_tags: list[str] = attrs.field(factory=list)
+    inbounds: dict[str, tuple[int, str]] = attrs.field(factory=dict)  # tag -> (port, type)
     mark: int | None = None
 
     def tag_for(self, name: str) -> str | None:

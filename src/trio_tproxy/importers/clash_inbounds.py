@@ -99,7 +99,7 @@ def _add_inbound(
     table.set("network", networks)
     if ctx.mark:
         table.set("mark", ctx.mark)
-    ctx.inbound_tags.append(tag)
+    ctx.inbounds[tag] = (port, kind_)
     copy = None
     if sniffing is not None:
         copy = Table(None, comments=list(sniffing.comments), entries=list(sniffing.entries))

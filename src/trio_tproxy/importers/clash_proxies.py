@@ -57,7 +57,9 @@ def _proxy(ctx: ClashContext, node: Node) -> None:
     ctx.tables[name] = table
     convert = {"ss": _ss, "trojan": _trojan, "socks5": _socks, "http": _http}.get(kind_)
     why = None if convert is not None else f"proxy type {kind_!r} has no equivalent"
-    if convert is not None:
+    if node.take("dialer-proxy") is not None:
+        why = "dialer-proxy (reaching this proxy through another) has no equivalent"
+    elif convert is not None:
         why = convert(node, table)
     if why is not None:
         ctx.report.omit(node.path, f"{why}; written as a block outbound {name!r} so rules and "

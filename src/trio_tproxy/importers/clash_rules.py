@@ -105,6 +105,8 @@ def _rule(ctx: ClashContext, path: str, text: str) -> tuple[Table, bool | None, 
         table.set("outbound", _target(ctx, parts[1]))
         return table, None, True
     convert = _CONDITIONS.get(kind)
+    if kind in ("IN-PORT", "IN-TYPE"):
+        convert = _inbound_condition(ctx, kind)
     if convert is None:
         raise RuleDropped(f"rule type {kind} has no equivalent")
     if len(parts) < 3:
@@ -119,6 +121,25 @@ def _rule(ctx: ClashContext, path: str, text: str) -> tuple[Table, bool | None, 
     table.set("outbound", _target(ctx, target))
     resolves = (not no_resolve) if kind in _IP_RULES else None
     return table, resolves, False
+
+
+def _inbound_condition(ctx: ClashContext, kind: str) -> Callable[[str], tuple[str, Value]]:
+    """IN-PORT / IN-TYPE as the tags of the inbounds they pick."""
+
+    def convert(value: str) -> tuple[str, Value]:
+        if kind == "IN-TYPE":
+            wanted = {"TPROXY": "tproxy", "REDIR": "redirect"}.get(value.upper())
+            tags = [t for t, (_, k) in ctx.inbounds.items() if k == wanted]
+        else:
+            ranges = _ports("port")(value)[1]
+            assert isinstance(ranges, str)
+            ports = PortRanges.parse(ranges)
+            tags = [t for t, (port, _) in ctx.inbounds.items() if port in ports]
+        if not tags:
+            raise RuleDropped(f"no converted inbound is {kind} {value} (only transparent ones are)")
+        return "inbound_tag", tags
+
+    return convert
 
 
 def _target(ctx: ClashContext, name: str) -> str:
