@@ -114,16 +114,22 @@ def test_mihomo_gateway_converts_checks_and_decides_alike(tmp_path: Path) -> Non
     }
     servers = [(s["address"], s.get("domains"), s.get("expect_ips"), s.get("skip_fallback"),
                 s.get("outbound")) for s in dns["servers"]]  # fmt: skip
-    assert servers == [
-        ("223.5.5.5:53", ["geosite:cn"], None, True, None),
-        ("119.29.29.29:53", ["geosite:cn"], None, True, None),
-        ("10.0.0.53:53", ["domain:corp.example"], None, True, None),
-        ("https://doh.pub.example/dns-query", None, ["geoip:cn"], None, None),
-        ("223.5.5.5:53", None, ["geoip:cn"], None, None),
-        ("tls://1.1.1.1:853", None, None, None, None),
+    assert servers == [  # mihomo asks name servers directly unless `#proxy` says otherwise
+        ("223.5.5.5:53", ["geosite:cn"], None, True, "DIRECT"),
+        ("119.29.29.29:53", ["geosite:cn"], None, True, "DIRECT"),
+        ("10.0.0.53:53", ["domain:corp.example"], None, True, "DIRECT"),
+        ("https://doh.pub.example/dns-query", None, ["geoip:cn"], None, "DIRECT"),
+        ("223.5.5.5:53", None, ["geoip:cn"], None, "DIRECT"),
+        ("tls://1.1.1.1:853", None, None, None, "DIRECT"),
         ("https://dns.google.example/dns-query", None, None, None, "Proxy"),
-        ("223.5.5.5:53", ["full:doh.pub.example", "full:dns.google.example"], None, True, None),
-        ("119.29.29.29:53", ["full:doh.pub.example", "full:dns.google.example"], None, True, None),
+        ("223.5.5.5:53", ["full:doh.pub.example", "full:dns.google.example"], None, True, "DIRECT"),
+        (
+            "119.29.29.29:53",
+            ["full:doh.pub.example", "full:dns.google.example"],
+            None,
+            True,
+            "DIRECT",
+        ),
     ]
     stderr = result.stderr.splitlines()
     assert stderr[0] == (
@@ -304,6 +310,7 @@ def test_every_construct_without_an_equivalent_is_reported_with_its_path() -> No
     ]
     assert cfg.dns.servers[0].domains == ("geosite:cn", "domain:qq.com")
     assert cfg.dns.servers[1].outbound == "h" and cfg.dns.servers[1].expect_ips == ()
+    assert cfg.dns.servers[0].outbound == cfg.dns.servers[2].outbound == "DIRECT"
     assert cfg.log.level == "error"
     assert cfg.inbounds[0].sniffing.dest_override == ("http",)
 
@@ -403,3 +410,9 @@ rules:
         (("tproxy-in",), "DIRECT"),
     ]
     assert cfg.outbound("s").TYPE == "block"
+
+
+def test_respect_rules_routes_the_name_servers() -> None:
+    text = "tproxy-port: 1\ndns:\n  respect-rules: true\n  nameserver: [1.1.1.1]\n"
+    cfg = parse_config_text(convert_clash(text, name="x", geodata=repo_geodata()).toml)
+    assert cfg.dns.servers[0].outbound is None

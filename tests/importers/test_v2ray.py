@@ -491,3 +491,23 @@ def test_ext_names_pass_check_once_the_router_reads_dat_files(tmp_path: Path) ->
         parse_config_text(convert_v2ray(text, name="x", geodata=repo_geodata()).toml)
     except ConfigErrors as exc:
         raise AssertionError(exc.errors) from None
+
+
+def test_dns_tag_is_an_inbound_only_when_the_source_names_it() -> None:
+    rules = """"routing": {"rules": [
+      {"type": "field", "inboundTag": ["dns"], "outboundTag": "d"},
+      {"type": "field", "inboundTag": ["dns-in"], "outboundTag": "d"}]}"""
+    untagged = f"""{{"outbounds": [{{"protocol": "freedom", "tag": "d"}}], {rules}}}"""
+    result = convert_v2ray(untagged, name="x", geodata=repo_geodata())
+    assert [o.path for o in result.omissions] == [
+        "$.inbounds",
+        "$.routing.rules[0].inboundTag",
+        "$.routing.rules[1].inboundTag",
+    ]
+    tagged = f"""{{"outbounds": [{{"protocol": "freedom", "tag": "d"}}],
+      "dns": {{"tag": "dns-in", "servers": ["1.1.1.1"]}}, {rules}}}"""
+    result = convert_v2ray(tagged, name="x", geodata=repo_geodata())
+    assert [o.path for o in result.omissions] == ["$.inbounds", "$.routing.rules[0].inboundTag"]
+    raw = tomllib.loads(result.toml)
+    assert raw["dns"]["tag"] == "dns-in"
+    assert raw["routing"]["rules"] == [{"inbound_tag": ["dns-in"], "outbound": "d"}]

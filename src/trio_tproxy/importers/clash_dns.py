@@ -44,7 +44,7 @@ def convert_dns(ctx: ClashContext, root: Node) -> None:
         ctx.report.omit(dns.at("enhanced-mode"), "fake-ip has no equivalent: real addresses "
                         "are answered, domains are learned by sniffing")  # fmt: skip
     dns.ignore("enable", "use-hosts", "use-system-hosts", "cache-algorithm", "prefer-h3")
-    servers = _Servers(ctx)
+    servers = _Servers(ctx, routed=bool(dns.flag("respect-rules")))
     fallback = dns.texts("fallback")
     filter_node = dns.node("fallback-filter")
     expect: list[str] = []
@@ -87,8 +87,9 @@ def _hosts(ctx: ClashContext, hosts: Node | None) -> None:
 
 
 class _Servers:
-    def __init__(self, ctx: ClashContext) -> None:
+    def __init__(self, ctx: ClashContext, *, routed: bool) -> None:
         self.ctx = ctx
+        self.routed = routed  # respect-rules: queries follow the rules
         self.names: list[str] = []  # host names of servers, for default-nameserver
 
     def policy(self, path: str, key: str, value: object) -> None:
@@ -129,6 +130,10 @@ class _Servers:
             table.set("skip_fallback", True)
         if outbound:
             table.set("outbound", outbound)
+        elif not self.routed:
+            # mihomo asks its name servers directly unless told otherwise (#proxy,
+            # respect-rules); ours are routed like flows unless `outbound` says where.
+            table.set("outbound", self.ctx.tag_for("DIRECT") or "DIRECT")
         self.ctx.draft.dns_servers.append(table)
 
     def _address(self, address: str) -> tuple[str, str | None]:

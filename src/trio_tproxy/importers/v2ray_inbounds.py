@@ -22,7 +22,10 @@ _POLICY_TIMES = {"handshake": "handshake", "connIdle": "conn_idle",
 
 
 def convert_log(ctx: V2rayContext, root: Node) -> None:
-    _log(root.node("log"), ctx.draft.log)
+    log = root.node("log")
+    if log is None:
+        ctx.draft.log.set("level", "warning", "v2ray's default")
+    _log(log, ctx.draft.log)
 
 
 def convert_inbounds(ctx: V2rayContext, root: Node) -> None:

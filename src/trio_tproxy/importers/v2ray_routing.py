@@ -229,7 +229,8 @@ def _ports(node: Node, key: str) -> str | int | None:
 
 def _inbound_tags(ctx: V2rayContext, node: Node) -> list[str]:
     given = node.texts("inboundTag")
-    dns_tag = str(entry_value(ctx.draft.dns, "tag", "dns"))
+    # DNS queries carry dns.tag in routing; without one, v2ray's match no inbound rule.
+    dns_tag = entry_value(ctx.draft.dns, "tag")
     kept = [tag for tag in given if tag in ctx.inbound_tags or tag == dns_tag]
     for i, tag in enumerate(given):
         if tag in kept:
