@@ -13,8 +13,6 @@ __all__ = ["convert_general"]
 
 _LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warning", "error": "error",
                "silent": "error"}  # fmt: skip
-
-
 # Keys that only matter to a client app, a dashboard or mihomo's own process.
 _HARMLESS = ("allow-lan", "bind-address", "lan-allowed-ips", "lan-disallowed-ips",
              "unified-delay", "tcp-concurrent", "find-process-mode", "global-client-fingerprint",

@@ -1,14 +1,13 @@
-"""Clash / mihomo ``proxies`` and ``proxy-groups``.
+"""Clash / mihomo ``proxies`` and ``proxy-groups`` -> ``[[outbounds]]``.
 
-``tproxy-port`` / ``redir-port`` become tproxy / redirect inbounds; ``proxies`` of type
-ss, trojan, socks5 and http become outbounds with the proxy's name as tag; groups
-select, url-test and fallback become selector, urltest and fallback (``interval`` in
-seconds, ``tolerance`` and ``timeout`` in milliseconds, as mihomo reads them). The
-built-in policies ``DIRECT`` and ``REJECT`` / ``REJECT-DROP`` become outbounds of those
-names. The target of ``MATCH`` (DIRECT when there is none, as in mihomo) is the first
-outbound, our default. A proxy or group without an equivalent is written as a block
-outbound of the same name, so rules and groups naming it keep their meaning and
-nothing leaks out directly; rules and DNS are in :mod:`.clash_rules`.
+Proxies of type ss, trojan, socks5 and http become outbounds with the proxy's name as
+tag; groups select, url-test and fallback become selector, urltest and fallback
+(``interval`` in seconds, ``tolerance`` and ``timeout`` in milliseconds, as mihomo reads
+them). The built-in policies ``DIRECT`` and ``REJECT`` / ``REJECT-DROP`` become outbounds
+of those names, added where used; the target of ``MATCH`` (DIRECT when there is none, as
+in mihomo) is the first outbound, our default. A proxy or group without an equivalent
+is written as a block outbound of the same name, so rules and groups naming it keep
+their meaning and nothing leaks out directly.
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ _SS_CIPHERS = {"aes-128-gcm": "aes-128-gcm", "aes-256-gcm": "aes-256-gcm",
                "2022-blake3-aes-128-gcm": "2022-blake3-aes-128-gcm",
                "2022-blake3-aes-256-gcm": "2022-blake3-aes-256-gcm",
                "2022-blake3-chacha20-poly1305": "2022-blake3-chacha20-poly1305"}  # fmt: skip
-
-
 _GROUPS = {"select": "selector", "url-test": "urltest", "fallback": "fallback"}
 
 

@@ -12,11 +12,7 @@ from .v2ray_context import V2rayContext, networks, objects
 __all__ = ["convert_inbounds", "convert_log", "convert_policy"]
 
 _LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warning", "error": "error"}
-
-
 _SNIFF_PROTOCOLS = {"http": "http", "tls": "tls", "https": "tls", "ssl": "tls", "quic": "quic"}
-
-
 _POLICY_TIMES = {"handshake": "handshake", "connIdle": "conn_idle",
                  "uplinkOnly": "uplink_only", "downlinkOnly": "downlink_only"}  # fmt: skip
 

@@ -17,14 +17,10 @@ __all__ = ["convert_outbounds"]
 
 _FREEDOM_STRATEGIES = {"asis": "as_is", "useip": "use_ip", "useipv4": "use_ipv4",
                        "useipv6": "use_ipv6"}  # fmt: skip
-
-
 # Xray's preference orders and Force* variants, read as the nearest strategy we have.
 _NEAR_STRATEGIES = {"useipv4v6": "use_ip", "useipv6v4": "use_ip", "forceip": "use_ip",
                     "forceipv4": "use_ipv4", "forceipv6": "use_ipv6",
                     "forceipv4v6": "use_ip", "forceipv6v4": "use_ip"}  # fmt: skip
-
-
 _SS_METHODS = {
     "aes-128-gcm": "aes-128-gcm", "aead_aes_128_gcm": "aes-128-gcm",
     "aes-256-gcm": "aes-256-gcm", "aead_aes_256_gcm": "aes-256-gcm",
@@ -61,7 +57,7 @@ def _outbound(ctx: V2rayContext, node: Node, index: int) -> None:
         if node.take("proxySettings") is not None:
             raise Unsupported(node.at("proxySettings"), "chaining through another outbound "
                               "has no equivalent")  # fmt: skip
-        mark = _stream(node, protocol, table, ctx) if protocol != "blackhole" else None
+        mark = _stream(node, protocol, table) if protocol != "blackhole" else None
         convert(ctx, node.node("settings") or Node({}, node.at("settings"), ctx.report), table)
     except Unsupported as exc:
         _placeholder(ctx, table, tag, exc)
@@ -92,7 +88,7 @@ def _placeholder(ctx: V2rayContext, table: Table, tag: str, exc: Unsupported) ->
     ctx.draft.outbounds.append(table)
 
 
-def _stream(node: Node, protocol: str, table: Table, ctx: V2rayContext) -> int | None:
+def _stream(node: Node, protocol: str, table: Table) -> int | None:
     """streamSettings: the mark; TLS for trojan; anything else cannot be converted."""
     stream = node.node("streamSettings")
     if stream is None:
@@ -125,7 +121,6 @@ def _stream(node: Node, protocol: str, table: Table, ctx: V2rayContext) -> int |
             header.leftovers()
         tcp.leftovers()
     stream.leftovers()
-    del ctx
     return mark
 
 
@@ -194,7 +189,6 @@ def _blackhole(ctx: V2rayContext, settings: Node, table: Table) -> None:
 
 
 def _dns(ctx: V2rayContext, settings: Node, table: Table) -> None:
-    del ctx
     table.set("type", "dns")
     settings.ignore("userLevel")
     settings.leftovers("no equivalent: A/AAAA are answered by the built-in DNS, other "
@@ -250,7 +244,6 @@ def _shadowsocks(ctx: V2rayContext, settings: Node, table: Table) -> None:
 
 
 def _trojan(ctx: V2rayContext, settings: Node, table: Table) -> None:
-    del ctx
     server = _first_server(settings, "trojan")
     if server.text("flow"):
         raise Unsupported(server.at("flow"), "XTLS flow has no equivalent")

@@ -21,12 +21,8 @@ __all__ = ["convert_routing", "domain_entry", "ip_entry"]
 
 _ROUTING_STRATEGIES = {"asis": "as_is", "ipifnonmatch": "ip_if_non_match",
                        "ipondemand": "ip_on_demand"}  # fmt: skip
-
-
 _PROTOCOLS = {"http": "http", "tls": "tls", "quic": "quic", "bittorrent": "bittorrent",
               "dns": "dns"}  # fmt: skip
-
-
 _EXT_PREFIXES = ("ext:", "ext-domain:", "ext-ip:")
 
 
