@@ -13,6 +13,7 @@ import attrs
 import pytest
 
 from trio_tproxy.config import load_config
+from trio_tproxy.dns.policy import compile_servers, select_servers
 from trio_tproxy.geo import GeoData
 from trio_tproxy.geo.dat import dat_domains, encode_geoip_dat, encode_geosite_dat
 from trio_tproxy.importers import GeodataPaths, ImportResult, convert_clash, convert_v2ray
@@ -115,6 +116,12 @@ class Decider:
             int(p[len(prefix) : -1]) if p.startswith(prefix) else -1
             for p in source_rule_paths(toml_text)
         ]
+
+    def dns_order(self, name: str) -> list[str]:
+        """The servers the DNS splitter asks for ``name``, in order (their addresses)."""
+        plans = compile_servers(self.cfg.dns, GeoData.load(self.cfg.geodata))
+        picked = select_servers(name, plans, disable_fallback=self.cfg.dns.disable_fallback)
+        return [self.cfg.dns.servers[i].address for i in picked]
 
     def decide(self, case: Case) -> tuple[str, int | None]:
         dst_ip, domain = parse_target(case.target)

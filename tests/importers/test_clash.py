@@ -131,19 +131,32 @@ def test_mihomo_gateway_converts_checks_and_decides_alike(tmp_path: Path) -> Non
             "DIRECT",
         ),
     ]
-    stderr = result.stderr.splitlines()
-    assert stderr[0] == (
-        "$.mixed-port: proxy ports for clients that are set up to use one "
-        "have no equivalent: only transparent inbounds"
-    )
-    for i in (10, 11, 12):
-        assert any(line.startswith(f"$.rules[{i}]: no-resolve cannot be set per rule")
-                   for line in stderr)  # fmt: skip
+    # each approximation on its own line, with its path
+    assert [line.partition(": ")[0] for line in result.stderr.splitlines()] == [
+        "$.mixed-port",
+        "$.sniffer.sniff.HTTP.ports",
+        "$.sniffer.sniff.TLS.ports",
+        "$.sniffer.sniff.QUIC.ports",
+        "$.proxies[3]",  # socks5 without udp: true
+        "$.rules[10]",  # no-resolve
+        "$.rules[11]",
+        "$.rules[12]",
+        "$.dns.nameserver-policy",
+        "import",
+    ]
     assert raw["routing"]["domain_strategy"] == "ip_on_demand"
     decider = Decider(out, text, "rules")
     assert decider.rule_sources == list(range(15))
     for case in MIHOMO_CASES:
         assert decider.decide(case) == (case.outbound, case.rule), case
+    # DNS: the policy's servers for its names; the others ask the name servers, whose
+    # non-CN answers are passed over for the fallback's; bootstrap names the defaults.
+    general = ["https://doh.pub.example/dns-query", "223.5.5.5:53", "tls://1.1.1.1:853",
+               "https://dns.google.example/dns-query"]  # fmt: skip
+    assert decider.dns_order("www.baidu.com") == ["223.5.5.5:53", "119.29.29.29:53", *general]
+    assert decider.dns_order("wiki.corp.example") == ["10.0.0.53:53", *general]
+    assert decider.dns_order("www.google.com") == general
+    assert decider.dns_order("doh.pub.example") == ["223.5.5.5:53", "119.29.29.29:53", *general]
     # The reported difference: a domain resolving to a LAN address. mihomo skips the
     # no-resolve rules and sends it to MATCH; here the first IP rule takes it.
     lan = Case("printer.example.com", "DIRECT", 10, resolved=("192.168.1.5",))
@@ -285,6 +298,7 @@ SINK_REPORTS = [
     ("$.dns.proxy-server-nameserver", "no equivalent"),
     ("$.dns.fallback-filter.ipcidr", "only geoip"),
     ("$.dns.nameserver-policy['rule-set:x']", "rule sets"),
+    ("$.dns.nameserver-policy", "the other servers are asked next"),
     ("$.hosts['list.example']", "expected IP addresses or host names"),
     ("$.hosts['bad.example']", "expected IP addresses or host names"),
 ]

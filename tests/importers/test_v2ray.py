@@ -120,6 +120,11 @@ def test_v2ray_guide_converts_checks_and_decides_alike(tmp_path: Path) -> None:
     assert decider.rule_sources == list(range(8))
     for case in GUIDE_CASES:
         assert decider.decide(case) == (case.outbound, case.rule), case
+    # v2ray's server order: servers whose domains match first, then the rest in order
+    everyone = ["8.8.8.8:53", "1.1.1.1:53", "114.114.114.114:53"]
+    assert decider.dns_order("www.baidu.com") == ["223.5.5.5:53", *everyone]
+    assert decider.dns_order("pool.ntp.org") == ["223.5.5.5:53", *everyone]
+    assert decider.dns_order("www.google.com") == [*everyone, "223.5.5.5:53"]
 
 
 XRAY_CASES = [

@@ -64,6 +64,9 @@ def convert_dns(ctx: ClashContext, root: Node) -> None:
         servers.add(f"{dns.at('nameserver')}[{i}]", address, expect=expect)
     for i, address in enumerate(fallback):
         servers.add(f"{dns.at('fallback')}[{i}]", address)
+    if policy is not None and 0 < servers.policy_servers < len(ctx.draft.dns_servers):
+        ctx.report.omit(policy.path, "if a policy's servers all fail, the other servers are "
+                        "asked next (mihomo answers from the policy's servers only)")  # fmt: skip
     servers.bootstrap(dns)
     dns.leftovers()
 
@@ -91,6 +94,7 @@ class _Servers:
         self.ctx = ctx
         self.routed = routed  # respect-rules: queries follow the rules
         self.names: list[str] = []  # host names of servers, for default-nameserver
+        self.policy_servers = 0
 
     def policy(self, path: str, key: str, value: object) -> None:
         domains = []
@@ -110,7 +114,9 @@ class _Servers:
             self.ctx.report.omit(path, "expected a server or a list of servers")
             return
         for i, address in enumerate(addresses):
+            before = len(self.ctx.draft.dns_servers)
             self.add(f"{path}[{i}]", str(address), domains=domains, skip_fallback=True)
+            self.policy_servers += len(self.ctx.draft.dns_servers) - before
 
     def add(self, path: str, address: str, *, domains: list[str] | None = None,
             expect: list[str] | None = None, skip_fallback: bool = False) -> None:  # fmt: skip
