@@ -86,8 +86,10 @@ class Draft:
             _place(doc, inbound, "inbounds", array=True)
             if sniffing is not None:
                 _place(doc, sniffing, "inbounds", "sniffing")
-        for outbound in self.outbounds:
-            _place(doc, outbound, "outbounds", array=True)
+        for i, outbound in enumerate(self.outbounds):
+            placed = _place(doc, outbound, "outbounds", array=True)
+            if i == 0:
+                placed.comments = [*placed.comments, _DEFAULT_NOTE]
         _place(doc, self.routing, "routing")
         for rule in self.rules:
             _place(doc, rule, "routing", "rules", array=True)
@@ -101,10 +103,14 @@ class Draft:
         return doc.render()
 
 
-def _place(doc: Document, table: Table, *parts: str, array: bool = False) -> None:
+_DEFAULT_NOTE = "The first outbound is the default: flows no rule matches go here."
+
+
+def _place(doc: Document, table: Table, *parts: str, array: bool = False) -> Table:
     placed = doc.table(*parts, array=array)
     placed.comments = table.comments
     placed.entries = table.entries
+    return placed
 
 
 # --- values the two formats share --------------------------------------------------
