@@ -516,3 +516,35 @@ def test_dns_tag_is_an_inbound_only_when_the_source_names_it() -> None:
     raw = tomllib.loads(result.toml)
     assert raw["dns"]["tag"] == "dns-in"
     assert raw["routing"]["rules"] == [{"inbound_tag": ["dns-in"], "outbound": "d"}]
+
+
+def test_a_dns_forwarder_routed_to_the_dns_outbound_becomes_dns_listen() -> None:
+    """A common gateway recipe: a dokodemo-door on port 53 forwarding to a resolver, its
+    flows routed to the dns outbound: the built-in DNS answers them, as dns.listen does."""
+    from trio_tproxy.config import parse_config_text
+
+    text = """{"inbounds": [
+      {"tag": "dns-in", "port": 53, "listen": "192.168.1.1", "protocol": "dokodemo-door",
+       "settings": {"address": "8.8.8.8", "port": 53, "network": "tcp,udp"}},
+      {"tag": "fwd", "port": 2222, "protocol": "dokodemo-door",
+       "settings": {"address": "192.0.2.1", "port": 22}}],
+      "outbounds": [{"protocol": "freedom", "tag": "direct"},
+                    {"protocol": "dns", "tag": "dns-out"}],
+      "routing": {"rules": [
+        {"type": "field", "inboundTag": ["dns-in"], "outboundTag": "dns-out"},
+        {"type": "field", "inboundTag": ["fwd"], "outboundTag": "direct"}]}}"""
+    result = convert_v2ray(text, name="x", geodata=repo_geodata())
+    assert [str(o) for o in result.omissions] == [
+        "$.inbounds: no transparent dokodemo-door inbound; a tproxy inbound on port 12345 was "
+        "added",
+        "$.inbounds[0]: dokodemo-door routed to the dns outbound 'dns-out': written as "
+        "dns.listen '192.168.1.1:53' (answered by the built-in DNS)",
+        "$.inbounds[1]: dokodemo-door without followRedirect forwards to one fixed address "
+        "(port mapping): no equivalent",
+        "$.routing.rules[0].inboundTag: inbound 'dns-in' became dns.listen; the rule names no "
+        "other inbound; rule dropped",
+        "$.routing.rules[1].inboundTag: inbound 'fwd' was not converted; the rule names no "
+        "other inbound; rule dropped",
+    ]
+    cfg = parse_config_text(result.toml)
+    assert [str(a) for a in cfg.dns.listen] == ["192.168.1.1:53"]

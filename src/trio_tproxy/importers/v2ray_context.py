@@ -35,6 +35,11 @@ class V2rayContext:
     taken_tags: set[str] = attrs.field(factory=set)
     direct_tag: str | None = None  # the first freedom outbound (for "+local" DNS servers)
     marks: set[int] = attrs.field(factory=set)
+    dns_outbounds: set[str] = attrs.field(factory=set)  # our tags of `dns` outbounds
+    # dokodemo-door inbounds forwarding to a fixed address, by tag: (path, listen, port).
+    # Routed to a dns outbound they are a DNS listener (dns.listen); else not converted.
+    forwarders: dict[str, tuple[str, str, int]] = attrs.field(factory=dict)
+    dns_listeners: set[str] = attrs.field(factory=set)
 
     @property
     def default_outbound(self) -> str:

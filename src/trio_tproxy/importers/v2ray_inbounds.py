@@ -9,12 +9,18 @@ from .report import Node
 from .toml_out import Table
 from .v2ray_context import V2rayContext, networks, objects
 
-__all__ = ["convert_inbounds", "convert_log", "convert_policy"]
+__all__ = ["FORWARDER_WHY", "convert_inbounds", "convert_log", "convert_policy"]
 
 _LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warning", "error": "error"}
 _SNIFF_PROTOCOLS = {"http": "http", "tls": "tls", "https": "tls", "ssl": "tls", "quic": "quic"}
 _POLICY_TIMES = {"handshake": "handshake", "connIdle": "conn_idle",
                  "uplinkOnly": "uplink_only", "downlinkOnly": "downlink_only"}  # fmt: skip
+
+
+FORWARDER_WHY = (
+    "dokodemo-door without followRedirect forwards to one fixed address (port "
+    "mapping): no equivalent"
+)
 
 
 def convert_log(ctx: V2rayContext, root: Node) -> None:
@@ -70,8 +76,12 @@ def _inbound(ctx: V2rayContext, node: Node, index: int) -> None:
         return
     settings = node.node("settings") or Node({}, node.at("settings"), ctx.report)
     if not settings.flag("followRedirect"):
-        ctx.report.omit(node.path, "dokodemo-door without followRedirect forwards to one fixed "
-                        "address (port mapping): no equivalent")  # fmt: skip
+        port = node.number("port")
+        if tag and port is not None:  # a DNS listener if routing sends it to a dns outbound
+            ctx.forwarders[tag] = (node.path, node.text("listen") or "0.0.0.0", port)
+        else:
+            ctx.report.omit(node.path, FORWARDER_WHY)
+        node.ignore(*node.raw)
         return
     settings.ignore("address", "port", "userLevel")  # the original destination wins
     port = node.number("port")

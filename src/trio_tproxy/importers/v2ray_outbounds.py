@@ -73,6 +73,8 @@ def _outbound(ctx: V2rayContext, node: Node, index: int) -> None:
         mux.ignore(*mux.raw)
     if protocol == "freedom" and ctx.direct_tag is None:
         ctx.direct_tag = tag
+    if protocol == "dns":
+        ctx.dns_outbounds.add(tag)
     ctx.draft.outbounds.append(table)
     node.leftovers()
 

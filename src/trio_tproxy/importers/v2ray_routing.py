@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from ..config.errors import BadValue
 from ..config.values import PortRanges, check_domain_entry, check_ip_entry
-from .draft import entry_value, normalise_cidr, unique_tag
+from .draft import entry_value, host_port, is_ip, normalise_cidr, unique_tag
 from .report import Node
 from .toml_out import Table
 from .v2ray_context import V2rayContext, networks
+from .v2ray_inbounds import FORWARDER_WHY
 
 __all__ = ["convert_routing", "domain_entry", "ip_entry"]
 
@@ -57,6 +58,7 @@ def ip_entry(entry: str) -> str:
 
 
 def convert_routing(ctx: V2rayContext, routing: Node | None) -> None:
+    _dns_listeners(ctx, routing)
     if routing is None:
         return
     strategy = routing.text("domainStrategy")
@@ -77,6 +79,32 @@ def convert_routing(ctx: V2rayContext, routing: Node | None) -> None:
         ctx.draft.rules.append(table)
         node.leftovers()
     routing.leftovers()
+
+
+def _dns_listeners(ctx: V2rayContext, routing: Node | None) -> None:
+    """A dokodemo-door forwarder whose first rule sends it to a dns outbound is what a
+    DNS listener is here (``dns.listen``); the others have no equivalent."""
+    rules = routing.raw.get("rules") if routing is not None else None
+    first: dict[str, object] = {}
+    for rule in rules if isinstance(rules, list) else []:
+        tags = rule.get("inboundTag") if isinstance(rule, dict) else None
+        for tag in [tags] if isinstance(tags, str) else tags if isinstance(tags, list) else []:
+            if isinstance(tag, str):
+                first.setdefault(tag, rule.get("outboundTag"))
+    listens = []
+    for tag, (path, listen, port) in ctx.forwarders.items():
+        target = first.get(tag)
+        ours = ctx.outbound_tags.get(target) if isinstance(target, str) else None
+        address = host_port(listen if is_ip(listen) else "0.0.0.0", port)
+        if ours not in ctx.dns_outbounds or not 1 <= port <= 65535:
+            ctx.report.omit(path, FORWARDER_WHY)
+            continue
+        ctx.dns_listeners.add(tag)
+        listens.append(address)
+        ctx.report.omit(path, f"dokodemo-door routed to the dns outbound {ours!r}: written as "
+                        f"dns.listen {address!r} (answered by the built-in DNS)")  # fmt: skip
+    if listens:
+        ctx.draft.dns.set("listen", listens)
 
 
 def _balancers(ctx: V2rayContext, routing: Node) -> dict[str, str]:
@@ -231,7 +259,9 @@ def _inbound_tags(ctx: V2rayContext, node: Node) -> list[str]:
     for i, tag in enumerate(given):
         if tag in kept:
             continue
-        if tag in ctx.source_inbound_tags:
+        if tag in ctx.dns_listeners:
+            why = f"inbound {tag!r} became dns.listen"
+        elif tag in ctx.source_inbound_tags:
             why = f"inbound {tag!r} was not converted"
         else:
             why = f"no inbound {tag!r} exists (v2ray ignores it)"
