@@ -112,7 +112,8 @@ class Node:
         if items is None:
             return
         if isinstance(items, Mapping):
-            items = [items]
+            yield Node(items, self.at(key), self.report)
+            return
         if not isinstance(items, list):
             self.report.omit(self.at(key), f"expected a list, got {kind(items)}; ignored")
             return
