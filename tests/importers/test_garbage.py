@@ -77,27 +77,86 @@ def documents(keys: list[str], words: list[str]) -> st.SearchStrategy[Any]:
 
 
 def v2ray_documents() -> st.SearchStrategy[Any]:
+    """Configs shaped like v2ray's: inbounds, outbounds, rules and DNS servers with their
+    own keys, values drawn from the vocabulary (and anything at all, now and then)."""
     value = documents(V2RAY_KEYS, V2RAY_WORDS)
-    objects = st.dictionaries(st.sampled_from(V2RAY_KEYS), value, max_size=8)
+    words = st.sampled_from(V2RAY_WORDS)
+    number = st.integers(-(2**40), 2**40)
+    tags = st.sampled_from(["a", "b", "dns", "direct", ""])
+    anything = st.dictionaries(st.sampled_from(V2RAY_KEYS), value, max_size=8)
+    sockopt = st.fixed_dictionaries({}, optional={"tproxy": words, "mark": number})
+    stream = st.fixed_dictionaries({}, optional={"network": words, "security": words,
+                                                 "sockopt": sockopt})  # fmt: skip
+    inbound = st.fixed_dictionaries(
+        {"protocol": st.sampled_from(["dokodemo-door", "socks"]), "tag": tags, "port": number,
+         "settings": st.fixed_dictionaries({"followRedirect": st.booleans()},
+                                           optional={"network": words})},
+        optional={"listen": words, "streamSettings": stream,
+                  "sniffing": st.fixed_dictionaries({}, optional={
+                      "enabled": st.booleans(), "destOverride": st.lists(words),
+                      "routeOnly": value, "domainsExcluded": st.lists(words)})},
+    )  # fmt: skip
+    server = st.fixed_dictionaries(
+        {"address": words, "port": number},
+        optional={"method": words, "password": value,
+                  "users": st.lists(st.fixed_dictionaries({"user": words, "pass": words}))},
+    )  # fmt: skip
+    outbound = st.fixed_dictionaries(
+        {"protocol": st.sampled_from(["freedom", "blackhole", "socks", "http", "shadowsocks",
+                                      "trojan", "dns", "vmess"]), "tag": tags},
+        optional={"settings": st.fixed_dictionaries({}, optional={
+                      "servers": st.lists(server, max_size=2), "domainStrategy": words,
+                      "response": value}),
+                  "streamSettings": stream, "mux": value},
+    )  # fmt: skip
+    rule = st.fixed_dictionaries(
+        {"outboundTag": st.sampled_from(["a", "b", "dns", "direct", "x"])},
+        optional={"type": words, "domain": st.lists(words), "ip": st.lists(words),
+                  "port": st.one_of(words, number), "network": words,
+                  "inboundTag": st.lists(st.sampled_from(["a", "b", "dns", "x"])),
+                  "protocol": st.lists(words), "source": st.lists(words), "user": value},
+    )  # fmt: skip
+    dns_server = st.one_of(words, st.fixed_dictionaries(
+        {"address": words},
+        optional={"port": number, "domains": st.lists(words), "expectIPs": st.lists(words),
+                  "skipFallback": value, "timeoutMs": number},
+    ))  # fmt: skip
     return st.fixed_dictionaries({}, optional={
-        "inbounds": st.lists(objects, max_size=3),
-        "outbounds": st.lists(objects, max_size=4),
+        "inbounds": st.lists(st.one_of(inbound, anything), max_size=3),
+        "outbounds": st.lists(st.one_of(outbound, anything), max_size=4),
         "routing": st.fixed_dictionaries({}, optional={
-            "rules": st.lists(objects, max_size=5), "balancers": st.lists(objects, max_size=2),
-            "domainStrategy": st.sampled_from(V2RAY_WORDS)}),
-        "dns": objects, "log": objects, "policy": value, "other": value,
+            "rules": st.lists(st.one_of(rule, anything), max_size=5),
+            "balancers": st.lists(anything, max_size=2), "domainStrategy": words}),
+        "dns": st.fixed_dictionaries({}, optional={
+            "servers": st.lists(dns_server, max_size=4), "tag": tags, "hosts": value,
+            "queryStrategy": words}),
+        "log": anything, "policy": value, "other": value,
     })  # fmt: skip
 
 
 def clash_documents() -> st.SearchStrategy[Any]:
     value = documents(CLASH_KEYS, CLASH_WORDS)
-    objects = st.dictionaries(st.sampled_from(CLASH_KEYS), value, max_size=8)
     words = st.sampled_from(CLASH_WORDS)
+    number = st.integers(-(2**40), 2**40)
+    names = st.sampled_from(["a", "b", "Proxy", "DIRECT", "REJECT", "c"])
+    anything = st.dictionaries(st.sampled_from(CLASH_KEYS), value, max_size=8)
+    proxy = st.fixed_dictionaries(
+        {"name": names, "type": st.sampled_from(["ss", "trojan", "socks5", "http", "vmess"]),
+         "server": words, "port": number},
+        optional={"cipher": words, "password": value, "udp": value, "sni": value,
+                  "username": value, "tls": value, "network": words},
+    )  # fmt: skip
+    group = st.fixed_dictionaries(
+        {"name": names, "type": st.sampled_from(["select", "url-test", "fallback", "relay"]),
+         "proxies": st.lists(names, max_size=4)},
+        optional={"url": words, "interval": number, "tolerance": number, "timeout": number},
+    )  # fmt: skip
     return st.fixed_dictionaries({}, optional={
         "tproxy-port": value, "redir-port": value,
-        "proxies": st.lists(objects, max_size=4), "proxy-groups": st.lists(objects, max_size=3),
-        "rules": st.lists(st.one_of(words, value), max_size=6), "dns": objects,
-        "hosts": st.dictionaries(words, value, max_size=3), "sniffer": objects, "other": value,
+        "proxies": st.lists(st.one_of(proxy, anything), max_size=4),
+        "proxy-groups": st.lists(st.one_of(group, anything), max_size=3),
+        "rules": st.lists(st.one_of(words, value), max_size=6), "dns": anything,
+        "hosts": st.dictionaries(words, value, max_size=3), "sniffer": anything, "other": value,
     })  # fmt: skip
 
 
@@ -120,6 +179,16 @@ def _accepts(text: str) -> None:
 @SETTINGS
 @given(st.one_of(v2ray_documents(), documents(V2RAY_KEYS, V2RAY_WORDS)))
 def test_v2ray_structures_convert_to_accepted_configs(doc: Any) -> None:
+    check_v2ray(doc)
+
+
+@SETTINGS
+@given(v2ray_documents())
+def test_v2ray_shaped_configs_convert_to_accepted_configs(doc: Any) -> None:
+    check_v2ray(doc)
+
+
+def check_v2ray(doc: Any) -> None:
     text = json.dumps(doc)
     try:
         result = convert_v2ray(text, name="fuzz.json", geodata=GEODATA)
@@ -136,6 +205,16 @@ def test_v2ray_structures_convert_to_accepted_configs(doc: Any) -> None:
 @SETTINGS
 @given(st.one_of(clash_documents(), documents(CLASH_KEYS, CLASH_WORDS)))
 def test_clash_structures_convert_to_accepted_configs(doc: Any) -> None:
+    check_clash(doc)
+
+
+@SETTINGS
+@given(clash_documents())
+def test_clash_shaped_configs_convert_to_accepted_configs(doc: Any) -> None:
+    check_clash(doc)
+
+
+def check_clash(doc: Any) -> None:
     text = yaml.safe_dump(doc)
     try:
         result = convert_clash(text, name="fuzz.yaml", geodata=GEODATA)

@@ -13,7 +13,7 @@ their meaning and nothing leaks out directly.
 from __future__ import annotations
 
 from .clash_context import BUILTIN, ClashContext
-from .draft import entry_value, host_port, order_keys, seconds
+from .draft import entry_value, host_port, order_keys
 from .report import Node
 from .toml_out import Table
 
@@ -211,15 +211,15 @@ def _group(ctx: ClashContext, node: Node) -> None:
         url = node.text("url")
         if url:
             table.set("url", url)
-        interval = node.number("interval")
+        interval = node.duration("interval", 1)
         if interval:
-            table.set("interval", seconds(interval))
-        timeout = node.number("timeout")
+            table.set("interval", interval)
+        timeout = node.duration("timeout", 0.001)
         if timeout:
-            table.set("timeout", seconds(timeout / 1000))
-    tolerance = node.number("tolerance")
-    if tolerance is not None and ours == "urltest":
-        table.set("tolerance", seconds(tolerance / 1000))
+            table.set("timeout", timeout)
+    tolerance = node.duration("tolerance", 0.001, zero=True)
+    if tolerance and ours == "urltest":
+        table.set("tolerance", tolerance)
     node.ignore("name", "type", "lazy", "icon", "hidden", "expected-status", "max-failed-times")
     node.leftovers()
 

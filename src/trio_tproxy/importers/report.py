@@ -142,6 +142,18 @@ class Node:
         self.report.omit(self.at(key), f"expected a number, got {kind(item)}; ignored")
         return None
 
+    def duration(self, key: str, unit: float, *, zero: bool = False) -> str | None:
+        """A number of ``unit`` seconds in the config's duration syntax; None when absent,
+        reported when negative (or zero, unless ``zero`` is allowed)."""
+        count = self.number(key)
+        if count is None:
+            return None
+        if count < 0 or (count == 0 and not zero):
+            self.report.omit(self.at(key), f"{count} is not a duration; ignored")
+            return None
+        total = count * unit
+        return f"{round(total * 1000)}ms" if total != int(total) else f"{int(total)}s"
+
     def flag(self, key: str, *aliases: str) -> bool | None:
         item = self.take(key, *aliases)
         if item is None or isinstance(item, bool):

@@ -6,9 +6,11 @@ alone means the system resolver, which is what no servers means here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..config.errors import BadValue
 from ..config.values import check_domain_entry
-from .draft import checked_dns_address, host_port, host_values, is_ip, seconds
+from .draft import checked_dns_address, host_port, host_values, is_ip
 from .report import Node
 from .toml_out import Table
 from .v2ray_context import V2rayContext
@@ -109,18 +111,17 @@ def _server(ctx: V2rayContext, path: str, item: object) -> None:
                             "freedom outbound to send it through; routed")  # fmt: skip
         else:
             table.set("outbound", ctx.direct_tag, "'+local': never routed through a proxy")
-    timeout = node.number("timeoutMs")
+    timeout = node.duration("timeoutMs", 0.001)
     if timeout:
-        table.set("timeout", seconds(timeout / 1000))
+        table.set("timeout", timeout)
     ctx.draft.dns_servers.append(table)
     if isinstance(item, dict):
         node.leftovers()
 
 
 def _server_entries(
-    node: Node, key: str, convert: object, case_insensitive: bool = False
+    node: Node, key: str, convert: Callable[[str], str], case_insensitive: bool = False
 ) -> list[str]:
-    assert callable(convert)
     given = node.take_ci(key) if case_insensitive else node.take(key)
     if given is None:
         return []

@@ -10,6 +10,8 @@ Balancers become ``urltest`` groups of the outbounds their selector prefixes pic
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..config.errors import BadValue
 from ..config.values import PortRanges, check_domain_entry, check_ip_entry
 from .draft import entry_value, host_port, is_ip, normalise_cidr, unique_tag
@@ -151,7 +153,9 @@ def _rule(ctx: V2rayContext, node: Node, balancers: dict[str, str]) -> Table:
             raise RuleDropped(node.at(never), f"{never!r} is never set on dokodemo-door "
                               "flows, so this rule never matched")  # fmt: skip
     for key in ("ip", "source", "sourceIP"):
-        negated = [e for e in node.texts(key) if e.startswith("!")]
+        given = node.raw.get(key)
+        entries = [given] if isinstance(given, str) else given if isinstance(given, list) else []
+        negated = [e for e in entries if isinstance(e, str) and e.startswith("!")]
         if negated:  # Xray ANDs them with the rest: dropping one would widen the rule
             raise RuleDropped(node.at(key), f"negated entry {negated[0]!r} (Xray) has no "
                               "equivalent")  # fmt: skip
@@ -210,10 +214,9 @@ def _target(ctx: V2rayContext, node: Node, balancers: dict[str, str]) -> str:
     return ctx.default_outbound
 
 
-def _entries(node: Node, keys: tuple[str, ...], convert: object) -> list[str]:
+def _entries(node: Node, keys: tuple[str, ...], convert: Callable[[str], str]) -> list[str]:
     """The converted entries of list ``keys[0]`` (or an alias); a list that had entries
     but keeps none drops the rule."""
-    assert callable(convert)
     present = next((k for k in keys if k in node.raw), keys[0])
     given = node.texts(*keys)
     kept = []
