@@ -430,3 +430,16 @@ def test_respect_rules_routes_the_name_servers() -> None:
     text = "tproxy-port: 1\ndns:\n  respect-rules: true\n  nameserver: [1.1.1.1]\n"
     cfg = parse_config_text(convert_clash(text, name="x", geodata=repo_geodata()).toml)
     assert cfg.dns.servers[0].outbound is None
+
+
+def test_a_controller_open_to_the_network_needs_a_secret() -> None:
+    open_ = "tproxy-port: 1\nexternal-controller: 0.0.0.0:9090\nrouting-mark: -1\n"
+    result = convert_clash(open_, name="x", geodata=repo_geodata())
+    assert [o.path for o in result.omissions] == ["$.routing-mark", "$.external-controller"]
+    assert parse_config_text(result.toml).api is None
+    guarded = "tproxy-port: 1\nexternal-controller: ':9090'\nsecret: s\n"
+    cfg = parse_config_text(convert_clash(guarded, name="x", geodata=repo_geodata()).toml)
+    assert cfg.api is not None and str(cfg.api.listen) == "0.0.0.0:9090"  # ":port": all
+    local = "tproxy-port: 1\nexternal-controller: '[::1]:9090'\n"
+    cfg = parse_config_text(convert_clash(local, name="x", geodata=repo_geodata()).toml)
+    assert cfg.api is not None and cfg.api.secret == ""

@@ -4,8 +4,10 @@ and the transparent inbounds: ``tproxy-port`` / ``redir-port`` with the ``sniffe
 
 from __future__ import annotations
 
+import ipaddress
+
 from .clash_context import ClashContext, listen_address, wildcard_entry
-from .draft import checked_entries
+from .draft import checked_entries, is_ip
 from .report import Node
 from .toml_out import Table
 
@@ -41,28 +43,35 @@ def _general(ctx: ClashContext, root: Node) -> None:
         ctx.report.omit(root.at("mode"), f"mode {mode!r} is not converted: rules decide")
     if root.flag("ipv6") is False:
         ctx.draft.dns.set("query_strategy", "use_ipv4", "ipv6: false")
-    ctx.mark = root.number("routing-mark")
+    ctx.mark = root.mark("routing-mark")
     controller = root.text("external-controller")
-    listen = listen_address(controller, "127.0.0.1") if controller else None
+    listen = listen_address(controller, "0.0.0.0") if controller else None
     if controller and listen is None:
         ctx.report.omit(root.at("external-controller"), f"{controller!r} is not host:port; "
                         "no controller API configured")  # fmt: skip
+    secret = root.text("secret")
+    if listen is not None and not secret and not _loopback(listen):
+        ctx.report.omit(root.at("external-controller"), f"{listen} is reachable from the "
+                        "network without a secret: not converted (set api.secret)")  # fmt: skip
+        listen = None
     if listen is not None:
         table = ctx.draft.api
         table.set("listen", listen)
-        secret = root.text("secret")
         if secret:
             table.set("secret", secret)
         ui = root.text("external-ui")
         if ui:
             ctx.report.omit(root.at("external-ui"), "set api.ui_dir to the dashboard's "
                             "absolute directory yourself")  # fmt: skip
-    else:
-        root.ignore("secret")
     for key in ("port", "socks-port", "mixed-port"):
         if root.take(key) is not None:
             ctx.report.omit(root.at(key), "proxy ports for clients that are set up to use "
                             "one have no equivalent: only transparent inbounds")  # fmt: skip
+
+
+def _loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    return host == "localhost" or (is_ip(host) and ipaddress.ip_address(host).is_loopback)
 
 
 def _inbounds(ctx: ClashContext, root: Node) -> None:

@@ -154,6 +154,14 @@ class Node:
         total = count * unit
         return f"{round(total * 1000)}ms" if total != int(total) else f"{int(total)}s"
 
+    def mark(self, key: str) -> int | None:
+        """A firewall mark (SO_MARK): 32 bits, 0 = none; None when absent or zero."""
+        mark = self.number(key)
+        if mark is not None and not 0 <= mark <= 0xFFFFFFFF:
+            self.report.omit(self.at(key), f"mark {mark} is not 0-4294967295; ignored")
+            return None
+        return mark or None
+
     def flag(self, key: str, *aliases: str) -> bool | None:
         item = self.take(key, *aliases)
         if item is None or isinstance(item, bool):

@@ -92,7 +92,7 @@ def _inbound(ctx: V2rayContext, node: Node, index: int) -> None:
     stream = node.node("streamSettings")
     sockopt = stream.node("sockopt") if stream else None
     mode = (sockopt.text("tproxy") if sockopt else None) or "off"
-    mark = sockopt.number("mark") if sockopt else None
+    mark = sockopt.mark("mark") if sockopt else None
     timeout = settings.number("timeout")
     if timeout:
         ctx.report.omit(settings.at("timeout"), "per-inbound idle timeout: policy.conn_idle "

@@ -110,7 +110,7 @@ def _stream(node: Node, protocol: str, table: Table) -> int | None:
         raise Unsupported(stream.at("security"), f"{protocol} over {security!r} has no "
                           "equivalent")  # fmt: skip
     sockopt = stream.node("sockopt")
-    mark = sockopt.number("mark") if sockopt else None
+    mark = sockopt.mark("mark") if sockopt else None
     if sockopt is not None:
         sockopt.leftovers()
     tcp = stream.node("tcpSettings", "rawSettings")
