@@ -174,13 +174,6 @@ def host_values(values: object) -> bool:
     )
 
 
-def seconds(value: float) -> str:
-    """A duration in the config's syntax."""
-    if value == int(value):
-        return f"{int(value)}s"
-    return f"{round(value * 1000)}ms"
-
-
 def unique_tag(wanted: str, taken: set[str]) -> str:
     tag, n = wanted, 2
     while tag in taken:

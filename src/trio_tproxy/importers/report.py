@@ -139,7 +139,7 @@ class Node:
             return int(item)
         if isinstance(item, int) and not isinstance(item, bool):
             return item
-        self.report.omit(self.at(key), f"expected a number, got {kind(item)}; ignored")
+        self.report.omit(self.at(key), f"expected a whole number, got {item!r}; ignored")
         return None
 
     def duration(self, key: str, unit: float, *, zero: bool = False) -> str | None:

@@ -4,7 +4,7 @@ section 1), ``sniffing`` (section 2), ``policy`` level 0, and the firewall mark.
 
 from __future__ import annotations
 
-from .draft import checked_entries, is_ip, seconds, unique_tag
+from .draft import checked_entries, is_ip, unique_tag
 from .report import Node
 from .toml_out import Table
 from .v2ray_context import V2rayContext, networks, objects
@@ -13,6 +13,7 @@ __all__ = ["FORWARDER_WHY", "convert_inbounds", "convert_log", "convert_policy"]
 
 _LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warning", "error": "error"}
 _SNIFF_PROTOCOLS = {"http": "http", "tls": "tls", "https": "tls", "ssl": "tls", "quic": "quic"}
+_MAX_BUFFER_KIB = 1 << 20  # 1 GiB per flow is already absurd; TOML integers are 64-bit
 _POLICY_TIMES = {"handshake": "handshake", "connIdle": "conn_idle",
                  "uplinkOnly": "uplink_only", "downlinkOnly": "downlink_only"}  # fmt: skip
 
@@ -195,18 +196,16 @@ def _policy(policy: Node | None, table: Table) -> None:
     level0 = levels.node("0") if levels else None
     if level0 is not None:
         for theirs, ours in _POLICY_TIMES.items():
-            value = level0.number(theirs)
-            if value is not None:
-                if value > 0:
-                    table.set(ours, seconds(value))
-                else:
-                    policy.report.omit(level0.at(theirs), "0 (no timeout) has no equivalent")
+            value = level0.duration(theirs, 1)  # 0 (v2ray: no timeout) is reported
+            if value:
+                table.set(ours, value)
         size = level0.number("bufferSize")
         if size is not None:
-            if size >= 1:
+            if 1 <= size <= _MAX_BUFFER_KIB:
                 table.set("buffer_size", size * 1024, f"v2ray bufferSize {size} KiB")
             else:
-                policy.report.omit(level0.at("bufferSize"), "0 (no buffer) has no equivalent")
+                policy.report.omit(level0.at("bufferSize"), f"{size} KiB has no equivalent "
+                                   f"(1-{_MAX_BUFFER_KIB} KiB)")  # fmt: skip
         level0.ignore("statsUserUplink", "statsUserDownlink")
         level0.leftovers()
     if levels is not None:
