@@ -328,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     imports.add_argument("format", choices=("v2ray", "clash"), help="the source's format")
     imports.add_argument("file", metavar="FILE", help="the v2ray JSON or Clash YAML file")
     imports.add_argument("-o", "--output", metavar="OUT.toml", help="write here (default: stdout)")
-    imports.add_argument("--assets", metavar="DIR", help="where geosite.dat / geoip.dat "
-                         "(Clash: Country.mmdb, GeoSite.dat) are; default: beside FILE")
+    imports.add_argument("--assets", metavar="DIR", help="where geosite.dat, geoip.dat "
+                         "(Clash: Country.mmdb) are; default: beside FILE")  # fmt: skip
     imports.set_defaults(func=cmd_import)
     return parser
 
