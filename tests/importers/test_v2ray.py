@@ -548,3 +548,9 @@ def test_a_dns_forwarder_routed_to_the_dns_outbound_becomes_dns_listen() -> None
     ]
     cfg = parse_config_text(result.toml)
     assert [str(a) for a in cfg.dns.listen] == ["192.168.1.1:53"]
+
+
+def test_import_has_help(tmp_path: Path) -> None:
+    result = cli("import", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "usage: trio-tproxy import" in result.stdout and "3: converted with" in result.stdout
