@@ -1,4 +1,4 @@
-"""Command line: run | check | match | geodata | firewall | service | doctor.
+"""Command line: run | check | match | geodata | firewall | service | doctor | import.
 
 Errors a user can cause (bad config, missing file, port in use, missing privileges)
 end in clear lines on stderr and a non-zero exit, never a traceback.
@@ -228,6 +228,41 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return exit_code(findings)
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from .importers import UnreadableInput, convert_clash, convert_v2ray
+    from .importers.assets import find_geodata
+
+    source = Path(args.file)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: cannot read {args.file}: {getattr(exc, 'strerror', None) or exc}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    geodata = find_geodata(args.format, source, Path(args.assets) if args.assets else None)
+    convert = convert_v2ray if args.format == "v2ray" else convert_clash
+    try:
+        result = convert(text, name=str(source.absolute()), geodata=geodata)
+    except UnreadableInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.output:
+        try:
+            Path(args.output).write_text(result.toml, encoding="utf-8")
+        except OSError as exc:
+            print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+    else:
+        sys.stdout.write(result.toml)
+    for omission in result.omissions:
+        print(omission, file=sys.stderr)
+    if result.omissions:
+        print(f"import: {len(result.omissions)} construct(s) above were not converted as they "
+              "were", file=sys.stderr)  # fmt: skip
+        return 3
+    return 0
+
+
 def _config_argument(command: argparse.ArgumentParser) -> None:
     """The optional CONFIG positional every config-reading command takes."""
     command.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="config file (TOML)")
@@ -329,6 +364,18 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _config_argument(doctor)
     doctor.set_defaults(func=cmd_doctor)
+    imports = sub.add_parser(
+        "import", help="convert a v2ray/Xray or Clash/mihomo config to this TOML",
+        description="Convert a v2ray/Xray JSON or Clash/mihomo YAML config. What has no "
+        "equivalent is listed on stderr, one line each with its JSON/YAML path. Exit 0: "
+        "all converted; 3: converted with omissions; 1: unreadable input.",
+    )  # fmt: skip
+    imports.add_argument("format", choices=("v2ray", "clash"), help="the source's format")
+    imports.add_argument("file", metavar="FILE", help="the v2ray JSON or Clash YAML file")
+    imports.add_argument("-o", "--output", metavar="OUT.toml", help="write here (default: stdout)")
+    imports.add_argument("--assets", metavar="DIR", help="where geosite.dat, geoip.dat "
+                         "(Clash: Country.mmdb) are; default: beside FILE")  # fmt: skip
+    imports.set_defaults(func=cmd_import)
     return parser
 
 

@@ -138,7 +138,7 @@ def _check_groups(cfg: Config) -> Iterator[ConfigError]:
         if cycle is not None:
             yield ConfigError(f"group {ob.tag!r} contains itself: {' -> '.join(cycle)}",
                               f"{path}.outbounds")  # fmt: skip
-        problem = _probe_url_problem(ob.url)
+        problem = probe_url_problem(ob.url)
         if problem is not None:
             yield ConfigError(problem, f"{path}.url")
         for key in ("interval", "timeout"):
@@ -161,7 +161,7 @@ def _group_cycle(tag: str, graph: dict[str, tuple[str, ...]]) -> list[str] | Non
     return None
 
 
-def _probe_url_problem(url: str) -> str | None:
+def probe_url_problem(url: str) -> str | None:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
