@@ -17,8 +17,10 @@ from pathlib import Path
 
 import trio
 
+from . import __version__
 from .addr import SockAddr
-from .config import Config, ConfigErrors, Inbound, load_config
+from .api import Controller, open_api_listener, serve_api
+from .config import ApiConfig, Config, ConfigErrors, Inbound, load_config
 from .dns.server import DnsListener, open_dns_listener
 from .firewall.apply import AutoFirewall
 from .inbound.tcp import accept_loop, open_tcp_listener
@@ -40,6 +42,7 @@ class Gateway:
         self.runtime = runtime
         self.active_flows = 0
         self._over_limit_logged = False
+        self.udp_services: list[UdpService] = []  # the controller API reads their counters
 
     def _handler(
         self, inbound: Inbound
@@ -72,6 +75,7 @@ class Gateway:
                 load_config(self.config_path),
                 pipes=self.runtime.flow_context.pool.pipes,
                 router_cache=self.runtime.router_cache,
+                tracker=self.runtime.tracker,
             )
         except ConfigErrors as exc:
             log.error("reload rejected, keeping the running configuration:")
@@ -83,6 +87,8 @@ class Gateway:
             log.warning("inbound changes take effect on restart; other changes applied")
         if runtime.config.dns.listen != self.runtime.config.dns.listen:
             log.warning("dns.listen changes take effect on restart; other changes applied")
+        if runtime.config.api != self.runtime.config.api:
+            log.warning("[api] changes take effect on restart; other changes applied")
         self.runtime = runtime
         log.info("configuration reloaded from %s", self.config_path)
 
@@ -102,13 +108,16 @@ class Gateway:
         listeners = []
         notifier = Notifier()  # systemd Type=notify: a no-op without $NOTIFY_SOCKET
         dns_listeners: list[DnsListener] = []
-        udp_services: list[UdpService] = []
+        udp_services = self.udp_services
+        api_sock = None
         try:
             for ib in tcp_inbounds:
                 listeners.append((ib, open_tcp_listener(ib)))
             for ib in udp_inbounds:
                 udp_services.append(UdpService(ib, open_udp_listener(ib), lambda: self.runtime))
             dns_listeners += [open_dns_listener(where) for where in cfg.dns.listen]
+            if cfg.api is not None:
+                api_sock = open_api_listener(cfg.api.listen)
             firewall.apply()  # once every listener is bound: diverted packets find one
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
                 async with trio.open_nursery() as flows:
@@ -119,6 +128,8 @@ class Gateway:
                             accepting.start_soon(accept_loop, sock, ib, self._handler(ib), flows)
                         for dns in dns_listeners:
                             accepting.start_soon(dns.serve, lambda: self.runtime.dns)
+                        if api_sock is not None and cfg.api is not None:  # stops with them
+                            await accepting.start(serve_api, api_sock, self._controller(cfg.api))
                         log.info("ready: %s", ", ".join([
                             *(f"{ib.tag} ({ib.TYPE}) on tcp {_where(ib)}" for ib, _ in listeners),
                             *(f"{u.inbound.tag} ({u.inbound.TYPE}) on udp {_where(u.inbound)}"
@@ -154,8 +165,17 @@ class Gateway:
                 udp.close_listener()
             for dns in dns_listeners:
                 dns.close()
+            if api_sock is not None:
+                api_sock.close()
             firewall.remove()  # after the drain: established flows needed the rules
             notifier.close()
+
+
+    def _controller(self, api: ApiConfig) -> Controller:
+        ui_dir = Path(api.ui_dir) if api.ui_dir else None
+        if ui_dir is not None and not ui_dir.is_dir():
+            log.warning("api.ui_dir %s is not a directory: /ui/ answers 404", ui_dir)
+        return Controller(self, secret=api.secret, ui_dir=ui_dir, version=__version__)
 
 
 def _where(ib: Inbound) -> str:

@@ -24,15 +24,13 @@ from .route import (
 )
 from .sniff import Sniffed
 from .splice import PipePool
+from .tracking import FlowTracker
 
 
 def not_yet_in_effect(cfg: Config) -> list[str]:
     """Settings this version accepts (SPEC) but does not act on yet: said at every
     start and reload, so nothing a user configured is ignored silently."""
     unheeded = []
-    if cfg.api is not None:
-        unheeded.append("[api]: the controller API is not implemented yet; nothing listens on "
-                        f"{cfg.api.listen.host}:{cfg.api.listen.port}")  # fmt: skip
     if cfg.process.workers != 1:
         unheeded.append(f"process.workers = {cfg.process.workers!r}: one process serves all")
     for i, ob in enumerate(cfg.outbounds):
@@ -57,15 +55,21 @@ class Runtime:
     dns: DnsService  # the splitter: also `resolver`, the dns outbound's and dns.listen's
     udp_limits: UdpLimits  # the UDP session table's (policy.udp_idle, max_udp_sessions, ...)
     router_cache: RouterCache | None = None  # compiled rules kept on disk (trio_tproxy/cache.py)
+    tracker: FlowTracker = attrs.field(factory=FlowTracker)  # open flows (the API): kept on reload
 
     @classmethod
     def build(
-        cls, cfg: Config, pipes: PipePool | None = None, router_cache: RouterCache | None = None
+        cls,
+        cfg: Config,
+        pipes: PipePool | None = None,
+        router_cache: RouterCache | None = None,
+        tracker: FlowTracker | None = None,
     ) -> Runtime:
         """Compile routing and outbounds; raises ConfigErrors (lists, geodata) with paths.
 
         ``pipes``: the splice pipe pool to keep (a reload passes the running one);
-        ``router_cache``: where compiled rules are kept between runs (None: nowhere)."""
+        ``router_cache``: where compiled rules are kept between runs (None: nowhere);
+        ``tracker``: the open flows to keep (a reload passes the running one)."""
         geo = GeoData.load(cfg.geodata)
         router = compile_router(cfg, geo, cache=router_cache)
         excluded: dict[str, DomainMatcher] = {
@@ -110,6 +114,7 @@ class Runtime:
             dns=dns,
             udp_limits=UdpLimits.from_policy(policy),
             router_cache=router_cache,
+            tracker=tracker if tracker is not None else FlowTracker(),
         )
 
     async def decide(self, facts: FlowFacts) -> Decision:

@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import secrets
 import socket
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import attrs
@@ -78,6 +79,15 @@ class _Forwarded:
 _Key = tuple[str | int | bool, ...]
 
 
+@attrs.define
+class DnsStats:
+    """Counted for /metrics: queries sent, by server; cache lookups that hit or missed."""
+
+    queries: Counter[str] = attrs.field(factory=Counter)
+    cache_hits: int = 0
+    cache_misses: int = 0
+
+
 class DnsService:
     def __init__(
         self,
@@ -102,6 +112,7 @@ class DnsService:
         self.inflight: Inflight[_Key, Resolution | bytes | None] = Inflight()
         self.reverse: ReverseMap | None = ReverseMap() if dns.reverse_mapping else None
         self.clients = ClientAnswers(self)
+        self.stats = DnsStats()
 
     @property
     def uses_system_resolver(self) -> bool:
@@ -144,7 +155,9 @@ class DnsService:
         else:
             hit = self.cache.get(("ip", hosts.name, qtype), trio.current_time())
             if hit is None or not isinstance(hit[0], Resolution):
+                self.stats.cache_misses += 1
                 return hosts.name
+            self.stats.cache_hits += 1
             result = attrs.evolve(hit[0], ttl=hit[1])
         self._learn(name, result)
         return result
@@ -171,6 +184,7 @@ class DnsService:
             if bootstrap and server.endpoint.scheme in ("tls", "https"):
                 continue  # resolving a server's own name must not need another such server
             qid = secrets.randbits(16)
+            self.stats.queries[str(server.endpoint)] += 1
             reply = await self.servers.ask(server, build_query(name, qtype, qid))
             if reply is None:
                 continue
@@ -232,7 +246,9 @@ class DnsService:
         now = trio.current_time()
         hit = self.cache.get(key, now)
         if hit is None or not isinstance(hit[0], _Forwarded):
+            self.stats.cache_misses += 1
             return None
+        self.stats.cache_hits += 1
         stored = hit[0]
         return with_id(age_ttls(stored.reply, int(now - stored.at)), query.id)
 
@@ -254,6 +270,7 @@ class DnsService:
                                     disable_fallback=self._disable_fallback):  # fmt: skip
             server = self.servers[index]
             qid = secrets.randbits(16)
+            self.stats.queries[str(server.endpoint)] += 1
             reply = await self.servers.ask(server, with_id(query.raw, qid))
             if reply is None:
                 continue

@@ -57,10 +57,19 @@ class TcpFlow:
     prefix: bytes
     ctx: FlowContext
     stats: RelayStats = attrs.field(factory=RelayStats)
+    chain: tuple[str, ...] = ()  # the upstream's chain once one carries the flow (the API's)
 
     @property
     def destination(self) -> Destination:
         return Destination(self.original_dst, self.domain)
+
+    @property
+    def up(self) -> int:
+        return self.stats.up
+
+    @property
+    def down(self) -> int:
+        return self.stats.down
 
 
 __all__ = [
