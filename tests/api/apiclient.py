@@ -146,7 +146,10 @@ def websocket(
                     return {"status": 101, "messages": messages, "closed": True}
             if len(messages) >= count:
                 break
-            data = sock.recv(65536)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                break
             if not data:
                 break
             ws.receive_data(data)
