@@ -390,6 +390,8 @@ async def test_delay(nursery: trio.Nursery) -> None:
     slow = await api.get("/proxies/direct/delay?url=http://p.test/slow&timeout=100")
     assert slow["status"] == 504 and json.loads(slow["body"]) == {"message": "Timeout"}
     assert (await api.get("/proxies/nope/delay?url=x&timeout=100"))["status"] == 404
+    await api.json("/proxies/socks-up/delay?timeout=1000")  # no url: the default probe URL
+    assert calls[-1][1] == "http://cp.cloudflare.com/generate_204"
 
 
 async def test_group_delay(api: Api) -> None:
@@ -397,6 +399,9 @@ async def test_group_delay(api: Api) -> None:
     assert got == {"direct": 10, "socks-up": 11}
     assert (await api.json("/proxies/socks-up"))["history"][-1]["delay"] == 11
     assert (await api.get("/group/direct/delay?timeout=100"))["status"] == 404
+    groups = (await api.json("/group"))["proxies"]
+    assert [g["name"] for g in groups] == ["pick", "auto"]
+    assert (await api.json("/group/pick"))["type"] == "Selector"
     group = api.rt.outbounds["auto"]
     group.probe_delay = 5  # type: ignore[attr-defined]
     assert (await api.get("/group/auto/delay?timeout=100"))["status"] == 504

@@ -20,6 +20,7 @@ from urllib.parse import unquote
 import attrs
 import trio
 
+from ..config.schema import DEFAULT_PROBE_URL
 from ..runtime import Runtime
 from ..udp.service import UdpService
 from . import metrics, shapes
@@ -122,7 +123,7 @@ class Controller:
             return self._configs(request)
         if head == "proxies":
             return await self._proxies(request, seg[1:])
-        if head == "group" and len(seg) >= 2 and method == "GET":
+        if head == "group" and method == "GET":
             return await self._group(request, seg[1:])
         if method == "GET" and seg == ["rules"]:
             return json_reply({"rules": shapes.rules(rt.config)})
@@ -221,7 +222,7 @@ class Controller:
             return BAD_REQUEST if outbound is not None else NOT_FOUND
         if self.prober is None:
             return message(503, "delay tests are not available in this build")
-        url = request.query.get("url") or str(getattr(as_group(outbound), "url", ""))
+        url = request.query.get("url") or str(getattr(outbound, "url", DEFAULT_PROBE_URL))
         book = health_of(self.runtime)
         delay = 0
         try:
@@ -237,7 +238,11 @@ class Controller:
         return json_reply({"delay": delay})
 
     async def _group(self, request: Request, seg: list[str]) -> Reply:
-        group = as_group(self.runtime.outbounds.get(seg[0]))
+        rt = self.runtime
+        if not seg:  # every group, as /proxies shows them
+            tags = [tag for tag, ob in rt.outbounds.items() if as_group(ob) is not None]
+            return json_reply({"proxies": [shapes.proxy(rt, tag) for tag in tags]})
+        group = as_group(rt.outbounds.get(seg[0]))
         if group is None or len(seg) > 2 or (len(seg) == 2 and seg[1] != "delay"):
             return NOT_FOUND
         if len(seg) == 1:
