@@ -71,3 +71,16 @@ def test_outcome_labels_are_bounded(outcome: str, cls: str, kind: str | None) ->
     assert outcome_class(outcome) == cls
     if kind is not None:
         assert error_kind(outcome) == kind
+
+
+def test_a_reload_keeps_the_tracker() -> None:
+    from trio_tproxy.config import parse_config_text
+    from trio_tproxy.runtime import Runtime
+
+    cfg = parse_config_text(
+        '[[inbounds]]\ntag = "in"\ntype = "tproxy"\nport = 12345\n'
+        '[[outbounds]]\ntag = "direct"\ntype = "direct"\n'
+    )
+    first = Runtime.build(cfg)
+    assert Runtime.build(cfg, tracker=first.tracker).tracker is first.tracker
+    assert Runtime.build(cfg).tracker is not first.tracker

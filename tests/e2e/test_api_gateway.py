@@ -195,6 +195,24 @@ def test_endpoint_shapes(api_gateway: Gateway) -> None:
     assert preflight["headers"]["access-control-allow-private-network"] == "true"
 
 
+def test_gateway_stops_with_streams_open(api_gateway: Gateway) -> None:
+    """SIGTERM with dashboards attached: the API goes with the listeners, exit 0."""
+    gw = api_gateway.lab.gateway
+    spec = {"op": "stream", "url": API + "/traffic", "count": 1000, "headers": AUTH,
+            "timeout": 30}  # fmt: skip
+    streams = [gw.popen([sys.executable, str(APICLIENT), json.dumps(spec)]),
+               gw.popen([sys.executable, str(APICLIENT), json.dumps(
+                   {**spec, "op": "websocket", "url": API + "/logs"})])]  # fmt: skip
+    time.sleep(1.5)
+    assert all(s.poll() is None for s in streams)
+    start = time.monotonic()
+    assert api_gateway.proxy.stop() == 0
+    assert time.monotonic() - start < 2.0  # no flows: nothing to wait for
+    for s in streams:
+        out, _ = s.communicate(timeout=5)
+        assert json.loads(out.strip().splitlines()[-1])["status"] in (200, 101)
+
+
 def test_live_udp_session_closed(api_gateway: Gateway) -> None:
     lab = api_gateway.lab
     gw = lab.gateway
