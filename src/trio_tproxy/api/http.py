@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
@@ -104,14 +105,17 @@ async def serve_connection(stream: trio.abc.Stream, handle: Handler, common: Com
             return
         if request is None:
             return
-        answer = await handle(request)
+        head = request.method == "HEAD"  # answered as GET, without the body
+        answer = await handle(attrs.evolve(request, method="GET") if head else request)
+        if isinstance(answer, Feed) and head:
+            answer = Reply(200)
         if isinstance(answer, Feed):
             if request.wants_websocket:
                 await _websocket(conn, stream, request, answer, common(request))
             else:
                 await _chunked(conn, stream, answer, common(request))
             return
-        await _send_reply(conn, stream, answer, common(request))
+        await _send_reply(conn, stream, answer, common(request), head=head)
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return
         conn.start_next_cycle()
@@ -164,22 +168,35 @@ def _request(event: h11.Request, body: bytes) -> Request:
 
 
 async def _send_reply(
-    conn: h11.Connection, stream: trio.abc.Stream, reply: Reply, common: list[tuple[str, str]]
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    reply: Reply,
+    common: list[tuple[str, str]],
+    *,
+    head: bool = False,
 ) -> None:
     headers = [*common, *reply.headers, ("content-length", str(len(reply.body)))]
     if reply.body or reply.status not in (204, 304):
         headers.append(("content-type", reply.content_type))
-    await stream.send_all(conn.send(h11.Response(status_code=reply.status, headers=headers)))
-    if reply.body:
+    response = h11.Response(status_code=reply.status, headers=headers, reason=_reason(reply.status))
+    await stream.send_all(conn.send(response))
+    if reply.body and not head:
         await stream.send_all(conn.send(h11.Data(data=reply.body)))
     await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 async def _chunked(
     conn: h11.Connection, stream: trio.abc.Stream, feed: Feed, common: list[tuple[str, str]]
 ) -> None:
     headers = [*common, ("content-type", "application/json")]  # no length: chunked
-    await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
+    await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK")))
 
     async def send(text: str) -> None:
         await stream.send_all(conn.send(h11.Data(data=text.encode() + b"\n")))
@@ -214,7 +231,10 @@ async def _websocket(
     accept = generate_accept_token(key.encode("ascii"))
     headers = [("upgrade", "websocket"), ("connection", "Upgrade"),
                ("sec-websocket-accept", accept.decode("ascii"))]  # fmt: skip
-    await stream.send_all(conn.send(h11.InformationalResponse(status_code=101, headers=headers)))
+    switching = h11.InformationalResponse(
+        status_code=101, headers=headers, reason=b"Switching Protocols"
+    )
+    await stream.send_all(conn.send(switching))
     ws = WsConnection(ConnectionType.SERVER, trailing_data=conn.trailing_data[0])
     lock = trio.Lock()  # the feed and the reader's pongs share the stream
 
