@@ -45,8 +45,16 @@ class TrackedFlow:
     record: FlowRecord
     counts: FlowCounts
     close: Callable[[], None]
-    id: str = attrs.field(factory=lambda: str(uuid.uuid4()))
     start: float = attrs.field(factory=time.time)  # wall clock, for the API's RFC 3339
+    _id: str | None = None
+
+    @property
+    def id(self) -> str:
+        """mihomo's connection id (a UUID), made when first asked: most flows never are,
+        and a uuid4 costs more than the rest of registering a flow."""
+        if self._id is None:
+            self._id = str(uuid.uuid4())
+        return self._id
 
     @property
     def chain(self) -> tuple[str, ...]:
@@ -89,7 +97,7 @@ class FlowTracker:
     """Every open flow by id, and counters of the ended ones (kept across reloads)."""
 
     def __init__(self) -> None:
-        self.flows: dict[str, TrackedFlow] = {}
+        self.flows: dict[int, TrackedFlow] = {}  # by id() of the entry, in start order
         self.ended_up = 0
         self.ended_down = 0
         self.ended_bytes: Counter[tuple[str, str]] = Counter()  # (outbound, "up"|"down")
@@ -98,11 +106,11 @@ class FlowTracker:
         self.errors: Counter[str] = Counter()  # error_kind
 
     def add(self, flow: TrackedFlow) -> TrackedFlow:
-        self.flows[flow.id] = flow
+        self.flows[id(flow)] = flow
         return flow
 
     def remove(self, flow: TrackedFlow, outcome: str) -> None:
-        if self.flows.pop(flow.id, None) is None:
+        if self.flows.pop(id(flow), None) is None:
             return
         up, down = flow.counts.up, flow.counts.down
         self.ended_up += up
@@ -133,11 +141,11 @@ class FlowTracker:
         return total
 
     def close(self, flow_id: str) -> bool:
-        flow = self.flows.get(flow_id)
-        if flow is None:
-            return False
-        flow.close()
-        return True
+        for flow in list(self.flows.values()):
+            if flow.id == flow_id:
+                flow.close()
+                return True
+        return False
 
     def close_all(self) -> int:
         flows = list(self.flows.values())
