@@ -10,24 +10,23 @@ WebSocket upgrade (browsers cannot set headers there). Errors are mihomo's
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote
 
 import attrs
-import trio
 
-from ..config.schema import DEFAULT_PROBE_URL
 from ..runtime import Runtime
 from ..udp.service import UdpService
-from . import metrics, shapes
+from . import metrics, proxies, shapes
 from .feeds import connections_feed, logs_feed, memory_feed, traffic_feed
-from .groups import DelayProber, as_group, health_of
+from .groups import DelayProber
 from .http import Feed, Reply, Request, json_reply, message
+from .loghub import LogHub
 from .lookup import dns_query
+from .requests import BAD_REQUEST, NO_CONTENT, NOT_FOUND, json_object, positive_int
 from .static import serve_file
 
 log = logging.getLogger("trio_tproxy.api")
@@ -55,11 +54,6 @@ class GatewayView(Protocol):
 
 
 UNAUTHORIZED = message(401, "Unauthorized")
-NOT_FOUND = message(404, "Resource not found")
-BAD_REQUEST = message(400, "Body invalid")
-NO_CONTENT = Reply(204)
-
-Route = Callable[[Request, list[str]], Any]
 
 
 @attrs.define
@@ -69,7 +63,7 @@ class Controller:
     ui_dir: Path | None = None
     prober: DelayProber | None = None  # outbound/health.py's probe_delay
     version: str = "0.0.0"
-    logs: Any = None  # a LogHub while the server runs
+    logs: LogHub | None = None  # set while the server runs
 
     def common_headers(self, request: Request | None) -> list[tuple[str, str]]:
         return CORS
@@ -122,9 +116,9 @@ class Controller:
         if head == "configs" and len(seg) == 1:
             return self._configs(request)
         if head == "proxies":
-            return await self._proxies(request, seg[1:])
+            return await proxies.proxies(rt, request, seg[1:], self.prober)
         if head == "group" and method == "GET":
-            return await self._group(request, seg[1:])
+            return await proxies.groups(rt, request, seg[1:])
         if method == "GET" and seg == ["rules"]:
             return json_reply({"rules": shapes.rules(rt.config)})
         if method == "GET" and seg in (["providers", "proxies"], ["providers", "rules"]):
@@ -147,7 +141,7 @@ class Controller:
             return json_reply(self._config_view())
         if request.method != "PATCH":
             return message(405, "Method not allowed")
-        body = _json_object(request.body)
+        body = json_object(request.body)
         if body is None:
             return BAD_REQUEST
         level = body.get("log-level")
@@ -179,83 +173,6 @@ class Controller:
             "find-process-mode": "off", "geodata-mode": False,
         }  # fmt: skip
 
-    # -- /proxies, /group -----------------------------------------------------------------
-
-    async def _proxies(self, request: Request, seg: list[str]) -> Reply:
-        rt = self.runtime
-        if not seg:
-            if request.method != "GET":
-                return message(405, "Method not allowed")
-            return json_reply({"proxies": shapes.proxies(rt)})
-        name = seg[0]
-        known = name == "GLOBAL" or name in rt.outbounds
-        if not known or len(seg) > 2 or (len(seg) == 2 and seg[1] != "delay"):
-            return NOT_FOUND
-        if len(seg) == 2:
-            return await self._delay(request, name) if request.method == "GET" else NOT_FOUND
-        if request.method == "GET":
-            shown = shapes.proxies(rt)[name] if name == "GLOBAL" else shapes.proxy(rt, name)
-            return json_reply(shown)
-        if request.method == "PUT":
-            return self._select(request, name)
-        return message(405, "Method not allowed")
-
-    def _select(self, request: Request, name: str) -> Reply:
-        body = _json_object(request.body)
-        member = body.get("name") if body is not None else None
-        if not isinstance(member, str):
-            return BAD_REQUEST
-        group = as_group(self.runtime.outbounds.get(name))
-        if group is None or group.kind != "selector":
-            return message(400, "Must be a Selector")
-        try:
-            group.select(member)
-        except ValueError as exc:
-            return message(400, f"Selector update error: {exc}")
-        log.info("selector %r now uses %r (controller API)", name, member)
-        return NO_CONTENT
-
-    async def _delay(self, request: Request, name: str) -> Reply:
-        timeout = _timeout_ms(request)
-        outbound = self.runtime.outbounds.get(name)
-        if timeout is None or outbound is None:
-            return BAD_REQUEST if outbound is not None else NOT_FOUND
-        if self.prober is None:
-            return message(503, "delay tests are not available in this build")
-        url = request.query.get("url") or str(getattr(outbound, "url", DEFAULT_PROBE_URL))
-        book = health_of(self.runtime)
-        delay = 0
-        try:
-            with trio.fail_after(timeout / 1000):
-                delay = await self.prober(outbound, url, timeout / 1000)
-        except (trio.TooSlowError, TimeoutError):
-            return message(504, "Timeout")
-        except OSError as exc:
-            return message(503, f"An error occurred in the delay test: {exc}")
-        finally:
-            if book is not None:
-                book.record(name, delay)
-        return json_reply({"delay": delay})
-
-    async def _group(self, request: Request, seg: list[str]) -> Reply:
-        rt = self.runtime
-        if not seg:  # every group, as /proxies shows them
-            tags = [tag for tag, ob in rt.outbounds.items() if as_group(ob) is not None]
-            return json_reply({"proxies": [shapes.proxy(rt, tag) for tag in tags]})
-        group = as_group(rt.outbounds.get(seg[0]))
-        if group is None or len(seg) > 2 or (len(seg) == 2 and seg[1] != "delay"):
-            return NOT_FOUND
-        if len(seg) == 1:
-            return json_reply(shapes.proxy(self.runtime, seg[0]))
-        timeout = _timeout_ms(request)
-        if timeout is None:
-            return BAD_REQUEST
-        try:
-            with trio.fail_after(timeout / 1000):
-                return json_reply(await group.probe_all())
-        except (trio.TooSlowError, TimeoutError):
-            return message(504, "Timeout")
-
     # -- /connections and the streams -----------------------------------------------------
 
     def _connections(self, request: Request, seg: list[str]) -> Reply | Feed:
@@ -271,8 +188,8 @@ class Controller:
             return NOT_FOUND
         if not request.wants_websocket:
             return json_reply(shapes.connections(self.runtime))
-        interval = _int(request.query.get("interval", "1000"))
-        if interval is None or interval <= 0:
+        interval = positive_int(request.query.get("interval", "1000"), 3_600_000)
+        if interval is None:
             return BAD_REQUEST
         return connections_feed(lambda: self.runtime, interval / 1000)
 
@@ -285,24 +202,3 @@ class Controller:
         if level not in LOG_LEVELS or self.logs is None:
             return BAD_REQUEST
         return logs_feed(self.logs, LOG_LEVELS[level])
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        parsed = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return parsed if isinstance(parsed, dict) else None
-
-
-def _int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
-def _timeout_ms(request: Request) -> int | None:
-    """mihomo's ``timeout`` query: milliseconds, required, positive."""
-    value = _int(request.query.get("timeout", ""))
-    return value if value is not None and 0 < value <= 60_000 else None
