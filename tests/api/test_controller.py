@@ -647,3 +647,19 @@ async def test_server_stops_with_its_scope() -> None:
         await trio.sleep(0.5)  # the client thread sees the end of the stream
     assert sock.fileno() == -1  # the listening socket is closed
     assert results and 1 <= len(results[0]["lines"]) < 100
+
+
+def test_listener_errors_name_the_setting() -> None:
+    from trio_tproxy.api import open_api_listener
+    from trio_tproxy.config import HostPort
+    from trio_tproxy.inbound.sockopt import SocketSetupError
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(SocketSetupError, match=rf"api.listen 127.0.0.1:{port}: "):
+            open_api_listener(HostPort("127.0.0.1", port))
+    six = open_api_listener(HostPort("::1", 0))
+    try:
+        assert six.family == socket.AF_INET6
+    finally:
+        six.close()

@@ -8,7 +8,6 @@ with the listeners when the gateway drains. Connections are capped at
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 from functools import partial
@@ -28,16 +27,7 @@ log = logging.getLogger("trio_tproxy.api")
 MAX_API_CONNECTIONS = 64
 BACKLOG = 64
 
-__all__ = ["Controller", "GatewayView", "is_loopback", "open_api_listener", "serve_api"]
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+__all__ = ["Controller", "GatewayView", "open_api_listener", "serve_api"]
 
 
 def open_api_listener(listen: HostPort) -> socket.socket:
