@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trio_tproxy.netlab import Lab, Netns
 
-from .conftest import PROXY_MARK, SOURCE, TPROXY_PORT, Gateway
+from .conftest import ECHO, PROXY_MARK, SOURCE, TPROXY_PORT, Gateway
 from .test_udp_gateway import start_udp_server
 
 APICLIENT = Path(__file__).parents[1] / "api" / "apiclient.py"
@@ -186,9 +186,16 @@ def test_endpoint_shapes(api_gateway: Gateway) -> None:
     assert get_json(gw, "/rules")["rules"][-1]["type"] == "Match"
     memory = api(gw, "stream", url=API + "/memory", count=1)
     assert memory["lines"][0]["inuse"] > 0
-    logs = api(gw, "websocket", url=API + f"/logs?level=info&token={SECRET}", count=1,
-               headers={}, timeout=3)  # fmt: skip
-    assert logs["status"] == 101
+    spec = {"op": "websocket", "url": API + f"/logs?level=info&token={SECRET}", "count": 1,
+            "headers": {}, "timeout": 10}  # fmt: skip
+    logs = gw.popen([sys.executable, str(APICLIENT), json.dumps(spec)])
+    time.sleep(0.5)  # subscribed
+    lab = api_gateway.lab
+    assert api_gateway.client("many", lab.server.ip4, ECHO, count=1, size=100)["ok"] == 1
+    out, _ = logs.communicate(timeout=15)
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["status"] == 101 and got["messages"][0]["type"] == "info", got
+    assert "tproxy-in -> direct" in got["messages"][0]["payload"], got  # the access line
     dns = get_json(gw, "/dns/query?name=localhost&type=A")
     assert dns["Question"][0]["Qtype"] == 1
     preflight = api(gw, "request", method="OPTIONS", url=API + "/connections", headers={})
