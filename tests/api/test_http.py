@@ -117,3 +117,28 @@ def test_garbage_never_crashes(data: bytes) -> None:
     assert not errors
     for status in statuses(answer):
         assert status in (101, 200) or 400 <= status < 500, answer[:200]
+
+
+async def test_a_client_that_stops_reading_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trio_tproxy.api import http
+
+    monkeypatch.setattr(http, "SEND_TIMEOUT", 0.5)
+    client, server = trio.testing.lockstep_stream_pair()  # a send waits for the reader
+
+    async def produce(send: Send) -> None:
+        while True:
+            await send("x" * 1000)
+
+    async def endless(request: Request) -> Reply | Feed:
+        return Feed(produce)
+
+    async def read_a_little_then_stop() -> None:
+        await client.send_all(b"GET /logs HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(5):  # the head and a few lines, then a frozen tab
+            await client.receive_some(65536)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_a_little_then_stop)
+        with trio.fail_after(3):
+            await serve_connection(server, endless, lambda _: [])  # returns: dropped
+        nursery.cancel_scope.cancel()

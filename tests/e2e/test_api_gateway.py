@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +113,11 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def api_gateway(make_gateway: Callable[..., Gateway]) -> Gateway:
-    return make_gateway(api_config())
+def api_gateway(make_gateway: Callable[..., Gateway]) -> Iterator[Gateway]:
+    gateway = make_gateway(api_config())
+    yield gateway
+    log = gateway.proxy.log()
+    assert "Traceback" not in log and "internal error" not in log, log[-3000:]
 
 
 def test_live_tcp_flow(api_gateway: Gateway) -> None:

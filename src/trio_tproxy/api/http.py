@@ -11,6 +11,7 @@ reaches the gateway's nursery as an exception.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -37,8 +38,13 @@ MAX_BODY_BYTES = 64 * 1024
 REQUEST_TIMEOUT = 10.0
 KEEPALIVE_IDLE = 60.0
 RECEIVE_SIZE = 16 * 1024
+# A client that stops reading (a dashboard tab frozen by the browser) would otherwise
+# hold its connection, and a stream's producer, forever once the socket buffers fill.
+SEND_TIMEOUT = 30.0
 
 Send = Callable[[str], Awaitable[None]]
+# How a client's going away shows when we send to or read from it.
+CLIENT_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 @attrs.frozen
@@ -91,6 +97,7 @@ class BadRequest(Exception):
 
 async def serve_connection(stream: trio.abc.Stream, handle: Handler, common: CommonHeaders) -> None:
     """Serve one client connection until it closes, errs or idles out."""
+    stream = _Patient(stream)
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
     timeout = REQUEST_TIMEOUT
     while True:
@@ -120,6 +127,28 @@ async def serve_connection(stream: trio.abc.Stream, handle: Handler, common: Com
             return
         conn.start_next_cycle()
         timeout = KEEPALIVE_IDLE
+
+
+class _Patient(trio.abc.Stream):
+    """The client's stream, each send bounded by SEND_TIMEOUT (then: broken)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with trio.move_on_after(SEND_TIMEOUT) as scope:
+            await self.inner.send_all(data)
+        if scope.cancelled_caught:
+            raise trio.BrokenResourceError("the client stopped reading")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> object:
@@ -203,7 +232,9 @@ async def _chunked(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_until_eof, stream, nursery.cancel_scope)
-        await feed.produce(send)
+        # Caught here, inside: out of the nursery it would come wrapped in a group.
+        with contextlib.suppress(*CLIENT_GONE):
+            await feed.produce(send)
         nursery.cancel_scope.cancel()
 
 
@@ -212,7 +243,7 @@ async def _until_eof(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
     try:
         while await stream.receive_some(RECEIVE_SIZE):
             pass
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
+    except CLIENT_GONE:
         pass
     scope.cancel()
 
@@ -225,7 +256,7 @@ async def _websocket(
     common: list[tuple[str, str]],
 ) -> None:
     key = request.headers.get("sec-websocket-key", "")
-    if not key or request.headers.get("sec-websocket-version") != "13":
+    if not key.isascii() or not key or request.headers.get("sec-websocket-version") != "13":
         await _send_reply(conn, stream, message(400, "Body invalid"), common)
         return
     accept = generate_accept_token(key.encode("ascii"))
@@ -247,9 +278,10 @@ async def _websocket(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_ws_reader, stream, ws, write, nursery.cancel_scope)
-        await feed.produce(send)
-        with trio.move_on_after(1):
-            await write(ws.send(CloseConnection(code=1000)))
+        with contextlib.suppress(*CLIENT_GONE, ProtocolError):  # as in _chunked
+            await feed.produce(send)
+            with trio.move_on_after(1):
+                await write(ws.send(CloseConnection(code=1000)))
         nursery.cancel_scope.cancel()
 
 
@@ -272,7 +304,7 @@ async def _ws_reader(
             if not data:
                 return
             ws.receive_data(bytes(data))
-    except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+    except (ProtocolError, *CLIENT_GONE):
         return
     finally:
         scope.cancel()
