@@ -258,33 +258,48 @@ def test_live_udp_session_closed(api_gateway: Gateway) -> None:
         streamer.kill()
 
 
-def test_yacd_in_headless_chromium(make_gateway: Callable[..., Gateway]) -> None:
-    """The real dashboard, served from ui_dir, shows a live connection and the groups."""
+@pytest.mark.parametrize("origin", ["ui_dir", "elsewhere"])
+def test_yacd_in_headless_chromium(make_gateway: Callable[..., Gateway], origin: str) -> None:
+    """The real dashboard shows a live connection and the groups: served from ui_dir, and
+    served from another origin (every API call then crosses CORS, preflights included)."""
     if not (YACD / "index.html").is_file():
         pytest.skip(f"no yacd build at {YACD}")
     chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")
                      if Path(p).exists()), None)  # fmt: skip
     if chromium is None:
         pytest.skip("chromium is not installed (scripts/setup installs it)")
-    gateway = make_gateway(api_config(ui_dir=str(YACD)))
+    gateway = make_gateway(api_config(ui_dir=str(YACD) if origin == "ui_dir" else ""))
     lab = gateway.lab
+    site = f"{API}/ui/"
+    if origin == "elsewhere":
+        web = lab.gateway.popen([sys.executable, "-m", "http.server", "8088", "--bind",
+                                 "127.0.0.1", "--directory", str(YACD)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        site = "http://127.0.0.1:8088/"
+        for _ in range(50):
+            if (
+                web.poll() is not None
+                or lab.gateway.run(["ss", "-Htln", "sport = :8088"], check=False).stdout.strip()
+            ):
+                break
+            time.sleep(0.1)
     holder = start_download(lab)
     try:
-        conns = render(lab.gateway, chromium, "connections", "dl.example.test")
+        conns = render(lab.gateway, chromium, site, "connections", "dl.example.test")
         assert "dl.example.test" in conns, conns[:2000]
         assert "DomainSuffix" in conns
-        groups = render(lab.gateway, chromium, "proxies", "Selector")
+        groups = render(lab.gateway, chromium, site, "proxies", "Selector")
         assert "pick" in groups and "Selector" in groups, groups[:2000]
     finally:
         holder.kill()
 
 
-def render(ns: Netns, chromium: str, page: str, expect: str) -> str:
+def render(ns: Netns, chromium: str, site: str, page: str, expect: str) -> str:
     """The text of yacd's ``page`` once its scripts ran (headless, inside the namespace).
 
     ``--virtual-time-budget`` lets the page's timers run, but a busy machine may deliver
     the API's answers after the budget: up to three tries, each with a longer one."""
-    url = f"{API}/ui/?hostname=127.0.0.1&port=9090&secret={SECRET}#/{page}"
+    url = f"{site}?hostname=127.0.0.1&port=9090&secret={SECRET}#/{page}"
     text = ""
     for budget in (8000, 20000, 40000):
         with tempfile.TemporaryDirectory(prefix="trio-tproxy-chromium-") as profile:
