@@ -170,7 +170,6 @@ class Gateway:
             firewall.remove()  # after the drain: established flows needed the rules
             notifier.close()
 
-
     def _controller(self, api: ApiConfig) -> Controller:
         ui_dir = Path(api.ui_dir) if api.ui_dir else None
         if ui_dir is not None and not ui_dir.is_dir():
