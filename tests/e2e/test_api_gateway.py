@@ -231,7 +231,7 @@ def test_live_udp_session_closed(api_gateway: Gateway) -> None:
     udp_peers = Path(__file__).with_name("udp_peers.py")
     streamer = lab.client.popen([sys.executable, str(udp_peers), "stream", "--host",
                                  lab.server.ip4, "--port", str(UDP_PORT), "--count", "60",
-                                 "--interval", "100", "--timeout", "10"])  # fmt: skip
+                                 "--interval", "100", "--timeout", "7"])  # fmt: skip
     try:
         flow = None
         for _ in range(50):
