@@ -22,8 +22,10 @@ from pathlib import Path
 import attrs
 import trio
 
+from . import __version__
 from .addr import SockAddr
-from .config import Config, ConfigErrors, Inbound, load_config
+from .api import Controller, open_api_listener, serve_api
+from .config import ApiConfig, Config, ConfigErrors, Inbound, load_config
 from .dns.server import DnsListener, open_dns_listener
 from .dns.service import DnsService
 from .firewall.apply import AutoFirewall
@@ -33,6 +35,7 @@ from .limits import check_connection_budget, raise_nofile_limit
 from .notify import Notifier
 from .outbound import UnavailableOutbound
 from .outbound.group import probe_groups
+from .outbound.health import probe_delay
 from .runtime import Runtime, not_yet_in_effect, quiet_build
 from .session import handle_tcp
 from .sock import set_reset_on_close
@@ -62,6 +65,7 @@ class Gateway:
         # replaced runtimes, until freed: by their DNS service, which sits in a reference
         # cycle (the runtime object itself may go by refcount, leaving the cycle behind)
         self._retired: list[weakref.ref[DnsService]] = []
+        self.udp_services: list[UdpService] = []  # the controller API reads their counters
 
     def _handler(
         self, inbound: Inbound
@@ -108,6 +112,8 @@ class Gateway:
             log.warning("inbound changes take effect on restart; other changes applied")
         if runtime.config.dns.listen != old.config.dns.listen:
             log.warning("dns.listen changes take effect on restart; other changes applied")
+        if runtime.config.api != old.config.api:
+            log.warning("[api] changes take effect on restart; other changes applied")
         self.runtime = runtime
         log.info("configuration reloaded from %s", self.config_path)
         self._retired.append(weakref.ref(old.dns))
@@ -149,6 +155,7 @@ class Gateway:
                 pipes=old.flow_context.pool.pipes,
                 router_cache=old.router_cache,
                 groups=old.groups,  # probe history and selector choices outlive the reload
+                tracker=old.tracker,  # the open flows the API lists
             )
 
     async def _reloads(self, notifier: Notifier, nursery: trio.Nursery) -> None:
@@ -182,13 +189,16 @@ class Gateway:
         listeners = []
         notifier = Notifier()  # systemd Type=notify: a no-op without $NOTIFY_SOCKET
         dns_listeners: list[DnsListener] = []
-        udp_services: list[UdpService] = []
+        udp_services = self.udp_services
+        api_sock = None
         try:
             for ib in tcp_inbounds:
                 listeners.append((ib, open_tcp_listener(ib)))
             for ib in udp_inbounds:
                 udp_services.append(UdpService(ib, open_udp_listener(ib), lambda: self.runtime))
             dns_listeners += [open_dns_listener(where) for where in cfg.dns.listen]
+            if cfg.api is not None:
+                api_sock = open_api_listener(cfg.api.listen)
             firewall.apply()  # once every listener is bound: diverted packets find one
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
                 async with trio.open_nursery() as flows:
@@ -199,6 +209,8 @@ class Gateway:
                             accepting.start_soon(accept_loop, sock, ib, self._handler(ib), flows)
                         for dns in dns_listeners:
                             accepting.start_soon(dns.serve, lambda: self.runtime.dns)
+                        if api_sock is not None and cfg.api is not None:  # stops with them
+                            await accepting.start(serve_api, api_sock, self._controller(cfg.api))
                         log.info("ready: %s", ", ".join([
                             *(f"{ib.tag} ({ib.TYPE}) on tcp {_where(ib)}" for ib, _ in listeners),
                             *(f"{u.inbound.tag} ({u.inbound.TYPE}) on udp {_where(u.inbound)}"
@@ -234,8 +246,23 @@ class Gateway:
                 udp.close_listener()
             for dns in dns_listeners:
                 dns.close()
+            if api_sock is not None:
+                api_sock.close()
             firewall.remove()  # after the drain: established flows needed the rules
             notifier.close()
+
+    def _controller(self, api: ApiConfig) -> Controller:
+        ui_dir = Path(api.ui_dir) if api.ui_dir else None
+        if ui_dir is not None and not ui_dir.is_dir():
+            log.warning("api.ui_dir %s is not a directory: /ui/ answers 404", ui_dir)
+
+        async def prober(outbound: object, url: str, timeout: float) -> int:  # noqa: ASYNC109
+            # the API's delay tests: one probe through the outbound's own path, names
+            # resolved by the running runtime's DNS (for direct)
+            return await probe_delay(outbound, url, timeout, resolver=self.runtime.dns)
+
+        return Controller(self, secret=api.secret, ui_dir=ui_dir, version=__version__,
+                          prober=prober)  # fmt: skip
 
 
     def _start_probers(self, nursery: trio.Nursery) -> None:

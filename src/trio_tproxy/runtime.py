@@ -30,15 +30,13 @@ from .route import (
 from .router_cache import RouterCache
 from .sniff import Sniffed
 from .splice import PipePool
+from .tracking import FlowTracker
 
 
 def not_yet_in_effect(cfg: Config) -> list[str]:
     """Settings this version accepts (SPEC) but does not act on yet: said at every
     start and reload, so nothing a user configured is ignored silently."""
     unheeded = []
-    if cfg.api is not None:
-        unheeded.append("[api]: the controller API is not implemented yet; nothing listens on "
-                        f"{cfg.api.listen.host}:{cfg.api.listen.port}")  # fmt: skip
     if cfg.process.workers != 1:
         unheeded.append(f"process.workers = {cfg.process.workers!r}: one process serves all")
     for i, ob in enumerate(cfg.outbounds):
@@ -100,6 +98,7 @@ class Runtime:
     @property
     def health(self) -> HealthBook:
         return self.groups.health
+    tracker: FlowTracker = attrs.field(factory=FlowTracker)  # open flows (the API): kept on reload
 
     @classmethod
     def build(
@@ -108,13 +107,15 @@ class Runtime:
         pipes: PipePool | None = None,
         router_cache: RouterCache | None = None,
         groups: GroupState | None = None,
+        tracker: FlowTracker | None = None,
     ) -> Runtime:
         """Compile routing and outbounds; raises ConfigErrors (lists, geodata) with paths.
 
         ``pipes``: the splice pipe pool to keep (a reload passes the running one);
         ``router_cache``: where compiled rules are kept between runs (None: nowhere);
         ``groups``: group state to keep (a reload passes the running one; default: fresh,
-        with selector choices read from the state directory)."""
+        with selector choices read from the state directory).
+        ``tracker``: the open flows to keep (a reload passes the running one)."""
         geo = GeoData.load(cfg.geodata)
         router = compile_router(cfg, geo, cache=router_cache)
         excluded: dict[str, DomainMatcher] = {
@@ -160,6 +161,7 @@ class Runtime:
             udp_limits=UdpLimits.from_policy(policy),
             router_cache=router_cache,
             groups=groups,
+            tracker=tracker if tracker is not None else FlowTracker(),
         )
 
     async def decide(self, facts: FlowFacts) -> Decision:

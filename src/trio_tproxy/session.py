@@ -25,6 +25,7 @@ from .route import FlowFacts
 from .runtime import Runtime
 from .sniff import NEED_MORE, STREAM_MAX_PEEK, Sniffed, sniff_stream
 from .sock import close_socket, set_reset_on_close
+from .tracking import TrackedFlow
 
 log = logging.getLogger("trio_tproxy.session")
 
@@ -68,6 +69,7 @@ async def handle_tcp(
 ) -> None:
     record = FlowRecord(src, dst, inbound.tag)
     flow: TcpFlow | None = None
+    tracked: TrackedFlow | None = None
     outcome = "done"
     try:
         if is_self_loop(rt, dst):
@@ -105,8 +107,13 @@ async def handle_tcp(
         record.decision = await rt.decide(facts)
         dial_domain = None if inbound.sniffing.route_only else override
         flow = TcpFlow(conn, dst, dial_domain, prefix, rt.flow_context)
-        await carry(flow, rt.outbounds[record.decision.outbound])
+        with trio.CancelScope() as closer:  # the API's DELETE /connections cancels it
+            tracked = rt.tracker.add(TrackedFlow("tcp", inbound.TYPE, record, flow, closer.cancel))
+            await carry(flow, rt.outbounds[record.decision.outbound])
         outcome = flow.stats.outcome
+        if closer.cancelled_caught:
+            outcome = "closed by API"
+            set_reset_on_close(conn)
     except DialError as exc:
         outcome = str(exc)
         set_reset_on_close(conn)
@@ -123,6 +130,8 @@ async def handle_tcp(
         raise
     finally:
         close_socket(conn)
+        if tracked is not None:
+            rt.tracker.remove(tracked, outcome)
         if rt.config.log.access:
             _log_access(record, flow, outcome)
 
@@ -151,6 +160,7 @@ async def carry(flow: TcpFlow, outbound: object) -> None:
     except FlowRefused as refused:
         await _refuse(flow, refused)
         return
+    flow.chain = upstream.chain
     stats = flow.stats
     flow.chain = upstream.chain
     if isinstance(upstream, LocalAnswer):

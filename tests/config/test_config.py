@@ -261,3 +261,18 @@ def test_host_port(text: str, host: str, port: int) -> None:
 def test_bad_host_port(text: str) -> None:
     with pytest.raises(BadValue):
         HostPort.parse(text)
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9090", "[::]:9090", "192.168.1.1:9090", "gw.lan:9090"])
+def test_api_off_loopback_needs_a_secret(listen: str) -> None:
+    errors = errors_of(MINIMAL + f'[api]\nlisten = "{listen}"\n')
+    assert any("set a secret" in e and e.endswith("@ $.api.secret") for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("listen", "secret"),
+    [("127.0.0.1:9090", ""), ("[::1]:9090", ""), ("localhost:9090", ""), ("0.0.0.0:9090", "x")],
+)
+def test_api_loopback_or_secret_is_fine(listen: str, secret: str) -> None:
+    cfg = parse_config_text(MINIMAL + f'[api]\nlisten = "{listen}"\nsecret = "{secret}"\n')
+    assert cfg.api is not None and cfg.api.secret == secret

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -44,6 +45,7 @@ def check_config(cfg: Config) -> list[ConfigError]:
         *_check_firewall(cfg),
         *_check_policy(cfg.policy),
         *_check_geoip_names(cfg),
+        *_check_api(cfg),
     ]
 
 
@@ -314,3 +316,20 @@ def _check_policy(policy: PolicyConfig) -> Iterator[ConfigError]:
     for name in ("max_connections", "max_udp_sessions", "max_reply_sockets"):
         if getattr(policy, name) < 1:
             yield ConfigError(f"{name} must be at least 1", f"$.policy.{name}")
+
+
+def _check_api(cfg: Config) -> Iterator[ConfigError]:
+    api = cfg.api
+    if api is None or api.secret:
+        return
+    host = api.listen.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    if not loopback:
+        yield ConfigError(
+            f"the controller API listens on {host}, not a loopback address: set a secret "
+            "(anyone who reaches it could read and close every flow)",
+            "$.api.secret",
+        )

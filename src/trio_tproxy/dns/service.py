@@ -26,6 +26,7 @@ import ipaddress
 import logging
 import secrets
 import socket
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
@@ -106,6 +107,15 @@ class _Resolved:
 _T = TypeVar("_T")
 
 
+@attrs.define
+class DnsStats:
+    """Counted for /metrics: queries sent, by server; cache lookups that hit or missed."""
+
+    queries: Counter[str] = attrs.field(factory=Counter)
+    cache_hits: int = 0
+    cache_misses: int = 0
+
+
 class DnsService:
     def __init__(
         self,
@@ -132,6 +142,7 @@ class DnsService:
         self.reverse: ReverseMap | None = ReverseMap() if dns.reverse_mapping else None
         self.clients = ClientAnswers(self)
         self.direct = DirectNames(self)
+        self.stats = DnsStats()
 
     @property
     def uses_system_resolver(self) -> bool:
@@ -183,7 +194,9 @@ class DnsService:
         else:
             hit = self.cache.get(("ip", hosts.name, qtype), trio.current_time())
             if hit is None or not isinstance(hit[0], _Resolved):
+                self.stats.cache_misses += 1
                 return hosts.name
+            self.stats.cache_hits += 1
             result = attrs.evolve(hit[0].resolution, ttl=hit[1])
         self._learn(name, result)
         return result
@@ -224,6 +237,7 @@ class DnsService:
             if direct_only and not await self.servers.routed_direct(server):
                 continue
             qid = secrets.randbits(16)
+            self.stats.queries[str(server.endpoint)] += 1
             reply = await self.servers.ask(server, query(qid))
             if reply is None:
                 continue
@@ -349,7 +363,9 @@ class DnsService:
         now = trio.current_time()
         hit = self.cache.get(key, now)
         if hit is None or not isinstance(hit[0], _Forwarded):
+            self.stats.cache_misses += 1
             return None
+        self.stats.cache_hits += 1
         stored = hit[0]
         return with_id(age_ttls(stored.reply, int(now - stored.at)), query.id)
 

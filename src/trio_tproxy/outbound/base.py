@@ -54,6 +54,14 @@ class TcpFlow:
     def destination(self) -> Destination:
         return Destination(self.original_dst, self.domain)
 
+    @property
+    def up(self) -> int:
+        return self.stats.up
+
+    @property
+    def down(self) -> int:
+        return self.stats.down
+
 
 __all__ = [
     "DatagramOutbound", "DatagramSink", "Destination", "FlowContext", "FlowRefused",

@@ -17,6 +17,7 @@ from ..access import FlowRecord
 from ..addr import Endpoint
 from ..outbound.base import UdpLink
 from ..route import Decision
+from ..tracking import TrackedFlow
 
 # Datagrams waiting while a flow is set up: a QUIC first flight (sniff.MAX_DATAGRAMS)
 # and a resolver round trip's worth, bounded so a flood of new flows cannot pin memory
@@ -54,6 +55,16 @@ class UdpFlow:
     drop_reason: str = ""
     outcome: str | None = None  # why the flow is DROP, or how its setup failed
     last: float = 0.0
+    tracked: TrackedFlow | None = None  # its entry in the runtime's FlowTracker (the API)
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """The outbound carrying the flow, then its groups (the link's, if it says)."""
+        slot = self.link
+        if slot is None:
+            return ()
+        chain: tuple[str, ...] = getattr(slot.link, "chain", ())
+        return chain or (slot.decision.outbound,)
 
     def drop(self, reason: str) -> None:
         self.dropped += 1

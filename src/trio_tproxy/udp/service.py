@@ -67,7 +67,7 @@ class UdpService:
                 self._replies = self._make_replies(nursery)
                 self._env = SessionEnv(
                     self.inbound, nursery, self.counters, self.buffer, self._replies,
-                    self.touch, self.warn_once,
+                    self.touch, self.warn_once, self.end_session,
                 )  # fmt: skip
                 nursery.start_soon(receive_datagrams, self.sock, self.buffer, self.on_datagram)
                 check_fd_budget(self.inbound.tag, self.limits)
@@ -158,6 +158,11 @@ class UdpService:
     def touch(self, session: UdpSession, now: float) -> None:
         if not session.closed:
             self.sessions.touch(session.client, session, now)
+
+    def end_session(self, session: UdpSession, why: str) -> None:
+        if self.sessions.get(session.client) is session:
+            del self.sessions[session.client]
+        session.finish(why)
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned and len(self._warned) < 1024:

@@ -37,6 +37,7 @@ from ..outbound.base import DatagramOutbound, UdpRequest, datagram_capable
 from ..route import Decision, FlowFacts
 from ..runtime import Runtime
 from ..sniff import MAX_DATAGRAMS, NOT_THIS, Sniffed, sniff_datagrams
+from ..tracking import TrackedFlow
 from .flow import FlowState, LinkSlot, UdpFlow
 from .lru import IdleLru
 
@@ -60,6 +61,8 @@ class SessionEnv:
     replies: ReplySender
     touch: Callable[[UdpSession, float], None]  # activity: keeps the session from expiring
     warn_once: Callable[[str, str], None]  # (key, message)
+    # Ends a session now and forgets it (the API's DELETE /connections).
+    end: Callable[[UdpSession, str], None] = lambda session, why: session.finish(why)
 
 
 class UdpSession:
@@ -120,6 +123,9 @@ class UdpSession:
         dst: SockAddr = (ipaddress.ip_address(remote[0]), remote[1])
         record = FlowRecord(self.client_addr, dst, self.env.inbound.tag, started=now)
         flow = UdpFlow(remote, record, state)
+        flow.tracked = self.runtime.tracker.add(TrackedFlow(
+            "udp", self.env.inbound.TYPE, record, flow, lambda: self.env.end(self, "closed by API")
+        ))  # fmt: skip
         self.flows.add(remote, flow, now)
         self.env.counters.flows += 1
         if state is FlowState.SETUP:
@@ -298,12 +304,13 @@ class UdpSession:
             self._log(flow, ended)
 
     def _log(self, flow: UdpFlow, ended: str) -> None:
-        if not self.runtime.config.log.access:
-            return
         if flow.state is FlowState.SETUP and flow.outcome is None:
             flow.outcome = f"{ended} during setup"
-        if flow.link is not None and flow.link.link is not None:  # a group names its member
-            flow.record.chain = getattr(flow.link.link, "chain", ())
+        flow.record.chain = flow.chain  # a group names its member: auto[ss-hk]
+        if flow.tracked is not None:
+            self.runtime.tracker.remove(flow.tracked, flow.final_outcome(ended))
+        if not self.runtime.config.log.access:
+            return
         log_access(
             flow.record, "udp", flow.up, flow.down, flow.final_outcome(ended),
             detail=f" datagrams={flow.up_datagrams}/{flow.down_datagrams}",
