@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from trio_tproxy.netlab import Lab, Netns
+
+from netlab import Lab, Netns
 
 from .conftest import ECHO, PROXY_MARK, SOURCE, TPROXY_PORT, Gateway
 from .test_udp_gateway import start_udp_server

@@ -26,11 +26,9 @@ import pytest
 from netlab import Lab
 from netlab.proxy import ProxyProcess
 from netlab.servers import wait_listening
-from trio_tproxy.config import parse_config_text
-from trio_tproxy.outbound import GroupOutbound
-from trio_tproxy.runtime import Runtime
 
 from .conftest import ECHO, PROXY_MARK, TPROXY_PORT, Gateway
+from .test_api_gateway import API, SECRET, api, get_json
 
 pytestmark = pytest.mark.netns
 
@@ -81,6 +79,9 @@ tag = "pick"
 type = "selector"
 outbounds = ["a", "b"]
 {probe}
+[api]
+listen = "127.0.0.1:9090"
+secret = "{SECRET}"
 [policy]
 handshake = "{HANDSHAKE:g}s"
 grace = "2s"
@@ -255,13 +256,23 @@ def test_fallback_order_recovery_and_selector_across_restart(
     echo_through(gw, fb_host)
     assert "-> fb[a] (rule #1)" in last_access(proxy, fb_host)
 
-    # selector: the first member by default; a choice made through select() is saved
-    # in the state directory and a restarted gateway uses it
+    # selector: the first member by default; a choice made through the controller API
+    # (PUT /proxies/pick, as a dashboard does) takes effect for new flows at once, is
+    # saved in the state directory, and a restarted gateway uses it
     echo_through(gw, pick_host)
     assert "-> pick[a] (rule #2)" in last_access(proxy, pick_host)
-    pick = Runtime.build(parse_config_text(config)).outbounds["pick"]
-    assert isinstance(pick, GroupOutbound)
-    pick.select("b")
+    put = api(lab.gateway, "request", method="PUT", url=API + "/proxies/pick",
+              body=json.dumps({"name": "b"}))  # fmt: skip
+    assert put["status"] == 204, put
+    bad = api(lab.gateway, "request", method="PUT", url=API + "/proxies/pick",
+              body=json.dumps({"name": "nobody"}))  # fmt: skip
+    assert bad["status"] == 400, bad
+    assert get_json(lab.gateway, "/proxies/pick")["now"] == "b"
+    delay = api(lab.gateway, "request", method="GET",
+                url=API + f"/proxies/a/delay?timeout=2000&url=http://{lab.server.ip4}:{PROBE}/generate_204")  # fmt: skip
+    assert delay["status"] == 200 and json.loads(delay["body"])["delay"] > 0, delay
+    echo_through(gw, pick_host)
+    assert "-> pick[b] (rule #2)" in last_access(proxy, pick_host)
     assert json.loads((tmp_path / "state" / "selections.json").read_text()) == {"pick": "b"}
     assert proxy.stop() == 0
     restarted = ProxyProcess(lab.gateway, config, name="restarted")
