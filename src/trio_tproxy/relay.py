@@ -74,11 +74,15 @@ class Activity:
 
     Touching is a float store (it happens per chunk); shortening the timeout, which
     happens at most twice per flow, wakes the watcher so it re-reads the deadline.
+    :meth:`end` wakes it for good: a relay whose directions both ended returns without
+    cancelling anything (trio's cancel builds a reason with the task's repr, and each
+    cancelled task unwinds through a Cancelled exception: a tenth of a short flow).
     """
 
     timeout: float
     last: float = attrs.field(factory=trio.current_time)
     _changed: trio.Event = attrs.field(factory=trio.Event)
+    ended: bool = False
 
     def touch(self) -> None:
         self.last = trio.current_time()
@@ -88,14 +92,20 @@ class Activity:
         self.touch()
         self._changed.set()
 
+    def end(self) -> None:
+        self.ended = True
+        self._changed.set()
+
     async def wait_expired(self) -> None:
-        while True:
+        """Return once the clock ran out, or once :meth:`end` was called."""
+        while not self.ended:
             deadline = self.last + self.timeout
             if trio.current_time() >= deadline:
                 return
             with trio.move_on_at(deadline):
                 await self._changed.wait()
-                self._changed = trio.Event()
+                if not self.ended:
+                    self._changed = trio.Event()
 
 
 Copier = Callable[[socket.socket, socket.socket, BufferPool, Activity, Callable[[int], None]],
@@ -215,15 +225,17 @@ async def relay(
                 scope.cancel()
                 return
             finished.add(name)
-            activity.shorten(then)
             if len(finished) == 2:
-                scope.cancel()
+                activity.end()  # the watcher returns; nothing left to cancel
+            else:
+                activity.shorten(then)
 
         nursery.start_soon(pump, "uplink", client, upstream, add_up, timeouts.downlink_only)
         nursery.start_soon(pump, "downlink", upstream, client, add_down, timeouts.uplink_only)
         await activity.wait_expired()
-        stats.outcome = "idle timeout" if not finished else "half-closed timeout"
-        scope.cancel()
+        if not activity.ended:
+            stats.outcome = "idle timeout" if not finished else "half-closed timeout"
+            scope.cancel()
     return stats
 
 
@@ -273,9 +285,10 @@ async def relay_stream(
 
             def done(name: str, then: float) -> None:
                 finished.add(name)
-                activity.shorten(then)
                 if len(finished) == 2:
-                    scope.cancel()
+                    activity.end()
+                else:
+                    activity.shorten(then)
 
             async def uplink() -> None:
                 try:
@@ -317,8 +330,9 @@ async def relay_stream(
             nursery.start_soon(uplink)
             nursery.start_soon(downlink)
             await activity.wait_expired()
-            stats.outcome = "idle timeout" if not finished else "half-closed timeout"
-            scope.cancel()
+            if not activity.ended:
+                stats.outcome = "idle timeout" if not finished else "half-closed timeout"
+                scope.cancel()
         broken = stats.outcome != "done"
     finally:
         upstream.close(reset=broken)
