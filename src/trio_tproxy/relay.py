@@ -72,17 +72,23 @@ class RelayStats:
 class Activity:
     """The flow's inactivity clock, touched by the pumps, watched by ``relay``.
 
-    Touching is a float store (it happens per chunk); shortening the timeout, which
-    happens at most twice per flow, wakes the watcher so it re-reads the deadline.
-    :meth:`end` wakes it for good: a relay whose directions both ended returns without
-    cancelling anything (trio's cancel builds a reason with the task's repr, and each
-    cancelled task unwinds through a Cancelled exception: a tenth of a short flow).
+    Touching is a float store (it happens per chunk): the watcher sleeps until the
+    deadline it last computed and, woken, re-reads ``last``. Shortening the timeout
+    (at most twice per flow) moves the sleeping watcher's deadline in place, without
+    waking it. :meth:`end` wakes it for good: a relay whose directions both ended
+    returns without cancelling anything (trio's cancel builds a reason with the task's
+    repr, and each cancelled task unwinds through a Cancelled exception: a tenth of a
+    short flow's CPU).
     """
 
     timeout: float
     last: float = attrs.field(factory=trio.current_time)
-    _changed: trio.Event = attrs.field(factory=trio.Event)
-    ended: bool = False
+    _ended: trio.Event = attrs.field(factory=trio.Event)
+    _sleep: trio.CancelScope | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
 
     def touch(self) -> None:
         self.last = trio.current_time()
@@ -90,11 +96,11 @@ class Activity:
     def shorten(self, timeout: float) -> None:
         self.timeout = min(self.timeout, timeout)
         self.touch()
-        self._changed.set()
+        if self._sleep is not None:
+            self._sleep.deadline = min(self._sleep.deadline, self.last + self.timeout)
 
     def end(self) -> None:
-        self.ended = True
-        self._changed.set()
+        self._ended.set()
 
     async def wait_expired(self) -> None:
         """Return once the clock ran out, or once :meth:`end` was called."""
@@ -102,10 +108,9 @@ class Activity:
             deadline = self.last + self.timeout
             if trio.current_time() >= deadline:
                 return
-            with trio.move_on_at(deadline):
-                await self._changed.wait()
-                if not self.ended:
-                    self._changed = trio.Event()
+            with trio.move_on_at(deadline) as self._sleep:
+                await self._ended.wait()
+            self._sleep = None
 
 
 Copier = Callable[[socket.socket, socket.socket, BufferPool, Activity, Callable[[int], None]],
@@ -178,7 +183,12 @@ async def copy_userspace(
         moved += n
         count(n)
         activity.touch()
-        await trio.lowlevel.checkpoint()  # fairness: a fast flow must not starve the rest
+        if n < len(buf):
+            # A short read took all there was: the next recv would only fail with
+            # EAGAIN (a syscall and an exception per chunk of a request/response flow).
+            await trio.lowlevel.wait_readable(src)
+        else:
+            await trio.lowlevel.checkpoint()  # fairness: a fast flow must not starve the rest
     return moved
 
 
@@ -215,6 +225,10 @@ async def relay(
             then: float,
         ) -> None:  # fmt: skip
             try:
+                if src is upstream:
+                    # just connected: its first bytes are a round trip away at least, so
+                    # a read now would only fail with EAGAIN (readable at once if not)
+                    await trio.lowlevel.wait_readable(src)
                 await copier(src, dst, pool, activity, count)
                 dst.shutdown(socket.SHUT_WR)
             except OSError as exc:
