@@ -28,6 +28,7 @@ from typing import Protocol
 import attrs
 import trio
 
+from .idle import Activity
 from .sock import set_reset_on_close
 from .splice import PipePool, SpliceUnsupported, splice_until_eof
 
@@ -67,50 +68,11 @@ class RelayStats:
     down: int = 0  # server -> client bytes
     outcome: str = "done"  # done | idle timeout | <side> error: <reason> | cancelled
 
+    def add_up(self, n: int) -> None:
+        self.up += n
 
-@attrs.define
-class Activity:
-    """The flow's inactivity clock, touched by the pumps, watched by ``relay``.
-
-    Touching is a float store (it happens per chunk): the watcher sleeps until the
-    deadline it last computed and, woken, re-reads ``last``. Shortening the timeout
-    (at most twice per flow) moves the sleeping watcher's deadline in place, without
-    waking it. :meth:`end` wakes it for good: a relay whose directions both ended
-    returns without cancelling anything (trio's cancel builds a reason with the task's
-    repr, and each cancelled task unwinds through a Cancelled exception: a tenth of a
-    short flow's CPU).
-    """
-
-    timeout: float
-    last: float = attrs.field(factory=trio.current_time)
-    _ended: trio.Event = attrs.field(factory=trio.Event)
-    _sleep: trio.CancelScope | None = None
-
-    @property
-    def ended(self) -> bool:
-        return self._ended.is_set()
-
-    def touch(self) -> None:
-        self.last = trio.current_time()
-
-    def shorten(self, timeout: float) -> None:
-        self.timeout = min(self.timeout, timeout)
-        self.touch()
-        if self._sleep is not None:
-            self._sleep.deadline = min(self._sleep.deadline, self.last + self.timeout)
-
-    def end(self) -> None:
-        self._ended.set()
-
-    async def wait_expired(self) -> None:
-        """Return once the clock ran out, or once :meth:`end` was called."""
-        while not self.ended:
-            deadline = self.last + self.timeout
-            if trio.current_time() >= deadline:
-                return
-            with trio.move_on_at(deadline) as self._sleep:
-                await self._ended.wait()
-            self._sleep = None
+    def add_down(self, n: int) -> None:
+        self.down += n
 
 
 Copier = Callable[[socket.socket, socket.socket, BufferPool, Activity, Callable[[int], None]],
@@ -208,49 +170,60 @@ async def relay(
     The caller owns (and closes) both sockets.
     """
     stats = stats if stats is not None else RelayStats()
-    activity = Activity(timeouts.idle)
-    finished: set[str] = set()
-
-    def add_up(n: int) -> None:
-        stats.up += n
-
-    def add_down(n: int) -> None:
-        stats.down += n
-
-    async with trio.open_nursery() as nursery:
-        scope = nursery.cancel_scope
-
-        async def pump(
-            name: str, src: socket.socket, dst: socket.socket, count: Callable[[int], None],
-            then: float,
-        ) -> None:  # fmt: skip
-            try:
-                if src is upstream:
-                    # just connected: its first bytes are a round trip away at least, so
-                    # a read now would only fail with EAGAIN (readable at once if not)
-                    await trio.lowlevel.wait_readable(src)
-                await copier(src, dst, pool, activity, count)
-                dst.shutdown(socket.SHUT_WR)
-            except OSError as exc:
-                if stats.outcome == "done":
-                    stats.outcome = f"{name} error: {exc.strerror or exc}"
-                set_reset_on_close(client)
-                set_reset_on_close(upstream)
-                scope.cancel()
-                return
-            finished.add(name)
-            if len(finished) == 2:
-                activity.end()  # the watcher returns; nothing left to cancel
-            else:
-                activity.shorten(then)
-
-        nursery.start_soon(pump, "uplink", client, upstream, add_up, timeouts.downlink_only)
-        nursery.start_soon(pump, "downlink", upstream, client, add_down, timeouts.uplink_only)
-        await activity.wait_expired()
-        if not activity.ended:
-            stats.outcome = "idle timeout" if not finished else "half-closed timeout"
-            scope.cancel()
+    # The uplink pump runs in this task, the downlink in a child: two tasks a flow, and
+    # the idle clock (idle.py) watches without a third.
+    flow: _Relay | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            flow = _Relay(client, upstream, pool=pool, copier=copier, stats=stats,
+                          scope=nursery.cancel_scope, idle=timeouts.idle)  # fmt: skip
+            nursery.start_soon(flow.pump, "downlink", upstream, client, timeouts.uplink_only)
+            await flow.pump("uplink", client, upstream, timeouts.downlink_only)
+    finally:
+        if flow is not None:
+            flow.activity.end()
     return stats
+
+
+class _Relay:
+    """What both pumps of one :func:`relay` share (one object: an idle flow is small)."""
+
+    __slots__ = ("activity", "client", "copier", "finished", "pool", "scope", "stats",
+                 "upstream")  # fmt: skip
+
+    def __init__(self, client: socket.socket, upstream: socket.socket, *, pool: BufferPool,
+                 copier: Copier, stats: RelayStats, scope: trio.CancelScope,
+                 idle: float) -> None:  # fmt: skip
+        self.client, self.upstream, self.pool, self.copier = client, upstream, pool, copier
+        self.stats, self.scope = stats, scope
+        self.finished = 0  # directions that reached EOF
+        self.activity = Activity(idle, self.expire)
+
+    def expire(self) -> None:
+        self.stats.outcome = "idle timeout" if not self.finished else "half-closed timeout"
+        self.scope.cancel()
+
+    async def pump(self, name: str, src: socket.socket, dst: socket.socket, then: float) -> None:
+        """One direction: copy until EOF, pass the half-close on."""
+        stats = self.stats
+        try:
+            if src is self.upstream:
+                # just connected: its first bytes are a round trip away at least, so a
+                # read now would only fail with EAGAIN (and it is readable at once if not)
+                await trio.lowlevel.wait_readable(src)
+            count = stats.add_up if src is self.client else stats.add_down
+            await self.copier(src, dst, self.pool, self.activity, count)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if stats.outcome == "done":
+                stats.outcome = f"{name} error: {exc.strerror or exc}"
+            set_reset_on_close(self.client)
+            set_reset_on_close(self.upstream)
+            self.scope.cancel()
+            return
+        self.finished += 1
+        if self.finished < 2:
+            self.activity.shorten(then)
 
 
 class ByteStream(Protocol):
@@ -283,12 +256,18 @@ async def relay_stream(
     one ``chunk``-sized buffer of its own."""
     stats = stats if stats is not None else RelayStats()
     pool = pool if pool is not None else BufferPool(chunk, keep=1)
-    activity = Activity(timeouts.idle)
     finished: set[str] = set()
     broken = True
+    activity: Activity | None = None
     try:
         async with trio.open_nursery() as nursery:
             scope = nursery.cancel_scope
+
+            def expire() -> None:
+                stats.outcome = "idle timeout" if not finished else "half-closed timeout"
+                scope.cancel()
+
+            activity = Activity(timeouts.idle, expire)
 
             def fail(name: str, exc: BaseException) -> None:
                 if stats.outcome == "done":
@@ -299,9 +278,7 @@ async def relay_stream(
 
             def done(name: str, then: float) -> None:
                 finished.add(name)
-                if len(finished) == 2:
-                    activity.end()
-                else:
+                if len(finished) < 2:
                     activity.shorten(then)
 
             async def uplink() -> None:
@@ -341,13 +318,11 @@ async def relay_stream(
                     return
                 done("downlink", timeouts.uplink_only)
 
-            nursery.start_soon(uplink)
             nursery.start_soon(downlink)
-            await activity.wait_expired()
-            if not activity.ended:
-                stats.outcome = "idle timeout" if not finished else "half-closed timeout"
-                scope.cancel()
+            await uplink()  # in this task: two tasks a flow (see relay)
         broken = stats.outcome != "done"
     finally:
+        if activity is not None:
+            activity.end()
         upstream.close(reset=broken)
     return stats
