@@ -23,6 +23,7 @@ Workloads, client -> server through the gateway:
   of its PSS per held idle TCP flow (``--flows`` connections opened and left silent).
 
     python bench/bench_gateway.py [--rounds 3] [--seconds 5] [--only trio-tproxy,v2ray]
+                                  [--workloads conn,req] [--trio before=/path/to/old/src]
 
 Needs root; touches only the namespaces it creates. Not collected by pytest.
 """
@@ -222,14 +223,17 @@ def measure(contender: Contender, args: argparse.Namespace, web_root: Path) -> d
         lab.gateway.install_tproxy(plan)
         with contender.running(lab, plan) as pid:
             # connection rates first, while the lab has no TIME_WAIT sockets at all
-            result["conn"], result["conn_errors"] = wrk(lab, args, close=True)
-            result["req"], result["req_errors"] = wrk(lab, args, close=False)
-            result["tcp1"] = iperf_tcp(lab, args.seconds, 1, reverse=False)
-            result["tcp4"] = iperf_tcp(lab, args.seconds, 4, reverse=False)
-            udp = iperf_udp(lab, args.seconds, 1400, "1G", reverse=False)
-            result["udp"] = udp["mbps"]
-            time.sleep(UDP_DRAIN)
-            if pid is not None and args.flows > 0:
+            if "conn" in args.workloads:
+                result["conn"], result["conn_errors"] = wrk(lab, args, close=True)
+            if "req" in args.workloads:
+                result["req"], result["req_errors"] = wrk(lab, args, close=False)
+            if "tcp" in args.workloads:
+                result["tcp1"] = iperf_tcp(lab, args.seconds, 1, reverse=False)
+                result["tcp4"] = iperf_tcp(lab, args.seconds, 4, reverse=False)
+            if "udp" in args.workloads:
+                result["udp"] = iperf_udp(lab, args.seconds, 1400, "1G", reverse=False)["mbps"]
+                time.sleep(UDP_DRAIN)
+            if "mem" in args.workloads and pid is not None and args.flows > 0:
                 result.update(memory(lab, pid, args.flows))
     return result
 
@@ -302,6 +306,8 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32, help="wrk -c")
     parser.add_argument("--flows", type=int, default=1000, help="held idle flows (0: skip)")
     parser.add_argument("--only", default="", help="comma-separated contender names")
+    parser.add_argument("--workloads", default="conn,req,tcp,udp,mem",
+                        help="comma-separated subset of conn,req,tcp,udp,mem")
     parser.add_argument("--trio", action="append", default=[], metavar="NAME=SRC",
                         help="also run trio-tproxy from the source tree SRC as trio-NAME")
     args = parser.parse_args()
