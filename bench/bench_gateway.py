@@ -1,9 +1,9 @@
 """The gateway benchmark: kernel forwarding, v2ray, sing-box and trio-tproxy, one table.
 
-Each contender runs the same workloads in a lab (client -- gateway -- server
-namespaces) of its own, built afresh for every contender in every round: connection
-rates collapse once TIME_WAIT sockets of earlier measurements pile up, so no
-measurement inherits another's. Rounds alternate the contenders (and rotate which one
+Each contender runs the same workloads, each measurement in a lab (client -- gateway --
+server namespaces) built afresh, with the contender started afresh: connection rates
+collapse once TIME_WAIT sockets of earlier measurements pile up, so no measurement
+inherits another's. Rounds alternate the contenders (and rotate which one
 goes first), so machine noise hits them all alike; the table shows medians.
 
 * kernel: plain forwarding, no diversion;
@@ -64,7 +64,6 @@ from trio_tproxy.firewall.plan import DiversionPlan
 
 WEB_PORT = 8080
 HOLD_PORT = 9000  # the server that accepts the held idle flows and never reads
-UDP_DRAIN = 1.5  # s: a proxy still relaying its UDP backlog must not hit the next test
 FLOWS_TIMEOUT = 30.0  # s: every held flow must reach the server within this
 
 # Silent TCP connections: the server side accepts and holds, the client side connects
@@ -211,31 +210,40 @@ class Contender:
 
 
 def measure(contender: Contender, args: argparse.Namespace, web_root: Path) -> dict[str, float]:
-    """Every workload once, in a lab of its own."""
+    """Every workload once, each in a lab of its own (with the contender started afresh):
+    connections left in TIME_WAIT by one measurement must not slow the next one."""
     result: dict[str, float] = {}
-    with Lab.create(prefix="bgw") as lab:
-        start_http_server(lab.server, web_root, port=WEB_PORT)
-        start_iperf3_server(lab.server, IPERF_PORT)
-        holder = lab.server.popen([sys.executable, "-c", HOLD_SERVER, str(HOLD_PORT)])
-        wait_listening(lab.server, HOLD_PORT, process=holder)
-        plan = DiversionPlan(tproxy_port=PORT, bypass_v4=(), bypass_v6=(), proxy_marks=MARK,
-                             lan_interfaces=(lab.gateway.lan_if,))  # fmt: skip
-        lab.gateway.install_tproxy(plan)
-        with contender.running(lab, plan) as pid:
-            # connection rates first, while the lab has no TIME_WAIT sockets at all
-            if "conn" in args.workloads:
-                result["conn"], result["conn_errors"] = wrk(lab, args, close=True)
-            if "req" in args.workloads:
-                result["req"], result["req_errors"] = wrk(lab, args, close=False)
-            if "tcp" in args.workloads:
-                result["tcp1"] = iperf_tcp(lab, args.seconds, 1, reverse=False)
-                result["tcp4"] = iperf_tcp(lab, args.seconds, 4, reverse=False)
-            if "udp" in args.workloads:
-                result["udp"] = iperf_udp(lab, args.seconds, 1400, "1G", reverse=False)["mbps"]
-                time.sleep(UDP_DRAIN)
-            if "mem" in args.workloads and pid is not None and args.flows > 0:
-                result.update(memory(lab, pid, args.flows))
+    for workload in args.workloads.split(","):
+        with Lab.create(prefix="bgw") as lab:
+            start_http_server(lab.server, web_root, port=WEB_PORT)
+            start_iperf3_server(lab.server, IPERF_PORT)
+            holder = lab.server.popen([sys.executable, "-c", HOLD_SERVER, str(HOLD_PORT)])
+            wait_listening(lab.server, HOLD_PORT, process=holder)
+            plan = DiversionPlan(tproxy_port=PORT, bypass_v4=(), bypass_v6=(), proxy_marks=MARK,
+                                 lan_interfaces=(lab.gateway.lan_if,))  # fmt: skip
+            lab.gateway.install_tproxy(plan)
+            with contender.running(lab, plan) as pid:
+                result.update(run_workload(workload, lab, pid, args))
     return result
+
+
+def run_workload(
+    workload: str, lab: Lab, pid: int | None, args: argparse.Namespace
+) -> dict[str, float]:
+    if workload == "conn":
+        rate, errors = wrk(lab, args, close=True)
+        return {"conn": rate, "conn_errors": errors}
+    if workload == "req":
+        rate, errors = wrk(lab, args, close=False)
+        return {"req": rate, "req_errors": errors}
+    if workload == "tcp":
+        return {"tcp1": iperf_tcp(lab, args.seconds, 1, reverse=False),
+                "tcp4": iperf_tcp(lab, args.seconds, 4, reverse=False)}  # fmt: skip
+    if workload == "udp":
+        return {"udp": iperf_udp(lab, args.seconds, 1400, "1G", reverse=False)["mbps"]}
+    if workload == "mem":
+        return memory(lab, pid, args.flows) if pid is not None and args.flows > 0 else {}
+    raise SystemExit(f"unknown workload {workload!r} (conn, req, tcp, udp, mem)")
 
 
 def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
@@ -250,8 +258,8 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     ratio_cols = [(t, r) for t in trios for r in refs]
     if len(trios) > 1:  # the first trio contender against the others (new / old)
         ratio_cols += [(trios[0], t) for t in trios[1:]]
-    print(f"\nmedians of {args.rounds} alternating rounds, fresh namespaces per contender and "
-          f"round; {args.seconds}s per workload, wrk -c{args.connections}, "
+    print(f"\nmedians of {args.rounds} alternating rounds, fresh namespaces per measurement; "
+          f"{args.seconds}s per workload, wrk -c{args.connections}, "
           f"{args.flows} held flows (shared 2-core machine: figures are noisy)\n")  # fmt: skip
     head = ["metric", *names, *(f"{a} / {b}" for a, b in ratio_cols)]
     print("| " + " | ".join(head) + " |")
