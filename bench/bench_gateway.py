@@ -19,8 +19,9 @@ Workloads, client -> server through the gateway:
 * iperf3 UDP, 1400-byte datagrams offered at 1 Gbit/s (Mbit/s delivered);
 * wrk with ``Connection: close`` against nginx: a new connection per request (conn/s);
 * wrk keep-alive: requests/s over ``--connections`` long-lived connections;
-* memory: the proxy process's RSS and PSS when idle (after a warm-up), and the growth
-  of its PSS per held idle TCP flow (``--flows`` connections opened and left silent).
+* memory: the proxy process's RSS and PSS when idle (started, no flow yet), and the
+  growth of its PSS per held idle TCP flow (``--flows`` connections opened and left
+  silent), from a baseline taken after a warm-up.
 
     python bench/bench_gateway.py [--rounds 3] [--seconds 5] [--only trio-tproxy,v2ray]
                                   [--workloads conn,req] [--trio before=/path/to/old/src]
@@ -134,11 +135,14 @@ def established(lab: Lab, port: int) -> int:
 
 
 def memory(lab: Lab, pid: int, flows: int) -> dict[str, float]:
-    """Idle RSS/PSS (MB) after a warm-up, and PSS growth per held idle flow (KB)."""
+    """Idle RSS/PSS (MB) before any flow, and PSS growth per held idle flow (KB), from a
+    baseline taken after a warm-up (the first flows' one-time costs are not per flow)."""
+    time.sleep(0.5)
+    rss, pss_idle = memory_kb(pid)
     lab.client.run(["wrk", "-t1", "-c8", "-d1s", "-H", "Connection: close",
                     f"http://{lab.server.ip4}:{WEB_PORT}/small.txt"], timeout=60)  # fmt: skip
     time.sleep(1.0)
-    rss, pss = memory_kb(pid)
+    _, pss = memory_kb(pid)
     before = established(lab, HOLD_PORT)
     holder = lab.client.popen(
         [sys.executable, "-c", HOLD_CLIENT, lab.server.ip4, str(HOLD_PORT), str(flows)],
@@ -161,7 +165,7 @@ def memory(lab: Lab, pid: int, flows: int) -> dict[str, float]:
             assert holder.stdin is not None
             holder.stdin.close()
         holder.wait(10)
-    return {"rss": rss / 1024, "pss": pss / 1024, "flow": (pss_held - pss) / flows}
+    return {"rss": rss / 1024, "pss": pss_idle / 1024, "flow": (pss_held - pss) / flows}
 
 
 class Contender:
