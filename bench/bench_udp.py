@@ -20,13 +20,12 @@ Needs root; touches only the namespaces it creates. Not collected by pytest.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import time
 from collections.abc import Callable
 
-from common import IPERF_PORT, MARK, PORT, start_v2ray, trio_tproxy_config, v2ray_direct
+from common import IPERF_PORT, MARK, PORT, iperf_udp, start_v2ray, trio_tproxy_config, v2ray_direct
 from netlab import Lab, requirements_met
 from netlab.proxy import ProxyProcess
 from netlab.servers import start_iperf3_server
@@ -38,29 +37,6 @@ DRAIN = 1.5  # seconds between measurements
 
 # name -> (datagram length, iperf3 -b)
 WORKLOADS = {"pps": (64, "0"), "Mbit/s": (1400, "0"), "200M": (1400, "200M")}
-
-
-def iperf_udp(lab: Lab, seconds: int, length: int, rate: str, reverse: bool) -> dict[str, float]:
-    # -w 4M: socket buffers of both iperf3 ends; the receiver, not the path, must not be
-    # what drops (kernel forwarding loses ~0.2% at 200 Mbit/s with the defaults).
-    argv = ["iperf3", "-c", lab.server.ip4, "-p", str(IPERF_PORT), "-u", "-b", rate,
-            "-l", str(length), "-t", str(seconds), "-w", "4M", "-J",
-            "--connect-timeout", "3000"]  # fmt: skip
-    if reverse:
-        argv.append("-R")
-    out = lab.client.run(argv, timeout=seconds + 30, check=False)
-    try:
-        end = json.loads(out.stdout)["end"]
-        sent, got = end["sum_sent"], end["sum_received"]
-    except (ValueError, KeyError):
-        return {"pps": 0.0, "mbps": 0.0, "loss": 100.0}
-    # iperf3 3.12 reports the receiver's losses only for client -> server; count both
-    # directions the same way: what arrived against what was sent.
-    received = got["packets"] - got["lost_packets"]
-    secs = got["seconds"] or seconds
-    loss = 100.0 * (1 - received / sent["packets"]) if sent["packets"] else 100.0
-    return {"pps": received / secs, "mbps": received * length * 8 / secs / 1e6,
-            "loss": max(0.0, loss)}  # fmt: skip
 
 
 def main() -> int:

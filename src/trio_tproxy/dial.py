@@ -42,9 +42,9 @@ class DialError(OSError):
 async def open_tcp(addr: SockAddr, *, mark: int, timeout: float) -> socket.socket:  # noqa: ASYNC109
     """Connect to ``addr`` with SO_MARK set before the SYN leaves (so it skips diversion)."""
     family = family_of(addr[0])
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # SOCK_NONBLOCK: non-blocking from birth, without a second syscall
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
-        sock.setblocking(False)
         set_mark(sock, mark)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = sock.connect_ex(addr_to_sockaddr(addr, family))

@@ -76,7 +76,7 @@ async def handle_tcp(
             outcome = "refused: destination is one of our own listeners (loop)"
             set_reset_on_close(conn)
             return
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # TCP_NODELAY: inherited from the listener (inbound/tcp.py)
         prefix, sniffed = b"", None
         sniffing = inbound.sniffing
         if sniffing.enabled and dst[1] not in SERVER_FIRST_PORTS:
