@@ -357,3 +357,26 @@ def test_table_names_are_refused_or_harmless(table: str) -> None:
         return
     assert not UNSAFE & set(table)
     assert render_nft(plan).startswith(f"table inet {table} {{}}\ndelete table inet {table}\n")
+
+
+@pytest.mark.parametrize(("mangle", "nat", "expected"), [
+    (100, -100, ["type filter hook prerouting priority 100;",  # srcnat: postrouting only
+                 "type nat hook prerouting priority dstnat;"]),
+    (-100, 100, ["type filter hook prerouting priority dstnat;",
+                 "type nat hook prerouting priority 100;"]),
+    (50, 0, ["type filter hook prerouting priority security;",
+             "type nat hook prerouting priority filter;"]),
+])  # fmt: skip
+def test_priority_names_only_where_their_hook_takes_them(
+    mangle: int, nat: int, expected: list[str]
+) -> None:
+    """nft refuses "srcnat" outside postrouting and "dstnat" outside prerouting
+    ("invalid priority expression value in this context"): found by the kernel test's
+    hypothesis run with priority_mangle = 100."""
+    plan = DiversionPlan(tproxy_port=1, bypass_v4=(), bypass_v6=(), redirect_port=2,
+                         tproxy_tcp=False, priority_mangle=mangle, priority_nat=nat,
+                         local=True)  # fmt: skip
+    text = render_nft(plan)
+    for line in expected:
+        assert line in text, text
+    assert "hook output priority srcnat" not in text and "hook output priority dstnat" not in text

@@ -49,7 +49,11 @@ from collections.abc import Iterable
 from trio_tproxy.firewall.plan import DiversionPlan
 
 # nft's names for the standard hook priorities; anything else is printed as a number.
-_PRIORITY_NAMES = {-300: "raw", -150: "mangle", -100: "dstnat", 0: "filter", 100: "srcnat"}
+_PRIORITY_NAMES = {-300: "raw", -150: "mangle", -100: "dstnat", 0: "filter", 50: "security",
+                   100: "srcnat"}  # fmt: skip
+# nft accepts dstnat in prerouting only and srcnat in postrouting only (nft(8), "CHAINS"):
+# elsewhere such a value is written as its number
+_HOOK_ONLY = {"dstnat": "prerouting", "srcnat": "postrouting"}
 
 _DEFAULT_ROUTES = {4: "0.0.0.0/0", 6: "::/0"}
 
@@ -232,21 +236,24 @@ def _nat_output_rules(plan: DiversionPlan) -> list[str]:
 
 
 def _mangle_hook(plan: DiversionPlan) -> str:
-    return f"type filter hook prerouting priority {_priority(plan.priority_mangle)}"
+    return f"type filter hook prerouting priority {_priority(plan.priority_mangle, 'prerouting')}"
 
 
 def _route_hook(plan: DiversionPlan) -> str:
-    return f"type route hook output priority {_priority(plan.priority_mangle)}"
+    return f"type route hook output priority {_priority(plan.priority_mangle, 'output')}"
 
 
 def _nat_hook(plan: DiversionPlan, hook: str) -> str:
     # nft 1.0 accepts the name "dstnat" in prerouting only; output takes the number.
-    priority = _priority(plan.priority_nat) if hook == "prerouting" else plan.priority_nat
-    return f"type nat hook {hook} priority {priority}"
+    return f"type nat hook {hook} priority {_priority(plan.priority_nat, hook)}"
 
 
-def _priority(value: int) -> str:
-    return _PRIORITY_NAMES.get(value, str(value))
+def _priority(value: int, hook: str) -> str:
+    """The standard name of ``value`` where ``hook`` accepts it, else the number."""
+    name = _PRIORITY_NAMES.get(value)
+    if name is None or _HOOK_ONLY.get(name, hook) != hook:
+        return str(value)
+    return name
 
 
 def _chain(name: str, rules: Iterable[str], *, hook: str | None = None) -> str:
