@@ -101,7 +101,7 @@ def test_oversize_length() -> None:
     method = "aes-256-gcm"
     key = master_key(method, "pw")
     enc = Encryptor(method, key)
-    forged = enc._prefix() + enc._aead.seal((0x4000).to_bytes(2, "big"))
+    forged = enc.take_salt() + enc.seal((0x4000).to_bytes(2, "big"))
     with pytest.raises(ShadowsocksError, match="over 16383"):
         Decryptor(method, key).feed(forged)
 

@@ -202,7 +202,7 @@ class ShadowsocksStream:
         self._answered = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await send_all(self._sock, self._enc.encrypt(bytes(data)))
+        await send_all(self._sock, self._enc.encrypt(data))
 
     async def receive_some(self, max_bytes: int) -> bytes:
         while True:

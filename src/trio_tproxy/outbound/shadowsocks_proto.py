@@ -154,7 +154,7 @@ class _Aead:
         self._counter += 1
         return nonce
 
-    def seal(self, data: bytes) -> bytes:
+    def seal(self, data: bytes | memoryview) -> bytes:
         return self._aead.encrypt(self._nonce(), data, None)
 
     def open(self, data: bytes) -> bytes:
@@ -182,20 +182,23 @@ class Encryptor:
         self._salt_sent = False
         self.max_payload = MAX_PAYLOAD_2022 if self._v2022 else MAX_PAYLOAD
 
-    def _prefix(self) -> bytes:
+    def take_salt(self) -> bytes:
+        """The salt the first output starts with; empty once it went out."""
         if self._salt_sent:
             return b""
         self._salt_sent = True
         return self.salt
 
-    def _chunk(self, payload: bytes) -> bytes:
-        return self._aead.seal(struct.pack("!H", len(payload))) + self._aead.seal(payload)
+    def seal(self, data: bytes | memoryview) -> bytes:
+        """One AEAD operation under the next nonce (headers are sealed whole)."""
+        return self._aead.seal(data)
 
-    def encrypt(self, data: bytes) -> bytes:
-        out = [self._prefix()]
+    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        out = [self.take_salt()]
         view = memoryview(data)
         for i in range(0, len(view), self.max_payload):
-            out.append(self._chunk(bytes(view[i : i + self.max_payload])))
+            chunk = view[i : i + self.max_payload]  # sealed in place: no copy of the chunk
+            out += (self._aead.seal(struct.pack("!H", len(chunk))), self._aead.seal(chunk))
         return b"".join(out)
 
 
@@ -336,7 +339,7 @@ class RequestEncoder(Encryptor):
             raise ValueError("request header and initial payload over 0xFFFF bytes")
         ts = int(time.time() if now is None else now)
         fixed = struct.pack("!BQH", TYPE_CLIENT, ts, len(var))
-        return self._prefix() + self._aead.seal(fixed) + self._aead.seal(var)
+        return self.take_salt() + self.seal(fixed) + self.seal(var)
 
 
 def encode_response_header(enc: Encryptor, request_salt: bytes, payload: bytes,
@@ -345,7 +348,7 @@ def encode_response_header(enc: Encryptor, request_salt: bytes, payload: bytes,
     payload chunk."""
     ts = int(time.time() if now is None else now)
     fixed = struct.pack("!BQ", TYPE_SERVER, ts) + request_salt + struct.pack("!H", len(payload))
-    return enc._prefix() + enc._aead.seal(fixed) + enc._aead.seal(payload)
+    return enc.take_salt() + enc.seal(fixed) + enc.seal(payload)
 
 
 class ResponseDecoder(Decryptor):
