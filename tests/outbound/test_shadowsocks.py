@@ -19,6 +19,7 @@ import trio
 from trio_tproxy.config import ShadowsocksOutbound as ShadowsocksConfig
 from trio_tproxy.config.values import HostPort
 from trio_tproxy.dial import DialError
+from trio_tproxy.outbound import shadowsocks_packet as packets
 from trio_tproxy.outbound import shadowsocks_proto as proto
 from trio_tproxy.outbound.shadowsocks import ShadowsocksOutbound, ShadowsocksStream
 from trio_tproxy.upstreams import Destination, StreamUpstream, UdpRequest
@@ -275,8 +276,8 @@ async def test_udp_replays_are_dropped() -> None:
         nursery.start_soon(link.receive, lambda p, r: got.append(bytes(p)))
         assert link.send(memoryview(b"q"), dst, None) is None
         request, peer = await server.recvfrom(65536)
-        client = proto.udp2022_open(method, key, request, from_server=False)
-        reply = proto.udp2022_seal(method, key, b"S" * 8, 0, LOCALHOST, 5353, b"answer",
+        client = packets.udp2022_open(method, key, request, from_server=False)
+        reply = packets.udp2022_seal(method, key, b"S" * 8, 0, LOCALHOST, 5353, b"answer",
                                    client_session_id=client.session_id)  # fmt: skip
         for _ in range(3):
             await server.sendto(reply, peer)

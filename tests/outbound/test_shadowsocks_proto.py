@@ -15,28 +15,30 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_tproxy.outbound.shadowsocks_packet import (
+    ReplayWindow,
+    XChaCha20Poly1305,
+    hchacha20,
+    udp2022_open,
+    udp2022_seal,
+    udp_open,
+    udp_seal,
+)
 from trio_tproxy.outbound.shadowsocks_proto import (
     AEAD_METHODS,
     METHODS_2022,
     Decryptor,
     Encryptor,
-    ReplayWindow,
     RequestDecoder,
     RequestEncoder,
     ResponseDecoder,
     ShadowsocksError,
-    XChaCha20Poly1305,
     decode_psk,
     encode_response_header,
     evp_bytes_to_key,
-    hchacha20,
     hkdf_sha1,
     key_length,
     master_key,
-    udp2022_open,
-    udp2022_seal,
-    udp_open,
-    udp_seal,
 )
 
 V4 = ipaddress.IPv4Address("192.0.2.7")

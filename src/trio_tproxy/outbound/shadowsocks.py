@@ -39,6 +39,7 @@ from ..inbound.sockopt import set_mark
 from ..relay import send_all
 from ..resolver import Resolver, SystemResolver
 from ..sock import addr_to_sockaddr, close_socket, family_of, set_reset_on_close
+from . import shadowsocks_packet as packets
 from . import shadowsocks_proto as proto
 from .base import DatagramSink, Destination, StreamUpstream, UdpRequest
 from .socks_proto import Host, encode_address
@@ -272,15 +273,15 @@ class ShadowsocksUdpLink:
         # SIP022: our session id and packet counter; a replay window per server session.
         self._session_id = os.urandom(8)
         self._packet_id = 0
-        self._windows: dict[bytes, proto.ReplayWindow] = {}
+        self._windows: dict[bytes, packets.ReplayWindow] = {}
 
     def _seal(self, host: Host, port: int, payload: bytes) -> bytes:
         ob = self._ob
         if not ob.v2022:
-            return proto.udp_seal(ob.method, ob.key, host, port, payload)
+            return packets.udp_seal(ob.method, ob.key, host, port, payload)
         packet_id = self._packet_id
         self._packet_id += 1
-        return proto.udp2022_seal(ob.method, ob.key, self._session_id, packet_id, host, port,
+        return packets.udp2022_seal(ob.method, ob.key, self._session_id, packet_id, host, port,
                                   payload)  # fmt: skip
 
     def send(self, payload: memoryview, dst: Endpoint, domain: str | None) -> str | None:
@@ -311,15 +312,15 @@ class ShadowsocksUdpLink:
     def _open(self, packet: bytes) -> tuple[Host, int, bytes]:
         ob = self._ob
         if not ob.v2022:
-            return proto.udp_open(ob.method, ob.key, packet)
-        opened = proto.udp2022_open(ob.method, ob.key, packet, from_server=True)
+            return packets.udp_open(ob.method, ob.key, packet)
+        opened = packets.udp2022_open(ob.method, ob.key, packet, from_server=True)
         if opened.client_session_id != self._session_id:
             raise proto.ShadowsocksError("reply for another client session")
         window = self._windows.get(opened.session_id)
         if window is None:
             if len(self._windows) >= MAX_SERVER_SESSIONS:
                 self._windows.pop(next(iter(self._windows)))
-            window = self._windows[opened.session_id] = proto.ReplayWindow()
+            window = self._windows[opened.session_id] = packets.ReplayWindow()
         if not window.accept(opened.packet_id):
             raise proto.ShadowsocksError(f"replayed or too old packet id {opened.packet_id}")
         return opened.host, opened.port, opened.payload
