@@ -13,6 +13,16 @@ from netlab.namespace import Netns
 
 READY_MARK = "ready:"
 _POLL = 0.02
+# The suite's gateway tests again with worker processes: TRIO_TPROXY_TEST_WORKERS=2
+# gives every config that sets no [process] section that many workers.
+WORKERS_ENV = "TRIO_TPROXY_TEST_WORKERS"
+
+
+def with_test_workers(config_text: str) -> str:
+    workers = os.environ.get(WORKERS_ENV, "")
+    if not workers or "[process]" in config_text:
+        return config_text
+    return f"{config_text.rstrip()}\n\n[process]\nworkers = {int(workers)}\n"
 
 
 class ProxyProcess:
@@ -21,7 +31,7 @@ class ProxyProcess:
     def __init__(self, netns: Netns, config_text: str, name: str = "proxy") -> None:
         self.netns = netns
         self.config_path = netns.workdir / f"{name}.toml"
-        self.config_path.write_text(config_text)
+        self.config_path.write_text(with_test_workers(config_text))
         self.log_path = netns.workdir / f"{name}.log"
         self._log = self.log_path.open("w")
         # selector choices go to the lab's own state directory, never the host's
@@ -59,16 +69,41 @@ class ProxyProcess:
     def wait_ready(self, timeout: float = 15.0) -> None:
         self.wait_for(READY_MARK, timeout)
 
-    def open_fds(self, kind: str = "") -> int:
-        """Open descriptors, or only those whose link starts with ``kind`` ("socket:")."""
-        fd_dir = f"/proc/{self.pid}/fd"
-        count = 0
-        for name in os.listdir(fd_dir):
-            try:
-                if os.readlink(f"{fd_dir}/{name}").startswith(kind):
-                    count += 1
-            except FileNotFoundError:  # closed while we looked
+    def pids(self) -> list[int]:
+        """The process and its descendants (a supervisor's workers)."""
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
                 continue
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+        found, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo += children.get(pid, [])
+        return found
+
+    def open_fds(self, kind: str = "") -> int:
+        """Open descriptors of the process and its workers, or only those whose link
+        starts with ``kind`` ("socket:")."""
+        count = 0
+        for pid in self.pids():
+            fd_dir = f"/proc/{pid}/fd"
+            try:
+                names = os.listdir(fd_dir)
+            except FileNotFoundError:  # exited while we looked
+                continue
+            for name in names:
+                try:
+                    if os.readlink(f"{fd_dir}/{name}").startswith(kind):
+                        count += 1
+                except FileNotFoundError:  # closed while we looked
+                    continue
         return count
 
     def signal(self, signum: int) -> None:

@@ -7,6 +7,11 @@ SIGHUP reloads the configuration: the next runtime is built in a worker thread (
 keeps relaying meanwhile) and swapped in when ready; new flows use it, established flows
 keep the one they started with; a bad new config is logged and the old one keeps running.
 SIGHUPs that arrive during a build coalesce into one more build after it.
+
+With ``[process] workers`` > 1 the same class serves one share of the gateway in each
+process (:class:`Part`, workers/supervisor.py): a worker serves the inbounds on its own
+SO_REUSEPORT sockets, the hub serves dns.listen, the controller API and the group
+probes; the supervisor binds, applies the firewall and speaks to systemd.
 """
 
 from __future__ import annotations
@@ -18,20 +23,19 @@ import socket
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
 
 from . import __version__
 from .addr import SockAddr
-from .api import Controller, open_api_listener, serve_api
 from .config import ApiConfig, Config, ConfigErrors, Inbound, load_config
-from .dns.server import DnsListener, open_dns_listener
 from .dns.service import DnsService
 from .firewall.apply import AutoFirewall
-from .inbound.tcp import accept_loop, open_tcp_listener
-from .inbound.udp import open_udp_listener
-from .limits import check_connection_budget, raise_nofile_limit
+from .inbound.tcp import accept_loop
+from .limits import check_connection_budget, pipe_budget, raise_nofile_limit
+from .listeners import Listeners
 from .notify import Notifier
 from .outbound import UnavailableOutbound
 from .outbound.group import probe_groups
@@ -40,6 +44,10 @@ from .runtime import Runtime, not_yet_in_effect, quiet_build
 from .session import handle_tcp
 from .sock import set_reset_on_close
 from .udp.service import UdpService
+
+if TYPE_CHECKING:
+    from .api import Controller
+    from .api.flows import FlowsView
 
 log = logging.getLogger("trio_tproxy.app")
 
@@ -53,10 +61,47 @@ log = logging.getLogger("trio_tproxy.app")
 RETIRED_RUNTIMES_KEPT = 2
 
 
+@attrs.frozen
+class Part:
+    """The share of the gateway one process serves. The default is all of it (one
+    process); workers/supervisor.py gives each worker and the hub theirs."""
+
+    name: str = ""  # "" alone; "hub"; "w1".."wN" (log lines and process names)
+    workers: int = 1  # processes sharing the inbounds: each takes 1/workers of the limits
+    inbounds: bool = True  # the TCP/UDP inbound listeners
+    services: bool = True  # dns.listen, the controller API, the group probes
+    leader: bool = True  # speaks for the config: firewall, systemd, start/reload warnings
+
+
+class Companion(Protocol):
+    """What runs beside a part of a multi-process gateway (workers/): its link to the
+    other processes. ``start`` runs it in the part's nursery; ``adopt`` sees every
+    runtime the part takes (at start and at each reload)."""
+
+    async def run(self, gateway: Gateway) -> None: ...
+
+    def adopt(self, runtime: Runtime) -> None: ...
+
+    def flows(self, gateway: Gateway) -> FlowsView | None: ...
+
+
+Report = Callable[[str], None]  # a part's word to the supervisor: "ready", "reloaded", "failed"
+
+
 class Gateway:
-    def __init__(self, config_path: Path, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        runtime: Runtime,
+        *,
+        part: Part | None = None,
+        listeners: Listeners | None = None,
+        companion: Companion | None = None,
+        report: Report | None = None,
+    ) -> None:
         self.config_path = config_path
-        self.runtime = runtime
+        self.part = part or Part()
+        self.runtime = self._localize(runtime)
         self.active_flows = 0
         self._over_limit_logged = False
         self._probing = trio.CancelScope()  # the running runtime's group probers
@@ -66,18 +111,41 @@ class Gateway:
         # cycle (the runtime object itself may go by refcount, leaving the cycle behind)
         self._retired: list[weakref.ref[DnsService]] = []
         self.udp_services: list[UdpService] = []  # the controller API reads their counters
+        self._listeners = listeners  # bound by the supervisor; None: serve() binds
+        self._companion = companion
+        self._report = report or (lambda word: None)
+        self.controller: Controller | None = None  # the API's, while it serves
+        if companion is not None:
+            companion.adopt(self.runtime)
+
+    def _localize(self, runtime: Runtime) -> Runtime:
+        """This process's share of the runtime's limits: with N workers each gets 1/N
+        of policy.max_connections, the UDP sessions and the reply sockets, so all of
+        them together keep to what the config says."""
+        share = self.part.workers
+        self.flow_limit = -(-runtime.config.policy.max_connections // share)
+        if share == 1:
+            return runtime
+        limits = runtime.udp_limits
+        pipes = runtime.flow_context.pool.pipes
+        if pipes is not None:  # (a reload keeps the pool: its limit is set afresh)
+            pipes.limit = -(-pipe_budget(runtime.config.policy.max_connections) // share)
+        return attrs.evolve(runtime, udp_limits=attrs.evolve(
+            limits, max_sessions=-(-limits.max_sessions // share),
+            max_reply_sockets=-(-limits.max_reply_sockets // share)))  # fmt: skip
 
     def _handler(
         self, inbound: Inbound
     ) -> Callable[[socket.socket, SockAddr, SockAddr], Awaitable[None]]:
         async def on_connection(conn: socket.socket, src: SockAddr, dst: SockAddr) -> None:
             rt = self.runtime
-            if self.active_flows >= rt.config.policy.max_connections:
+            if self.active_flows >= self.flow_limit:
                 if not self._over_limit_logged:
                     log.warning(
-                        "connection limit reached (policy.max_connections = %d): "
+                        "connection limit reached (policy.max_connections = %d%s): "
                         "refusing new flows until some end",
                         rt.config.policy.max_connections,
+                        f", {self.flow_limit} per worker" if self.part.workers > 1 else "",
                     )
                     self._over_limit_logged = True
                 set_reset_on_close(conn)
@@ -97,26 +165,33 @@ class Gateway:
         again while a build runs, one more build follows it (requests coalesce)."""
         self._reload_wanted.set()
 
-    async def reload(self) -> None:
-        """Build the next runtime off the loop from the config file and swap it in."""
+    async def reload(self) -> bool:
+        """Build the next runtime off the loop from the config file and swap it in;
+        False (logged) when the file is not taken."""
         old = self.runtime
-        log.info("reloading the configuration from %s", self.config_path)
+        leader = self.part.leader
+        if leader:
+            log.info("reloading the configuration from %s", self.config_path)
         self._collect_retired()
         runtime = await self._build(old)
         if runtime is None:
-            return
-        await self._reapply_firewall(runtime, old)
+            return False
+        runtime = self._localize(runtime)
+        if leader:
+            await self._reapply_firewall(runtime, old)
         runtime.dns.adopt(old.dns)  # the DNS cache and reverse map outlive the reload
-        warn_not_yet_in_effect(runtime.config)
-        if runtime.config.inbounds != old.config.inbounds:
-            log.warning("inbound changes take effect on restart; other changes applied")
-        if runtime.config.dns.listen != old.config.dns.listen:
-            log.warning("dns.listen changes take effect on restart; other changes applied")
-        if runtime.config.api != old.config.api:
-            log.warning("[api] changes take effect on restart; other changes applied")
+        if leader:
+            warn_not_yet_in_effect(runtime.config)
+            warn_restart_only(runtime.config, old.config)
         self.runtime = runtime
-        log.info("configuration reloaded from %s", self.config_path)
+        if self._companion is not None:
+            self._companion.adopt(runtime)
+        if leader:
+            log.info("configuration reloaded from %s", self.config_path)
+        else:
+            log.debug("took the new configuration")
         self._retired.append(weakref.ref(old.dns))
+        return True
 
     def _collect_retired(self) -> None:
         """Free the runtimes earlier reloads replaced once too many wait (see the top)."""
@@ -165,63 +240,55 @@ class Gateway:
             await self._reload_wanted.wait()
             self._reload_wanted = trio.Event()
             notifier.reloading()
-            await self.reload()
-            self._start_probers(nursery)
+            taken = await self.reload()
+            self._report("reloaded" if taken else "failed")
+            if self.part.services:
+                self._start_probers(nursery)
             notifier.ready(f"{self.active_flows} active flow(s)")
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.runtime.config
-        nofile = raise_nofile_limit()
-        check_connection_budget(cfg.policy.max_connections, nofile)
-        for ob in self.runtime.outbounds.values():
-            if getattr(ob, "insecure", False):  # trojan with insecure = true
-                log.warning("outbound %r: insecure = true: the server's certificate is not "
-                            "verified (anyone on the path can read and change its traffic)",
-                            ob.tag)  # fmt: skip
-            if isinstance(ob, UnavailableOutbound):
-                log.warning("outbound %r (%s) is not implemented yet: flows routed to it are "
-                            "refused", ob.tag, ob.kind)  # fmt: skip
-        tcp_inbounds = [ib for ib in cfg.inbounds if "tcp" in ib.network]
-        udp_inbounds = [ib for ib in cfg.inbounds if "udp" in ib.network]
-        if self.runtime.dns.uses_system_resolver:
-            log.info("dns.servers is empty: names are resolved by the system resolver")
-        self._firewall = firewall = AutoFirewall.prepare(cfg)  # clears a crashed run's leftovers
-        listeners = []
-        notifier = Notifier()  # systemd Type=notify: a no-op without $NOTIFY_SOCKET
-        dns_listeners: list[DnsListener] = []
+        part = self.part
+        if part.leader:
+            check_connection_budget(cfg.policy.max_connections, raise_nofile_limit())
+            warn_at_start(self.runtime)
+        # systemd Type=notify: a no-op without $NOTIFY_SOCKET (the parts of several never
+        # have it: the supervisor speaks for them)
+        notifier = Notifier()
         udp_services = self.udp_services
-        api_sock = None
+        bound = self._listeners
+        firewall = self._firewall
         try:
-            for ib in tcp_inbounds:
-                listeners.append((ib, open_tcp_listener(ib)))
-            for ib in udp_inbounds:
-                udp_services.append(UdpService(ib, open_udp_listener(ib), lambda: self.runtime))
-            dns_listeners += [open_dns_listener(where) for where in cfg.dns.listen]
-            if cfg.api is not None:
-                api_sock = open_api_listener(cfg.api.listen)
-            firewall.apply()  # once every listener is bound: diverted packets find one
+            if bound is None:
+                self._firewall = firewall = AutoFirewall.prepare(cfg)  # clears leftovers
+                bound = Listeners.open(cfg, inbounds=part.inbounds, services=part.services)
+            for ib, sock in bound.udp:
+                udp_services.append(UdpService(ib, sock, lambda: self.runtime))
+            if part.leader:
+                firewall.apply()  # once every listener is bound: diverted packets find one
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
                 async with trio.open_nursery() as flows:
                     for udp in udp_services:  # UDP sessions drain with the flows
                         await flows.start(udp.run)
                     async with trio.open_nursery() as accepting:
-                        for ib, sock in listeners:
+                        for ib, sock in bound.tcp:
                             accepting.start_soon(accept_loop, sock, ib, self._handler(ib), flows)
-                        for dns in dns_listeners:
+                        for dns in bound.dns:
                             accepting.start_soon(dns.serve, lambda: self.runtime.dns)
-                        if api_sock is not None and cfg.api is not None:  # stops with them
-                            await accepting.start(serve_api, api_sock, self._controller(cfg.api))
-                        log.info("ready: %s", ", ".join([
-                            *(f"{ib.tag} ({ib.TYPE}) on tcp {_where(ib)}" for ib, _ in listeners),
-                            *(f"{u.inbound.tag} ({u.inbound.TYPE}) on udp {_where(u.inbound)}"
-                              for u in udp_services),
-                            *(f"dns on udp+tcp {dns.where}" for dns in dns_listeners),
-                        ]))  # fmt: skip
+                        if bound.api is not None and cfg.api is not None:  # stops with them
+                            from .api import serve_api  # noqa: PLC0415 (the API only when on)
+
+                            await accepting.start(serve_api, bound.api, self._controller(cfg.api))
+                        if self._companion is not None:
+                            accepting.start_soon(self._companion.run, self)
+                        self._log_ready(bound, udp_services)
                         notifier.ready(f"{self.active_flows} active flow(s)")
                         if (every := notifier.watchdog_interval()) is not None:
                             accepting.start_soon(notifier.watchdog, every)
-                        self._start_probers(accepting)
+                        if part.services:
+                            self._start_probers(accepting)
                         accepting.start_soon(self._reloads, notifier, accepting)
+                        self._report("ready")
                         task_status.started()
                         async for signum in sigs:
                             if signum == signal.SIGHUP:
@@ -229,11 +296,10 @@ class Gateway:
                                 continue
                             break
                         accepting.cancel_scope.cancel()
-                    _close_listeners(listeners)
+                    bound.close_inbounds()
                     for udp in udp_services:
                         udp.drain()
-                    for dns in dns_listeners:
-                        dns.close()
+                    bound.close_services()
                     grace = self.runtime.config.policy.grace.seconds
                     notifier.stopping(f"draining {self.active_flows} flow(s)")
                     log.info("stopping: no new flows; %d active flow(s) get %gs to finish",
@@ -241,17 +307,37 @@ class Gateway:
                     flows.cancel_scope.deadline = trio.current_time() + grace
             log.info("stopped")
         finally:
-            _close_listeners(listeners)
+            if bound is not None:
+                bound.close()
             for udp in udp_services:
                 udp.close_listener()
-            for dns in dns_listeners:
-                dns.close()
-            if api_sock is not None:
-                api_sock.close()
             firewall.remove()  # after the drain: established flows needed the rules
             notifier.close()
 
+    def _log_ready(self, bound: Listeners, udp_services: list[UdpService]) -> None:
+        what = ", ".join([
+            *(f"{ib.tag} ({ib.TYPE}) on tcp {_where(ib)}" for ib, _ in bound.tcp),
+            *(f"{u.inbound.tag} ({u.inbound.TYPE}) on udp {_where(u.inbound)}"
+              for u in udp_services),
+            *(f"dns on udp+tcp {dns.where}" for dns in bound.dns),
+        ])  # fmt: skip
+        if self.part.leader:
+            log.info("ready: %s", what)
+        else:  # the supervisor says "ready:" once every part is
+            log.info("serving: %s", what or "the controller API and group probes")
+
+    def flows(self) -> FlowsView:
+        """The flows the controller API shows: this process's, or (in the hub) every
+        worker's through the companion."""
+        if self._companion is not None and (remote := self._companion.flows(self)) is not None:
+            return remote
+        from .api.flows import LocalFlows  # noqa: PLC0415 (the API only when on)
+
+        return LocalFlows(lambda: self.runtime, self.udp_services)
+
     def _controller(self, api: ApiConfig) -> Controller:
+        from .api import Controller  # noqa: PLC0415 (the API only when on)
+
         ui_dir = Path(api.ui_dir) if api.ui_dir else None
         if ui_dir is not None and not ui_dir.is_dir():
             log.warning("api.ui_dir %s is not a directory: /ui/ answers 404", ui_dir)
@@ -261,9 +347,9 @@ class Gateway:
             # resolved by the running runtime's DNS (for direct)
             return await probe_delay(outbound, url, timeout, resolver=self.runtime.dns)
 
-        return Controller(self, secret=api.secret, ui_dir=ui_dir, version=__version__,
-                          prober=prober)  # fmt: skip
-
+        self.controller = Controller(self, secret=api.secret, ui_dir=ui_dir,
+                                     version=__version__, prober=prober)  # fmt: skip
+        return self.controller
 
     def _start_probers(self, nursery: trio.Nursery) -> None:
         """Probe the current runtime's groups (the previous runtime's probers stop)."""
@@ -278,15 +364,34 @@ class Gateway:
         nursery.start_soon(probe)
 
 
+def warn_at_start(runtime: Runtime) -> None:
+    """What the one process, or the supervisor of several, says once at start."""
+    for ob in runtime.outbounds.values():
+        if getattr(ob, "insecure", False):  # trojan with insecure = true
+            log.warning("outbound %r: insecure = true: the server's certificate is not "
+                        "verified (anyone on the path can read and change its traffic)",
+                        ob.tag)  # fmt: skip
+        if isinstance(ob, UnavailableOutbound):
+            log.warning("outbound %r (%s) is not implemented yet: flows routed to it are "
+                        "refused", ob.tag, ob.kind)  # fmt: skip
+    if runtime.dns.uses_system_resolver:
+        log.info("dns.servers is empty: names are resolved by the system resolver")
+
+
+def warn_restart_only(new: Config, old: Config) -> None:
+    """Changes a reload cannot apply: said once, by whoever speaks for the config."""
+    if new.inbounds != old.inbounds:
+        log.warning("inbound changes take effect on restart; other changes applied")
+    if new.dns.listen != old.dns.listen:
+        log.warning("dns.listen changes take effect on restart; other changes applied")
+    if new.api != old.api:
+        log.warning("[api] changes take effect on restart; other changes applied")
+    if new.process != old.process:
+        log.warning("[process] changes take effect on restart; other changes applied")
+
+
 def _where(ib: Inbound) -> str:
     return f"[{ib.listen}]:{ib.port}" if ":" in ib.listen else f"{ib.listen}:{ib.port}"
-
-
-def _close_listeners(listeners: list[tuple[Inbound, socket.socket]]) -> None:
-    for _, sock in listeners:
-        if sock.fileno() >= 0:
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
 
 
 def warn_not_yet_in_effect(cfg: Config) -> None:

@@ -33,6 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .logs import setup_logging
     from .router_cache import RouterCache
     from .runtime import Runtime
+    from .workers.supervisor import Supervisor, worker_count
 
     path = Path(args.config)
     try:
@@ -47,7 +48,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     setup_logging(cfg.log.level)
     warn_not_yet_in_effect(cfg)
+    workers = worker_count(cfg.process.workers)
     try:
+        if workers > 1:
+            return Supervisor(path, runtime, workers).run()
         trio.run(Gateway(path, runtime).serve)
     except SocketSetupError as exc:
         print(f"error: {exc.strerror or exc}", file=sys.stderr)

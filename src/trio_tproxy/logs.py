@@ -17,3 +17,12 @@ def setup_logging(level: str) -> None:
         root.addHandler(handler)
         root.propagate = False
     root.setLevel(level.upper())
+
+
+def tag_logging(tag: str) -> None:
+    """Name this process in every line it logs (a worker: ``[w1]``), before the logger."""
+    root = logging.getLogger("trio_tproxy")
+    fmt = FORMAT.replace("%(name)s", f"[{tag}] %(name)s")
+    for handler in root.handlers:
+        if getattr(handler, "_trio_tproxy", False):
+            handler.setFormatter(logging.Formatter(fmt))

@@ -47,9 +47,11 @@ def family_of(ip: IPAddress) -> int:
 
 
 def close_socket(sock: socket.socket) -> None:
-    """Close a socket that trio may be waiting on (wakes any waiter with an error)."""
+    """Close a socket that trio may be waiting on (wakes any waiter with an error);
+    outside trio (the supervisor of worker processes) nothing can be waiting."""
     if sock.fileno() >= 0:
-        trio.lowlevel.notify_closing(sock)
+        with contextlib.suppress(RuntimeError):
+            trio.lowlevel.notify_closing(sock)
         sock.close()
 
 

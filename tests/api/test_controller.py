@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.api import apiclient
 from trio_tproxy.access import FlowRecord
 from trio_tproxy.api import Controller, serve_api
+from trio_tproxy.api.flows import LocalFlows
 from trio_tproxy.config import parse_config_text
 from trio_tproxy.route import Decision
 from trio_tproxy.runtime import Runtime
@@ -140,6 +141,9 @@ class Counts:
 class FakeGateway:
     runtime: Runtime
     udp_services: list[Any] = attrs.field(factory=list)
+
+    def flows(self) -> LocalFlows:
+        return LocalFlows(lambda: self.runtime, self.udp_services)
 
 
 def make_runtime() -> tuple[Runtime, FakeHealth]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -12,13 +13,18 @@ import attrs
 import pytest
 
 from netlab import Lab, Netns, requirements_met
-from netlab.proxy import ProxyProcess
+from netlab.proxy import WORKERS_ENV, ProxyProcess
 from trio_tproxy.firewall.plan import DiversionPlan
 
 PEERS = Path(__file__).with_name("peers.py")
 TPROXY_PORT = 12345
 REDIRECT_PORT = 12346
 PROXY_MARK = 255
+# A test of what one process does (its own limits, its own log counts) that the run of
+# the gateway tests with worker processes (TRIO_TPROXY_TEST_WORKERS) leaves out.
+SINGLE_PROCESS = pytest.mark.skipif(
+    bool(os.environ.get(WORKERS_ENV)), reason="one process's own semantics"
+)
 
 # Peer servers in the server namespace, by port.
 ECHO, HALFCLOSE, SOURCE, SLOW, BANNER = 9000, 9001, 9002, 9003, 2525

@@ -15,7 +15,7 @@ import pytest
 
 from netlab.servers import start_http_server
 
-from .conftest import ECHO, HALFCLOSE, PEERS, SLOW, SOURCE, Gateway, proxy_config
+from .conftest import ECHO, HALFCLOSE, PEERS, SINGLE_PROCESS, SLOW, SOURCE, Gateway, proxy_config
 
 pytestmark = pytest.mark.netns
 
@@ -147,6 +147,7 @@ def test_connection_to_our_own_listener_is_refused(gateway: Gateway) -> None:
     assert gateway.proxy.process.poll() is None
 
 
+@SINGLE_PROCESS  # N workers each take 1/N of the limit; the kernel spreads the clients
 def test_connection_limit_refuses_only_the_excess(make_gateway: Callable[..., Gateway]) -> None:
     gateway = make_gateway(proxy_config(policy="max_connections = 5"))
     lab = gateway.lab

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -19,9 +18,9 @@ from urllib.parse import unquote
 import attrs
 
 from ..runtime import Runtime
-from ..udp.service import UdpService
 from . import metrics, proxies, shapes
 from .feeds import connections_feed, logs_feed, memory_feed, traffic_feed
+from .flows import FlowsView
 from .groups import DelayProber
 from .http import Feed, Reply, Request, json_reply, message
 from .loghub import LogHub
@@ -49,8 +48,7 @@ class GatewayView(Protocol):
     @property
     def runtime(self) -> Runtime: ...
 
-    @property
-    def udp_services(self) -> Sequence[UdpService]: ...
+    def flows(self) -> FlowsView: ...  # this process's, or every worker's
 
 
 UNAUTHORIZED = message(401, "Unauthorized")
@@ -124,13 +122,13 @@ class Controller:
         if method == "GET" and seg in (["providers", "proxies"], ["providers", "rules"]):
             return json_reply({"providers": {}})
         if head == "connections":
-            return self._connections(request, seg[1:])
+            return await self._connections(request, seg[1:])
         if method == "GET" and len(seg) == 1 and head in ("traffic", "memory", "logs"):
             return self._stream(request, head)
         if method == "GET" and seg == ["dns", "query"]:
             return await dns_query(rt, request.query)
         if method == "GET" and seg == ["metrics"]:
-            body = metrics.render(rt, self.gateway.udp_services)
+            body = metrics.render(rt, await self.gateway.flows().metrics())
             return Reply(200, body, metrics.CONTENT_TYPE)
         return NOT_FOUND
 
@@ -175,27 +173,27 @@ class Controller:
 
     # -- /connections and the streams -----------------------------------------------------
 
-    def _connections(self, request: Request, seg: list[str]) -> Reply | Feed:
-        tracker = self.runtime.tracker
+    async def _connections(self, request: Request, seg: list[str]) -> Reply | Feed:
+        flows = self.gateway.flows()
         if request.method == "DELETE" and not seg:
-            closed = tracker.close_all()
+            closed = await flows.close_all()
             log.info("%d connection(s) closed by the controller API", closed)
             return NO_CONTENT
         if request.method == "DELETE" and len(seg) == 1:
-            tracker.close(seg[0])
+            await flows.close(seg[0])
             return NO_CONTENT
         if request.method != "GET" or seg:
             return NOT_FOUND
         if not request.wants_websocket:
-            return json_reply(shapes.connections(self.runtime))
+            return json_reply(await flows.connections())
         interval = positive_int(request.query.get("interval", "1000"), 3_600_000)
         if interval is None:
             return BAD_REQUEST
-        return connections_feed(lambda: self.runtime, interval / 1000)
+        return connections_feed(flows, interval / 1000)
 
     def _stream(self, request: Request, name: str) -> Reply | Feed:
         if name == "traffic":
-            return traffic_feed(lambda: self.runtime.tracker)
+            return traffic_feed(self.gateway.flows())
         if name == "memory":
             return memory_feed()
         level = request.query.get("level") or "info"

@@ -7,13 +7,10 @@ line) until the client goes away; the HTTP layer picks the transport.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import trio
 
-from ..runtime import Runtime
-from ..tracking import FlowTracker
-from . import shapes
+from .flows import FlowsView
 from .http import Feed, Send
 from .loghub import LogHub
 from .metrics import rss_bytes
@@ -25,14 +22,14 @@ def _dump(body: object) -> str:
     return json.dumps(body, separators=(",", ":"))
 
 
-def traffic_feed(tracker: Callable[[], FlowTracker]) -> Feed:
+def traffic_feed(flows: FlowsView) -> Feed:
     """Bytes per second in each direction, every second (mihomo's {"up","down"})."""
 
     async def produce(send: Send) -> None:
-        last_up, last_down = tracker().totals()
+        last_up, last_down = await flows.totals()
         while True:
             await trio.sleep(TICK)
-            up, down = tracker().totals()
+            up, down = await flows.totals()
             await send(_dump({"up": max(0, up - last_up), "down": max(0, down - last_down),
                               "upTotal": up, "downTotal": down}))  # fmt: skip
             last_up, last_down = up, down
@@ -61,10 +58,10 @@ def logs_feed(hub: LogHub, level: float) -> Feed:
     return Feed(produce)
 
 
-def connections_feed(runtime: Callable[[], Runtime], interval: float) -> Feed:
+def connections_feed(flows: FlowsView, interval: float) -> Feed:
     async def produce(send: Send) -> None:
         while True:
-            await send(_dump(shapes.connections(runtime())))
+            await send(_dump(await flows.connections()))
             await trio.sleep(interval)
 
     return Feed(produce)

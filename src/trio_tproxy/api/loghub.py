@@ -45,6 +45,16 @@ class LogHub(logging.Handler):
     def unsubscribe(self, receive: trio.MemoryReceiveChannel[tuple[str, str]]) -> None:
         receive.close()
 
+    def lowest_level(self) -> float | None:
+        """The lowest level a subscriber asked for; None without subscribers (closed
+        ones are only noticed at the next line, so this may lag by one line)."""
+        levels = [level for level, send in self._subscribers]
+        return min(levels) if levels else None
+
+    def publish(self, levelno: int, line: tuple[str, str]) -> None:
+        """A line logged elsewhere (a worker process), delivered as our own."""
+        self._deliver(levelno, line)
+
     def emit(self, record: logging.LogRecord) -> None:
         if not self._subscribers:
             return

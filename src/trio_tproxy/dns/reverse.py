@@ -10,7 +10,7 @@ connection most likely follows the most recent lookup.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..addr import IPAddress, unmap
 
@@ -24,17 +24,22 @@ class ReverseMap:
     def __init__(self, size: int = REVERSE_MAP_SIZE) -> None:
         self.size = size
         self._names: OrderedDict[IPAddress, str] = OrderedDict()
+        # told of what is learnt (the hub of worker processes passes it on)
+        self.on_learn: Callable[[str, list[IPAddress]], None] | None = None
 
     def __len__(self) -> int:
         return len(self._names)
 
     def learn(self, name: str, addresses: Iterable[IPAddress]) -> None:
         names = self._names
+        addresses = list(addresses)
         for ip in addresses:
             names[ip] = name
             names.move_to_end(ip)
         while len(names) > self.size:
             names.popitem(last=False)
+        if self.on_learn is not None:
+            self.on_learn(name, addresses)
 
     def lookup(self, ip: IPAddress) -> str | None:
         return self._names.get(unmap(ip))

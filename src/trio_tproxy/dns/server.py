@@ -48,12 +48,11 @@ class DnsListener:
         # UDP on the plain socket: a cache hit is recvfrom, answer, sendto, without the
         # two scheduler round trips trio's socket methods add (a third of a hit's cost)
         self.udp = udp
-        self.tcp = trio.socket.from_stdlib_socket(tcp)
+        self.tcp = tcp  # a trio socket only while serving (bound before trio runs)
 
     def close(self) -> None:
         close_socket(self.udp)
-        if self.tcp.fileno() >= 0:
-            self.tcp.close()
+        close_socket(self.tcp)
 
     async def serve(self, service: ServiceGetter) -> None:
         """Answer until cancelled (the reload-aware ``service`` is asked per query)."""
@@ -96,6 +95,7 @@ class DnsListener:
 
     async def _serve_tcp(self, service: ServiceGetter) -> None:
         limit = trio.CapacityLimiter(MAX_TCP_CONNECTIONS)
+        listener = trio.socket.from_stdlib_socket(self.tcp)
 
         async def client(conn: trio.socket.SocketType) -> None:
             async with limit:
@@ -110,7 +110,7 @@ class DnsListener:
         async with trio.open_nursery() as nursery:
             while True:
                 try:
-                    conn, _ = await self.tcp.accept()
+                    conn, _ = await listener.accept()
                 except OSError as exc:
                     if exc.errno in (errno.EMFILE, errno.ENFILE):
                         await trio.sleep(0.1)

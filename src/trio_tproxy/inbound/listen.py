@@ -64,8 +64,14 @@ def open_listening_socket(
     return sock
 
 
-def open_inbound_socket(inbound: Inbound, sock_type: int, prepare: Prepare) -> socket.socket:
-    """An inbound's listening socket; UDP ones get SO_REUSEADDR as TCP does."""
+def open_inbound_socket(
+    inbound: Inbound, sock_type: int, prepare: Prepare, *, reuseport: bool = False
+) -> socket.socket:
+    """An inbound's listening socket; UDP ones get SO_REUSEADDR as TCP does.
+
+    ``reuseport``: one of several sockets on the same address, one per worker process
+    (SO_REUSEPORT): the kernel spreads connections and UDP clients over them by a hash
+    of the addresses, so one client's datagrams keep reaching the same worker."""
     ip = ipaddress.ip_address(inbound.listen)
     kind = "tcp" if sock_type == socket.SOCK_STREAM else "udp"
     where = f"{kind} {'[' + str(ip) + ']' if ip.version == 6 else ip}:{inbound.port}"
@@ -73,6 +79,8 @@ def open_inbound_socket(inbound: Inbound, sock_type: int, prepare: Prepare) -> s
     def prepare_inbound(sock: socket.socket, family: int) -> None:
         if sock_type != socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         prepare(sock, family)
 
     owner = f"inbound {inbound.tag!r}"

@@ -44,7 +44,7 @@ ACCEPT_BATCH = 32
 ConnectionHandler = Callable[[socket.socket, SockAddr, SockAddr], Awaitable[None]]
 
 
-def open_tcp_listener(inbound: Inbound) -> socket.socket:
+def open_tcp_listener(inbound: Inbound, *, reuseport: bool = False) -> socket.socket:
     """Create, bind and listen; every failure becomes one clear SocketSetupError."""
 
     def prepare(sock: socket.socket, family: int) -> None:
@@ -54,7 +54,7 @@ def open_tcp_listener(inbound: Inbound) -> socket.socket:
         # listening sock): one setsockopt here instead of one per flow.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    return open_inbound_socket(inbound, socket.SOCK_STREAM, prepare)
+    return open_inbound_socket(inbound, socket.SOCK_STREAM, prepare, reuseport=reuseport)
 
 
 def original_dst_of(inbound: Inbound) -> Callable[[socket.socket], SockAddr]:

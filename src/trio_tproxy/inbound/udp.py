@@ -106,7 +106,7 @@ def enable_original_dst(sock: socket.socket, family: int) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVORIGDSTADDR, 1)
 
 
-def open_udp_listener(inbound: Inbound) -> socket.socket:
+def open_udp_listener(inbound: Inbound, *, reuseport: bool = False) -> socket.socket:
     """Create and bind the transparent UDP socket; failures become one SocketSetupError."""
 
     def prepare(sock: socket.socket, family: int) -> None:
@@ -114,7 +114,7 @@ def open_udp_listener(inbound: Inbound) -> socket.socket:
         enable_original_dst(sock, family)
         set_buffer(sock, socket.SO_RCVBUF, RCVBUF)
 
-    return open_inbound_socket(inbound, socket.SOCK_DGRAM, prepare)
+    return open_inbound_socket(inbound, socket.SOCK_DGRAM, prepare, reuseport=reuseport)
 
 
 async def receive_datagrams(

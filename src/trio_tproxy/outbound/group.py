@@ -55,6 +55,8 @@ class GroupState:
         self.selections = selections or SelectionStore.default()
         self.picks: dict[str, str] = {}  # group -> its choice so far
         self.all_down: set[str] = set()  # groups whose outage was logged
+        # False in a worker process: the hub, which probes, says what the groups do
+        self.announces = True
         # (member, url) -> when its last scheduled probe ended and the delay: a member of
         # several groups with one probe URL is probed once per interval, not per group
         self.probed: dict[tuple[str, str], tuple[float, int]] = {}
@@ -103,16 +105,20 @@ class GroupOutbound:
         if member is None:
             if self.tag not in state.all_down:
                 state.all_down.add(self.tag)
-                log.warning("group %r (%s) has no healthy member (%s): its flows fail until "
-                            "one recovers", self.tag, self.kind,
-                            show_delays(self.members, view.delays))  # fmt: skip
+                if state.announces:
+                    log.warning("group %r (%s) has no healthy member (%s): its flows fail "
+                                "until one recovers", self.tag, self.kind,
+                                show_delays(self.members, view.delays))  # fmt: skip
             return None
         if self.tag in state.all_down:
             state.all_down.discard(self.tag)
-            log.info("group %r (%s): %r is healthy again", self.tag, self.kind, member)
+            if state.announces:
+                log.info("group %r (%s): %r is healthy again", self.tag, self.kind, member)
         previous = state.picks.get(self.tag)
         if member != previous:
             state.picks[self.tag] = member
+            if not state.announces:
+                return member
             delays = show_delays(self.members, view.delays)
             if previous is None:
                 log.info("group %r (%s) uses %r (%s)", self.tag, self.kind, member, delays)

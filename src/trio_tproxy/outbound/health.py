@@ -16,7 +16,7 @@ import ipaddress
 import ssl
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -60,11 +60,26 @@ class HealthBook:
 
     def __init__(self) -> None:
         self._samples: dict[str, deque[DelaySample]] = {}
+        # told of every new sample (the hub of worker processes passes them on)
+        self.on_change: Callable[[], None] | None = None
 
     def record(self, tag: str, delay: int | None, when: float | None = None) -> None:
         """``delay`` in ms; None or 0: the probe failed."""
         sample = DelaySample(time.time() if when is None else when, max(0, delay or 0))
         self._samples.setdefault(tag, deque(maxlen=HISTORY)).append(sample)
+        if self.on_change is not None:
+            self.on_change()
+
+    def export(self) -> dict[str, list[tuple[float, int]]]:
+        """Every history as plain data (a worker process gets the hub's)."""
+        return {tag: [(s.time, s.delay) for s in samples] for tag, samples in self._samples.items()}
+
+    def replace(self, exported: dict[str, list[tuple[float, int]]]) -> None:
+        """Take another book's :meth:`export` as this one's whole history."""
+        self._samples = {
+            tag: deque((DelaySample(float(t), int(d)) for t, d in samples), maxlen=HISTORY)
+            for tag, samples in exported.items()
+        }
 
     def history(self, tag: str) -> list[DelaySample]:
         return list(self._samples.get(tag, ()))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ class SelectionStore:
         self._choices: dict[str, str] | None = None if choices is None else dict(choices)
         if path is None and choices is None:
             self._choices = {}
+        # told of every choice made (the hub of worker processes passes them on)
+        self.on_change: Callable[[], None] | None = None
 
     @classmethod
     def default(cls) -> SelectionStore:
@@ -68,12 +71,18 @@ class SelectionStore:
             self._choices = _read(self.path)
         return self._choices
 
+    def adopt(self, choices: dict[str, str]) -> None:
+        """Take choices made elsewhere (the hub's) in memory only: the file is the hub's."""
+        self._choices = dict(choices)
+
     def get(self, group: str) -> str | None:
         return self.choices.get(group)
 
     def set(self, group: str, member: str) -> None:
         """Remember and persist; a failed write is logged, the choice still holds."""
         self.choices[group] = member
+        if self.on_change is not None:
+            self.on_change()
         if self.path is None:
             return
         try:

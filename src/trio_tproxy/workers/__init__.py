@@ -1,0 +1,1 @@
+"""Worker processes: a supervisor, a hub and N workers (``[process] workers``)."""

@@ -1,0 +1,148 @@
+"""A worker process's side of its link to the hub (workers/hub.py).
+
+The worker answers what the controller API asks of its flows (the snapshot, the byte
+totals, the metrics, closing a flow) and takes what the hub decides for every worker:
+the group probes' results and the selectors' choices (so every worker picks the same
+member), the names its DNS listener answered (the reverse map: a client's flow may land
+on any worker), the log level, and whether a dashboard wants the log lines.
+
+The hub may be restarted by the supervisor: the worker then connects again, every
+``RECONNECT`` seconds, and routes meanwhile with what it was last told.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..api.flows import LocalFlows
+from ..api.loghub import LogHub
+from ..runtime import Runtime
+from .link import Link, LinkError, Message
+
+if TYPE_CHECKING:
+    from ..app import Gateway
+
+log = logging.getLogger("trio_tproxy.workers")
+
+RECONNECT = 0.2
+ROOT_LOGGER = "trio_tproxy"
+
+
+class WorkerAgent:
+    def __init__(self, address: bytes, name: str) -> None:
+        self.address = address
+        self.name = name
+        self._forwarding: LogHub | None = None
+        self._forward_scope = trio.CancelScope()
+
+    def adopt(self, runtime: Runtime) -> None:
+        """The group state the hub's notices fill (a reload keeps it): the hub, which
+        probes, is the one that logs the groups' changes."""
+        runtime.groups.announces = False
+
+    def flows(self, gateway: Gateway) -> None:
+        return None  # the worker's own flows (the API lives in the hub)
+
+    async def run(self, gateway: Gateway) -> None:
+        while True:
+            try:
+                sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                await sock.connect(self.address)
+            except OSError as exc:
+                sock.close()
+                log.debug("hub not reachable (%s): trying again", exc)
+                await trio.sleep(RECONNECT)
+                continue
+            link = Link(trio.SocketStream(sock))
+            try:
+                await link.send({"op": "hello", "name": self.name, "pid": os.getpid()})
+                async with trio.open_nursery() as nursery:
+                    await self._serve(link, gateway, nursery)
+                    nursery.cancel_scope.cancel()
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, LinkError) as exc:
+                log.debug("link to the hub lost (%s): connecting again", exc)
+            finally:
+                self._stop_forwarding()
+                await link.aclose()
+            await trio.sleep(RECONNECT)
+
+    async def _serve(self, link: Link, gateway: Gateway, nursery: trio.Nursery) -> None:
+        local = LocalFlows(lambda: gateway.runtime, gateway.udp_services)
+        while (message := await link.receive()) is not None:
+            op = message.get("op")
+            if "id" in message:
+                try:
+                    answer: Message = {"id": message["id"],
+                                       "result": await self._answer(local, op, message)}
+                except Exception as exc:  # a bug or a bad request: this answer, not the link
+                    log.exception("hub request %r failed", op)
+                    answer = {"id": message["id"], "error": repr(exc)}
+                await link.send(answer)
+            else:
+                self._notice(gateway, op, message, link, nursery)
+
+    async def _answer(self, local: LocalFlows, op: Any, message: Message) -> object:
+        if op == "connections":
+            return await local.connections()
+        if op == "totals":
+            return list(await local.totals())
+        if op == "metrics":
+            return await local.metrics()
+        if op == "close":
+            return await local.close(str(message.get("flow", "")))
+        if op == "close_all":
+            return await local.close_all()
+        raise ValueError(f"unknown request {op!r}")
+
+    def _notice(
+        self, gateway: Gateway, op: Any, message: Message, link: Link, nursery: trio.Nursery
+    ) -> None:
+        rt = gateway.runtime
+        if op == "groups":
+            rt.groups.health.replace(message["health"])
+            rt.groups.selections.adopt(message["choices"])
+        elif op == "reverse":
+            if rt.dns.reverse is not None:
+                addresses = [ipaddress.ip_address(a) for a in message["addresses"]]
+                rt.dns.reverse.learn(str(message["name"]), addresses)
+        elif op == "level":
+            logging.getLogger(ROOT_LOGGER).setLevel(int(message["level"]))
+        elif op == "logs":
+            self._stop_forwarding()
+            if message.get("level") is not None:
+                nursery.start_soon(self._forward_logs, link, float(message["level"]))
+        else:
+            log.debug("unknown notice %r from the hub", op)
+
+    async def _forward_logs(self, link: Link, level: float) -> None:
+        """While a dashboard watches /logs: this worker's lines go to the hub."""
+        hub = LogHub()
+        root = logging.getLogger(ROOT_LOGGER)
+        root.addHandler(hub)
+        self._forwarding = hub
+        lines = hub.subscribe(level)
+        with self._forward_scope:
+            try:
+                async for kind, payload in lines:
+                    await link.send({"op": "log", "kind": kind, "payload": payload,
+                                     "levelno": _levelno(kind)})  # fmt: skip
+            finally:
+                root.removeHandler(hub)
+
+    def _stop_forwarding(self) -> None:
+        self._forward_scope.cancel()
+        self._forward_scope = trio.CancelScope()
+        if self._forwarding is not None:
+            logging.getLogger(ROOT_LOGGER).removeHandler(self._forwarding)
+            self._forwarding = None
+
+
+def _levelno(kind: str) -> int:
+    return {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+            "error": logging.ERROR}.get(kind, logging.INFO)  # fmt: skip
