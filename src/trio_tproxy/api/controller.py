@@ -195,7 +195,7 @@ class Controller:
         if name == "traffic":
             return traffic_feed(self.gateway.flows())
         if name == "memory":
-            return memory_feed()
+            return memory_feed(self.gateway.flows())
         level = request.query.get("level") or "info"
         if level not in LOG_LEVELS or self.logs is None:
             return BAD_REQUEST

@@ -13,7 +13,6 @@ import trio
 from .flows import FlowsView
 from .http import Feed, Send
 from .loghub import LogHub
-from .metrics import rss_bytes
 
 TICK = 1.0  # mihomo's /traffic and /memory period
 
@@ -37,10 +36,12 @@ def traffic_feed(flows: FlowsView) -> Feed:
     return Feed(produce)
 
 
-def memory_feed() -> Feed:
+def memory_feed(flows: FlowsView) -> Feed:
+    """Resident memory of the gateway (every process of it), every second."""
+
     async def produce(send: Send) -> None:
         while True:
-            await send(_dump({"inuse": rss_bytes(), "oslimit": 0}))
+            await send(_dump({"inuse": await flows.memory(), "oslimit": 0}))
             await trio.sleep(TICK)
 
     return Feed(produce)

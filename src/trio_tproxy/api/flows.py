@@ -28,6 +28,8 @@ class FlowsView(Protocol):
 
     async def metrics(self) -> metrics.Samples: ...
 
+    async def memory(self) -> int: ...  # resident bytes of every process serving flows
+
 
 class LocalFlows:
     """This process's flows."""
@@ -50,3 +52,6 @@ class LocalFlows:
 
     async def metrics(self) -> metrics.Samples:
         return metrics.samples(self._runtime(), self._udp_services)
+
+    async def memory(self) -> int:
+        return metrics.rss_bytes()

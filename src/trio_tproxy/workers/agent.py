@@ -94,6 +94,8 @@ class WorkerAgent:
             return list(await local.totals())
         if op == "metrics":
             return await local.metrics()
+        if op == "memory":
+            return await local.memory()
         if op == "close":
             return await local.close(str(message.get("flow", "")))
         if op == "close_all":

@@ -235,6 +235,10 @@ class RemoteFlows:
         own = await self._local.metrics()
         return metrics.merge([own, *await self._hub.ask_all("metrics")])
 
+    async def memory(self) -> int:
+        own = await self._local.memory()
+        return own + sum(int(n) for n in await self._hub.ask_all("memory"))
+
 
 def _logs_level(gateway: Gateway) -> float | None:
     controller = gateway.controller
