@@ -421,9 +421,6 @@ def gost_playground_gateway(lab: Lab, udp_echo: object) -> Iterator[Gateway]:
     proxy.stop()
 
 
-# Limitation: a reply diverted into the listener reaches whichever worker the kernel's
-# hash picks, and only the worker that owns the upstream link can deliver it.
-@SINGLE_PROCESS
 def test_udp_echo_and_full_cone_behind_gosts_playground_rules(
     gost_playground_gateway: Gateway,
 ) -> None:

@@ -23,6 +23,7 @@ sessions to the same remote (a DNS server, a game server) come in bursts.
 from __future__ import annotations
 
 import errno
+import random
 import socket
 import time
 from typing import Final
@@ -41,7 +42,56 @@ ROUTE_CACHE_SIZE: Final = 1024
 # The send buffer absorbs a burst handed over in one batch (64 x 64 KiB at most).
 UPSTREAM_SNDBUF: Final = 4 << 20
 
+PORT_TRIES: Final = 32  # random ports tried in this worker's share before any port
+
 _route_cache: dict[tuple[int, str, int], tuple[str, float]] = {}
+# With worker processes each binds its upstream sockets to the ports of its own share
+# (port % count == index), so a reply that a firewall diverted to another worker names
+# the worker that can deliver it (workers/agent.py). (0, 1): one process, any port.
+_port_share: tuple[int, int] = (0, 1)
+_port_range: tuple[int, int] | None = None
+
+
+def share_ports(index: int, count: int) -> None:
+    """This process binds upstream ports ``p`` with ``p % count == index`` from now on."""
+    global _port_share  # noqa: PLW0603 (one setting per process, set once at its start)
+    _port_share = (index, count)
+
+
+def port_owner(port: int) -> int:
+    """The index of the worker whose upstream sockets may be bound to ``port``."""
+    return port % _port_share[1]
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    global _port_range  # noqa: PLW0603 (read once)
+    if _port_range is None:
+        try:
+            with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+                low, high = (int(n) for n in f.read().split())
+        except (OSError, ValueError):
+            low, high = 32768, 60999
+        _port_range = (low, high)
+    return _port_range
+
+
+def _bind_in_share(sock: socket.socket, source: str) -> None:
+    index, count = _port_share
+    if count > 1:
+        low, high = _ephemeral_range()
+        for _ in range(PORT_TRIES):
+            port = random.randint(low, high)
+            port += (index - port) % count
+            if port > high:
+                continue
+            try:
+                sock.bind((source, port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            return
+    sock.bind((source, 0))  # one process, or the share is crowded: any port
 # The bound address of every receiving link -> where its replies go.
 _own_links: dict[Endpoint, DatagramSink] = {}
 
@@ -96,7 +146,7 @@ def open_upstream(first_dst: Endpoint, mark: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         set_buffer(sock, socket.SO_RCVBUF, RCVBUF)
         set_buffer(sock, socket.SO_SNDBUF, UPSTREAM_SNDBUF)
-        sock.bind((source, 0))
+        _bind_in_share(sock, source)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()

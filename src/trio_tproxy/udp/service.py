@@ -55,6 +55,9 @@ class UdpService:
         self._warned: set[str] = set()
         self._over_limit = False
         self._error_logged_at = -math.inf
+        # With worker processes: passes a diverted reply that none of our links own to
+        # the other workers (one of them owns it); True when it did (workers/agent.py).
+        self.forward_foreign_reply: Callable[[Endpoint, memoryview, Endpoint], bool] | None = None
 
     @property
     def limits(self) -> UdpLimits:
@@ -111,6 +114,10 @@ class UdpService:
             return
         try:
             if deliver_own_reply(dst, payload, client):  # see outbound/udp_socket.py
+                counters.own_replies += 1
+                return
+            forward = self.forward_foreign_reply
+            if forward is not None and forward(dst, payload, client):
                 counters.own_replies += 1
                 return
             counters.datagrams_up += 1

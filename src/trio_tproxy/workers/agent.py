@@ -8,20 +8,33 @@ on any worker), the log level, and whether a dashboard wants the log lines.
 
 The hub may be restarted by the supervisor: the worker then connects again, every
 ``RECONNECT`` seconds, and routes meanwhile with what it was last told.
+
+Workers also pass each other the replies of upstream links that a firewall diverted into
+the TPROXY listener (gost's "Playground" rules divert everything): the kernel hands such
+a reply to whichever worker its hash picks, but only the worker whose link it answers
+can deliver it. A worker that gets a datagram for an address of this gateway that none
+of its links owns sends it to the other workers' mailboxes (unix datagram sockets the
+supervisor bound); the owner delivers it, the others drop it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import socket
+import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ..addr import Endpoint
 from ..api.flows import LocalFlows
 from ..api.loghub import LogHub
+from ..inbound.sockopt import is_local_address
+from ..outbound.udp_socket import port_owner
 from ..runtime import Runtime
 from .link import Link, LinkError, Message
 
@@ -32,14 +45,31 @@ log = logging.getLogger("trio_tproxy.workers")
 
 RECONNECT = 0.2
 ROOT_LOGGER = "trio_tproxy"
+LOCAL_TTL = 5.0  # seconds an answer of "is this an address of the gateway?" is kept
+LOCAL_CACHE_SIZE = 4096
+MAILBOX_SIZE = 65536 + 256  # a datagram and its addresses
 
 
 class WorkerAgent:
-    def __init__(self, address: bytes, name: str) -> None:
+    def __init__(
+        self,
+        address: bytes,
+        name: str,
+        mailbox: socket.socket | None = None,
+        mailboxes: tuple[bytes, ...] = (),
+        index: int = 0,
+    ) -> None:
         self.address = address
         self.name = name
         self._forwarding: LogHub | None = None
         self._forward_scope = trio.CancelScope()
+        self.mailbox = mailbox  # ours: the other workers send us their stray replies
+        self.mailboxes = mailboxes  # every worker's, by index (ours too)
+        self.index = index
+        self._sender: socket.socket | None = None
+        self._local: dict[str, tuple[bool, float]] = {}
+        self.forwarded = 0
+        self.received = 0
 
     def adopt(self, runtime: Runtime) -> None:
         """The group state the hub's notices fill (a reload keeps it): the hub, which
@@ -49,7 +79,76 @@ class WorkerAgent:
     def flows(self, gateway: Gateway) -> None:
         return None  # the worker's own flows (the API lives in the hub)
 
+    # -- replies diverted to the wrong worker ------------------------------------------------
+
+    def forward_reply(
+        self, inbound: str, dst: Endpoint, payload: memoryview, remote: Endpoint
+    ) -> bool:
+        """A diverted datagram none of our links owns: for an address of this gateway,
+        on a port of another worker's share (outbound/udp_socket.py), it is that
+        worker's to deliver (or to refuse as a loop): sent to its mailbox."""
+        owner = port_owner(dst[1])
+        if owner == self.index or owner >= len(self.mailboxes) or not self._is_local(dst[0]):
+            return False
+        if self._sender is None:
+            self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sender.setblocking(False)
+        head = f"{inbound} {dst[0]} {dst[1]} {remote[0]} {remote[1]}\n".encode()
+        with contextlib.suppress(OSError):  # full, or the worker is down: lost, as UDP is
+            self._sender.sendto(head + payload, self.mailboxes[owner])
+        self.forwarded += 1
+        return True
+
+    def _is_local(self, host: str) -> bool:
+        now = time.monotonic()
+        known = self._local.get(host)
+        if known is not None and known[1] > now:
+            return known[0]
+        try:
+            local = is_local_address(ipaddress.ip_address(host))
+        except (OSError, ValueError):
+            local = False
+        if len(self._local) >= LOCAL_CACHE_SIZE:
+            self._local.clear()
+        self._local[host] = (local, now + LOCAL_TTL)
+        return local
+
+    async def _receive_replies(self, gateway: Gateway) -> None:
+        """What the other workers pass us: replies for our links, or (none owns it) a
+        datagram to this gateway that our inbound refuses as a loop, as one process would."""
+        mailbox = self.mailbox
+        assert mailbox is not None
+        while True:
+            await trio.lowlevel.wait_readable(mailbox)
+            while True:
+                try:
+                    message = mailbox.recv(MAILBOX_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    log.debug("mailbox: %s", exc)
+                    break
+                head, _, payload = message.partition(b"\n")
+                try:
+                    tag, dst_host, dst_port, remote_host, remote_port = head.decode().split(" ")
+                    dst, remote = (dst_host, int(dst_port)), (remote_host, int(remote_port))
+                except ValueError:
+                    continue  # only our workers can write here; a bad one is dropped
+                self.received += 1
+                for udp in gateway.udp_services:
+                    if udp.inbound.tag == tag:  # our links first, else the loop refusal
+                        udp.on_datagram(memoryview(payload), remote, dst, False)
+
     async def run(self, gateway: Gateway) -> None:
+        if len(self.mailboxes) > 1:
+            for udp in gateway.udp_services:
+                udp.forward_foreign_reply = partial(self.forward_reply, udp.inbound.tag)
+        async with trio.open_nursery() as nursery:
+            if self.mailbox is not None:
+                nursery.start_soon(self._receive_replies, gateway)
+            await self._link_to_hub(gateway)
+
+    async def _link_to_hub(self, gateway: Gateway) -> None:
         while True:
             try:
                 sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -77,6 +77,7 @@ class Child:
 
     name: str
     listeners: Listeners
+    mailbox: socket.socket | None = None  # a worker's: the others pass it stray replies
     pid: int = 0
     status: int = -1  # read end of the child's status pipe
     started: float = 0.0
@@ -140,6 +141,8 @@ class Supervisor:
             self._stop_all()
             for child in self.children:
                 child.listeners.close()
+                if child.mailbox is not None:
+                    child.mailbox.close()
             if self.hub_socket is not None:
                 self.hub_socket.close()
             self.firewall.remove()
@@ -159,12 +162,18 @@ class Supervisor:
         hub = Child("hub", Listeners.open(cfg, inbounds=False, services=True))
         self.children.append(hub)
         for i in range(1, self.workers + 1):
-            self.children.append(
-                Child(f"w{i}", Listeners.open(cfg, services=False, reuseport=True))
-            )
+            mailbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            mailbox.bind(self.mailbox_address(f"w{i}"))
+            mailbox.setblocking(False)
+            self.children.append(Child(
+                f"w{i}", Listeners.open(cfg, services=False, reuseport=True), mailbox=mailbox,
+            ))  # fmt: skip
         self.hub_socket = sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(self.hub_address)
         sock.listen(64)
+
+    def mailbox_address(self, name: str) -> bytes:
+        return self.hub_address + b"-" + name.encode()
 
     def _describe(self, cfg: Config) -> str:
         first = self.children[1].listeners if len(self.children) > 1 else Listeners()
@@ -438,6 +447,8 @@ def run_child(sup: Supervisor, child: Child, status_w: int) -> int:
     for other in sup.children:
         if other is not child:
             other.listeners.close()
+            if other.mailbox is not None:
+                other.mailbox.close()
             if other.status >= 0:
                 os.close(other.status)
     for name in CHILD_ENV:  # the supervisor speaks to systemd
@@ -447,6 +458,7 @@ def run_child(sup: Supervisor, child: Child, status_w: int) -> int:
 
     from ..app import Gateway, Part  # noqa: PLC0415
     from ..logs import tag_logging  # noqa: PLC0415
+    from ..outbound.udp_socket import share_ports  # noqa: PLC0415
     from .agent import WorkerAgent  # noqa: PLC0415
     from .hub import HubCompanion  # noqa: PLC0415
 
@@ -461,7 +473,12 @@ def run_child(sup: Supervisor, child: Child, status_w: int) -> int:
         hub_socket.close()
         part = Part(name=child.name, workers=sup.workers, inbounds=True, services=False,
                     leader=False)  # fmt: skip
-        companion = WorkerAgent(sup.hub_address, child.name)
+        workers = [c for c in sup.children if c.mailbox is not None]
+        mailboxes = tuple(sup.mailbox_address(c.name) for c in workers)
+        index = workers.index(child)
+        share_ports(index, len(workers))  # before the first upstream socket is bound
+        companion = WorkerAgent(sup.hub_address, child.name, child.mailbox, mailboxes,
+                                index=index)  # fmt: skip
 
     def report(word: str) -> None:
         code = {"ready": b"R", "reloaded": b"L", "failed": b"F"}[word]
