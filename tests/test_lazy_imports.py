@@ -28,9 +28,14 @@ tag = "direct"
 type = "direct"
 """
 
-# What a config of only direct outbounds, and no QUIC flow, must never import.
-UNUSED = ("cryptography", "blake3", "trio_tproxy.outbound.shadowsocks",
-          "trio_tproxy.outbound.trojan")  # fmt: skip
+# What a config of only direct outbounds, no DNS servers and no QUIC flow never needs.
+UNUSED = ("cryptography", "blake3", "dnslib", "h11", "wsproto",
+          "trio_tproxy.outbound.shadowsocks", "trio_tproxy.outbound.trojan")  # fmt: skip
+# What the gateway's flows and DNS use, short of app.py (whose controller API, imported
+# with it, brings dnslib, h11 and wsproto).
+FLOW_PATH = ("trio_tproxy.cli", "trio_tproxy.runtime", "trio_tproxy.session",
+             "trio_tproxy.udp.service", "trio_tproxy.inbound.tcp", "trio_tproxy.inbound.udp",
+             "trio_tproxy.dns.server")  # fmt: skip
 
 
 def run_python(code: str) -> str:
@@ -42,10 +47,11 @@ def run_python(code: str) -> str:
     return result.stdout
 
 
-def test_run_path_imports_no_unused_crypto() -> None:
+def test_flow_path_imports_nothing_a_direct_config_does_not_use() -> None:
     out = run_python(f"""
-        import sys
-        from trio_tproxy import app, cli
+        import importlib, sys
+        for name in {FLOW_PATH!r}:
+            importlib.import_module(name)
         from trio_tproxy.config import parse_config_text
         from trio_tproxy.runtime import Runtime
         from trio_tproxy.sniff import sniff_datagrams, sniff_stream
@@ -56,6 +62,27 @@ def test_run_path_imports_no_unused_crypto() -> None:
         print(sorted(m for m in {UNUSED!r} if m in sys.modules))
     """)
     assert out.strip() == "[]"
+
+
+def test_app_imports_no_unused_crypto() -> None:
+    out = run_python(f"""
+        import sys
+        from trio_tproxy import app, cli
+        print(sorted(m for m in {UNUSED[:2]!r} if m in sys.modules))
+    """)
+    assert out.strip() == "[]"
+
+
+def test_dns_messages_import_dnslib_when_parsed() -> None:
+    out = run_python("""
+        import sys
+        from trio_tproxy.dns.message import parse_query_general, qtype_name
+        print("dnslib" in sys.modules)
+        query = bytes.fromhex("abcd01000001000000000000076578616d706c6503636f6d0000010001")
+        name, qtype = parse_query_general(query).name, qtype_name(28)
+        print("dnslib" in sys.modules, name, qtype)
+    """)
+    assert out.split("\n")[:2] == ["False", "True example.com AAAA"]
 
 
 def test_quic_sniffing_imports_its_crypto_on_first_initial() -> None:

@@ -9,19 +9,25 @@ both cheaper than dnslib and easy to check byte by byte. Our own queries to upst
 and their answers are in :mod:`.exchange`.
 
 Wire format: RFC 1035 section 4; EDNS0 OPT: RFC 6891.
+
+dnslib is imported by the first message that needs it, not with this module: a process
+whose DNS never parses a message in general (no DNS servers, listener or dns outbound
+in its config: the system resolver answers) does not pay its ~0.6 MB.
 """
 
 from __future__ import annotations
 
 import re
 import struct
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
-from dnslib import QTYPE, DNSRecord
 
 from ..addr import IPAddress
 from ..route.facts import normalize_domain
+
+if TYPE_CHECKING:
+    from dnslib import DNSRecord
 
 __all__ = [
     "CLASSIC_UDP_SIZE", "EDNS_UDP_SIZE", "FORMERR", "HEADER_LEN", "NOERROR", "NOTIMP",
@@ -79,6 +85,8 @@ class Query:
 
 
 def qtype_name(qtype: int) -> str:
+    from dnslib import QTYPE  # noqa: PLC0415 - on first use (module docstring)
+
     return str(QTYPE.get(qtype, f"TYPE{qtype}"))
 
 
@@ -87,6 +95,8 @@ def is_address_name(name: str) -> bool:
 
 
 def parse_dns(data: bytes) -> DNSRecord:
+    from dnslib import DNSRecord  # noqa: PLC0415 - on first use (module docstring)
+
     try:
         return DNSRecord.parse(data)
     except Exception as exc:  # dnslib raises DNSError, and worse on inputs it never saw
