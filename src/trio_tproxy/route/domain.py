@@ -95,7 +95,10 @@ class DomainIndex:
     of domain -> mask (real traffic repeats domains; benchmarks report both)."""
 
     def __init__(self, groups: list[Entries], cache_size: int = 0, decisive: int = 0) -> None:
-        self._groups: list[Entries | PackedEntries] = list(groups)
+        # Packed now, not only when pickled: an entry's origin as one int instead of a
+        # (source, GeositeRule) pair keeps a DNS server's geosite:cn (8,000 entries,
+        # never cached on disk) ~1 MB smaller for the life of the process.
+        self._groups = [PackedEntries.of(group) for group in groups]
         self._cache_size = cache_size
         self._decisive = decisive
         self._full: dict[str, int] = {}
@@ -197,10 +200,6 @@ class DomainIndex:
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
         del state["mask"], state["_mask"]  # closures: rebuilt on load
-        # Each group's entries, with their origins for explanations, packed (see there).
-        state["_groups"] = [
-            g if isinstance(g, PackedEntries) else PackedEntries.of(g) for g in self._groups
-        ]
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
