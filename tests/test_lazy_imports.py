@@ -29,7 +29,7 @@ type = "direct"
 """
 
 # What a config of only direct outbounds, no DNS servers and no QUIC flow never needs.
-UNUSED = ("cryptography", "blake3", "dnslib", "h11", "wsproto",
+UNUSED = ("cryptography", "blake3", "dnslib", "h11", "wsproto", "trio_tproxy.dns.http1",
           "trio_tproxy.outbound.shadowsocks", "trio_tproxy.outbound.trojan")  # fmt: skip
 # What the gateway's flows and DNS use, short of app.py (whose controller API, imported
 # with it, brings dnslib, h11 and wsproto).
