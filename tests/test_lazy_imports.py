@@ -149,3 +149,30 @@ def test_a_lazily_built_outbound_still_reports_config_errors() -> None:
             print([e.path for e in exc.errors])
     """)
     assert out.strip() == "['$.outbounds[1]']"
+
+
+DNS_SERVER = """
+[[dns.servers]]
+address = "192.0.2.53"
+"""
+SNIFFING_WITH_DNS = DIRECT_ONLY + DNS_SERVER
+
+
+def test_workers_get_what_their_flows_will_need_before_the_fork() -> None:
+    """With workers, the runtime (built before the fork) imports the QUIC ciphers for a
+    UDP inbound that sniffs and dnslib for DNS servers; one process waits for a need."""
+    code = """
+        import sys
+        from trio_tproxy.config import parse_config_text
+        from trio_tproxy.runtime import Runtime
+
+        Runtime.build(parse_config_text({config!r}))
+        print(sorted(m for m in ("cryptography", "dnslib") if m in sys.modules))
+    """
+    one = run_python(code.format(config=SNIFFING_WITH_DNS))
+    assert one.strip() == "[]"
+    workers = run_python(code.format(config="[process]\nworkers = 2\n" + SNIFFING_WITH_DNS))
+    assert workers.strip() == "['cryptography', 'dnslib']"
+    no_udp = SNIFFING_WITH_DNS.replace('network = ["tcp", "udp"]', 'network = ["tcp"]')
+    workers = run_python(code.format(config="[process]\nworkers = 2\n" + no_udp))
+    assert workers.strip() == "['dnslib']"

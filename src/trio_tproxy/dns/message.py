@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CLASSIC_UDP_SIZE", "EDNS_UDP_SIZE", "FORMERR", "HEADER_LEN", "NOERROR", "NOTIMP",
     "NXDOMAIN", "QTYPE_A", "QTYPE_AAAA", "SERVFAIL", "BadMessage", "Query", "address_reply",
-    "error_reply", "fit_udp", "formerr_for", "is_address_name", "opt_record", "parse_dns",
-    "parse_query", "parse_query_general", "qtype_name", "with_id",
+    "error_reply", "fit_udp", "formerr_for", "is_address_name", "load_dnslib", "opt_record",
+    "parse_dns", "parse_query", "parse_query_general", "qtype_name", "with_id",
 ]  # fmt: skip
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -82,6 +82,12 @@ class Query:
         if self.edns_size is None:
             return CLASSIC_UDP_SIZE
         return max(CLASSIC_UDP_SIZE, self.edns_size)
+
+
+def load_dnslib() -> None:
+    """Import dnslib now, for a process about to fork workers whose DNS will parse
+    messages: imported before the fork, it is shared instead of loaded by every worker."""
+    import dnslib  # noqa: F401, PLC0415
 
 
 def qtype_name(qtype: int) -> str:

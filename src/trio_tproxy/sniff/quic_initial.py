@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers import CipherContext
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["VERSIONS", "QuicVersion", "initial_payloads", "read_varint"]
+__all__ = ["VERSIONS", "QuicVersion", "initial_payloads", "load_ciphers", "read_varint"]
 
 VERSION_1: Final = 0x00000001
 VERSION_2: Final = 0x6B3343CF
@@ -106,6 +106,12 @@ def _initial_keys(version: int, dcid: bytes) -> _InitialKeys:
     return _InitialKeys(
         aead=aead(key), iv=int.from_bytes(iv, "big"), header_protection=aes_ecb_encryptor(hp)
     )
+
+
+def load_ciphers() -> None:
+    """Import the ciphers now, for a process about to fork workers that will sniff QUIC:
+    imported before the fork, they are shared instead of loaded by every worker."""
+    _ciphers()
 
 
 @functools.cache
