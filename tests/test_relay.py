@@ -183,3 +183,12 @@ def test_buffer_pool_bounds_retained_buffers() -> None:
     assert len(pool._free) == 2
     assert pool.acquire() is bufs[1]
 
+
+
+def test_buffer_pool_keeps_at_most_a_mebibyte_of_default_buffers() -> None:
+    """After a burst of blocked sends, what stays allocated for the process's life."""
+    pool = BufferPool(65536)
+    bufs = [pool.acquire() for _ in range(100)]
+    for b in bufs:
+        pool.release(b)
+    assert len(pool._free) * 65536 <= 1 << 20

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import attrs
 
 from .config import GROUP_TYPES, Config, Inbound
+from .dns.message import load_dnslib
 from .dns.service import DnsService
 from .geo import GeoData
 from .limits import UdpLimits, pipe_budget
@@ -31,6 +32,7 @@ from .route import (
 )
 from .router_cache import RouterCache
 from .sniff import Sniffed
+from .sniff.quic_initial import load_ciphers
 from .splice import PipePool
 from .tracking import FlowTracker
 
@@ -101,6 +103,21 @@ def quiet_build() -> Iterator[None]:
         sys.setswitchinterval(interval)
         if enabled:
             gc.enable()
+
+
+def _load_what_flows_need(cfg: Config, dns: DnsService) -> None:
+    """With worker processes (forked once this runtime is built), import now what their
+    first flows will: the QUIC sniffer's ciphers (sniffing on a UDP inbound: clients
+    speak QUIC) and dnslib (DNS servers: every answer is parsed). Imported before the
+    fork, the workers share one copy instead of each importing its own. One process
+    imports them when first needed, so a config that never needs them does not pay
+    (~6.6 MB for cryptography, ~0.6 MB for dnslib)."""
+    if cfg.process.workers == 1:
+        return
+    if any("udp" in ib.network and ib.sniffing.enabled for ib in cfg.inbounds):
+        load_ciphers()
+    if not dns.uses_system_resolver:
+        load_dnslib()
 
 
 @attrs.frozen
@@ -174,6 +191,7 @@ class Runtime:
             handshake_timeout=policy.handshake.seconds,
         )
         own_ports = frozenset(ib.port for ib in cfg.inbounds) | {a.port for a in cfg.dns.listen}
+        _load_what_flows_need(cfg, dns)
         return cls(
             config=cfg,
             router=router,

@@ -107,6 +107,7 @@ async def handle_tcp(
         record.decision = await rt.decide(facts)
         dial_domain = None if inbound.sniffing.route_only else override
         flow = TcpFlow(conn, dst, dial_domain, prefix, rt.flow_context)
+        del prefix  # the flow's now: carry() lets go of it once sent
         with trio.CancelScope() as closer:  # the API's DELETE /connections cancels it
             tracked = rt.tracker.add(TrackedFlow("tcp", inbound.TYPE, record, flow, closer.cancel))
             await carry(flow, rt.outbounds[record.decision.outbound])
@@ -173,6 +174,7 @@ async def carry(flow: TcpFlow, outbound: object) -> None:
         stats.outcome = await upstream.serve(client, flow.prefix, ctx.timeouts.idle, count)
         return
     stats.up += len(flow.prefix)  # the outbound sent them first
+    flow.prefix = b""  # an idle flow keeps none of its first bytes (a ClientHello: ~2 KB)
     if isinstance(upstream, SocketUpstream):
         try:
             if upstream.early:

@@ -118,6 +118,24 @@ def test_a_cached_router_decides_and_explains_as_a_fresh_one(
     assert "rules/google:2" in json.dumps([e for _, e in answers(loaded)])  # locations kept
 
 
+def test_a_cached_router_unpacks_its_explanations_only_to_explain(
+    tmp_path: Path, geodata: tuple[Path, Path], cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entries behind explanations (most of a big router's memory) stay one
+    compressed blob in a router that only decides, as a running gateway's does."""
+    cache = RouterCache(tmp_path / "cache")
+    fresh = compile_router(cfg, GeoData(*geodata), cache=cache)
+    assert fresh.domains._groups is None  # stored in the cache: packed up, here as well
+    forbid_compiling(monkeypatch)
+    loaded = compile_router(cfg, GeoData(*geodata), cache=cache)
+    facts = FlowFacts("tcp", None, 443, domain="www.google.com", inbound_tag="tproxy-in")
+    assert loaded.decide(facts, [US]).outbound == "proxy"  # type: ignore[union-attr]
+    assert loaded.domains._groups is None
+    assert "rules/google:2" in json.dumps(render_json(explain(loaded, facts, [US])))
+    assert loaded.domains._groups is not None
+    assert answers(loaded) == answers(fresh)
+
+
 def test_an_edited_list_is_seen(tmp_path: Path, geodata: tuple[Path, Path], cfg: Config) -> None:
     cache = RouterCache(tmp_path / "cache")
     assert (

@@ -263,3 +263,20 @@ def test_regexp_prefilter() -> None:
     assert regexp_prefilter(r".+\.awsdns-[0-9]\.(com|net)$") == ((".awsdns-", "."), False)
     assert regexp_prefilter(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$") == ((), True)
     assert regexp_prefilter("a|b") == ((), False)
+
+
+def test_a_built_index_keeps_no_rule_objects(geo: GeoData) -> None:
+    """Origins are packed at build (an int per entry), not only in the disk cache: a DNS
+    server's geosite list is never cached, and its parsed rules would stay alive."""
+    m = matcher(geo, "geosite:google", "full:www.example.com")
+    assert not any(
+        isinstance(origin, tuple)
+        for group in m.index._groups
+        for table in (group.full, group.suffix, group.keywords, group.regexps)
+        for origin in table.values()
+    )
+    best = m.best("maps.google.com")
+    assert best is not None and best.source == "geosite:google"
+    assert best.location is not None and re.search(r"/rules/google:\d+$", best.location)
+    best = m.best("www.example.com")
+    assert best is not None and (best.source, best.location) == ("full:www.example.com", None)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
-from dnslib import DNSRecord
 
 from ..addr import IPAddress, unmap
 from ..route.facts import normalize_domain
@@ -28,6 +27,9 @@ from .message import (
     opt_record,
     parse_dns,
 )
+
+if TYPE_CHECKING:
+    from dnslib import DNSRecord
 
 __all__ = [
     "NEGATIVE_TTL_DEFAULT", "UpstreamAnswer", "age_ttls", "build_query", "check_forwarded",

@@ -9,25 +9,31 @@ both cheaper than dnslib and easy to check byte by byte. Our own queries to upst
 and their answers are in :mod:`.exchange`.
 
 Wire format: RFC 1035 section 4; EDNS0 OPT: RFC 6891.
+
+dnslib is imported by the first message that needs it, not with this module: a process
+whose DNS never parses a message in general (no DNS servers, listener or dns outbound
+in its config: the system resolver answers) does not pay its ~0.6 MB.
 """
 
 from __future__ import annotations
 
 import re
 import struct
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
-from dnslib import QTYPE, DNSRecord
 
 from ..addr import IPAddress
 from ..route.facts import normalize_domain
 
+if TYPE_CHECKING:
+    from dnslib import DNSRecord
+
 __all__ = [
     "CLASSIC_UDP_SIZE", "EDNS_UDP_SIZE", "FORMERR", "HEADER_LEN", "NOERROR", "NOTIMP",
     "NXDOMAIN", "QTYPE_A", "QTYPE_AAAA", "SERVFAIL", "BadMessage", "Query", "address_reply",
-    "error_reply", "fit_udp", "formerr_for", "is_address_name", "opt_record", "parse_dns",
-    "parse_query", "parse_query_general", "qtype_name", "with_id",
+    "error_reply", "fit_udp", "formerr_for", "is_address_name", "load_dnslib", "opt_record",
+    "parse_dns", "parse_query", "parse_query_general", "qtype_name", "with_id",
 ]  # fmt: skip
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -78,7 +84,15 @@ class Query:
         return max(CLASSIC_UDP_SIZE, self.edns_size)
 
 
+def load_dnslib() -> None:
+    """Import dnslib now, for a process about to fork workers whose DNS will parse
+    messages: imported before the fork, it is shared instead of loaded by every worker."""
+    import dnslib  # noqa: F401, PLC0415
+
+
 def qtype_name(qtype: int) -> str:
+    from dnslib import QTYPE  # noqa: PLC0415 - on first use (module docstring)
+
     return str(QTYPE.get(qtype, f"TYPE{qtype}"))
 
 
@@ -87,6 +101,8 @@ def is_address_name(name: str) -> bool:
 
 
 def parse_dns(data: bytes) -> DNSRecord:
+    from dnslib import DNSRecord  # noqa: PLC0415 - on first use (module docstring)
+
     try:
         return DNSRecord.parse(data)
     except Exception as exc:  # dnslib raises DNSError, and worse on inputs it never saw

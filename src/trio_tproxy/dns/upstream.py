@@ -27,7 +27,6 @@ import trio
 
 from ..addr import IPAddress, SockAddr, unmap
 from .dialer import UpstreamDialer, UpstreamError
-from .http1 import NEED_MORE, HttpError, build_post, read_response
 from .message import HEADER_LEN, with_id
 
 log = logging.getLogger("trio_tproxy.dns.upstream")
@@ -234,6 +233,9 @@ class DohUpstream(StreamUpstream):
         self._tls = _ssl_context(endpoint, ["http/1.1"])
 
     async def _ask(self, stream: trio.abc.Stream, query: bytes) -> tuple[bytes, bool]:
+        # the HTTP/1.1 reader only where a config names a DoH server
+        from .http1 import NEED_MORE, HttpError, build_post, read_response  # noqa: PLC0415
+
         # RFC 8484 4.1: ID 0 makes answers cacheable by HTTP caches; ours goes back on.
         request = build_post(self.endpoint.host, self.endpoint.path, with_id(query, 0), DNS_MESSAGE)
         await stream.send_all(request)

@@ -24,9 +24,23 @@ from .direct import DirectOutbound
 from .dns import DnsOutbound
 from .group import GroupOutbound, GroupState
 from .http import HttpOutbound
-from .shadowsocks import ShadowsocksOutbound
 from .socks import SocksOutbound
-from .trojan import TrojanOutbound
+
+
+# Shadowsocks and trojan are imported when a config names them: shadowsocks pulls in
+# cryptography's OpenSSL build and blake3 (~7 MB of memory per process), and a process
+# whose config does not use them should not pay for that.
+def _shadowsocks(cfg: ShadowsocksConfig, resolver: Resolver) -> StreamOutbound:
+    from .shadowsocks import ShadowsocksOutbound  # noqa: PLC0415
+
+    return ShadowsocksOutbound(cfg, resolver)
+
+
+def _trojan(cfg: TrojanConfig, resolver: Resolver) -> StreamOutbound:
+    from .trojan import TrojanOutbound  # noqa: PLC0415
+
+    return TrojanOutbound(cfg, resolver)
+
 
 # dns is structured and checked by config/ already; its implementation plugs in here
 # (issue 7).
@@ -35,8 +49,8 @@ REGISTRY: dict[type[Any], Callable[[Any, Resolver], StreamOutbound]] = {
     BlockConfig: BlockOutbound,
     SocksConfig: SocksOutbound,
     HttpConfig: HttpOutbound,
-    ShadowsocksConfig: ShadowsocksOutbound,
-    TrojanConfig: TrojanOutbound,
+    ShadowsocksConfig: _shadowsocks,
+    TrojanConfig: _trojan,
     DnsConfig: DnsOutbound,  # attached to the runtime's DNS service by Runtime.build
 }
 
@@ -114,11 +128,9 @@ __all__ = [
     "GroupOutbound",
     "GroupState",
     "HttpOutbound",
-    "ShadowsocksOutbound",
     "SocksOutbound",
     "StreamOutbound",
     "TcpFlow",
-    "TrojanOutbound",
     "UnavailableOutbound",
     "build_outbounds",
     "close_socket",

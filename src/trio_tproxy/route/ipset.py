@@ -1,13 +1,19 @@
 """A set of IP addresses as sorted, disjoint integer ranges per family, probed by bisection.
 
-``geoip:cn`` is ~8,000 ranges; a lookup is one ``bisect`` on a list of ints (~0.3 us),
-never a database call. IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``, what a
-dual-stack socket reports for an IPv4 peer) are looked up as the IPv4 address.
+``geoip:cn`` is ~8,000 ranges; a lookup is one ``bisect`` over the range starts
+(~0.3 us), never a database call. IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``, what
+a dual-stack socket reports for an IPv4 peer) are looked up as the IPv4 address.
+
+IPv4 bounds are kept in ``array("I")``: 4 bytes each instead of a 32-byte int and its
+8-byte list slot (conf/main.toml's sets: 2.3 MB -> 1.3 MB), for ~0.15 us more per
+lookup (the array makes an int of each probed item). IPv6 bounds do not fit a machine
+word and stay lists of ints.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from array import array
 from bisect import bisect_right
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address
@@ -19,6 +25,7 @@ __all__ = ["IPAddress", "IpSet", "unmap"]
 
 _V4_MAX = (1 << 32) - 1
 _V6_MAX = (1 << 128) - 1
+_V4_TYPE = "I" if array("I").itemsize >= 4 else "L"  # unsigned, at least 32 bits
 
 
 def _normalise(ranges: Iterable[tuple[int, int]]) -> tuple[list[int], list[int]]:
@@ -43,7 +50,8 @@ class IpSet:
         v4: Iterable[tuple[int, int]] = (),
         v6: Iterable[tuple[int, int]] = (),
     ) -> None:
-        self._v4_starts, self._v4_ends = _normalise(v4)
+        starts, ends = _normalise(v4)
+        self._v4_starts, self._v4_ends = array(_V4_TYPE, starts), array(_V4_TYPE, ends)
         self._v6_starts, self._v6_ends = _normalise(v6)
 
     @classmethod

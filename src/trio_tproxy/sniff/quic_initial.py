@@ -5,21 +5,26 @@ Destination Connection ID (RFC 9001 §5.2), so an on-path observer can read them
 that is what QUIC sniffing is. Supported versions: v1 (RFC 9000/9001), v2
 (RFC 9369: other salt, ``quicv2`` labels, other long-header type bits) and
 draft-29, which old Chrome builds and v2ray still speak.
+
+``cryptography`` is imported on the first packet that parses as a client Initial of a
+supported version, not with this module: its OpenSSL build costs a process ~6 MB of
+memory, and a gateway that never sees QUIC (or does not sniff UDP) should not pay it.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterator
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Final
 
 import attrs
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["VERSIONS", "QuicVersion", "initial_payloads", "read_varint"]
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers import CipherContext
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+__all__ = ["VERSIONS", "QuicVersion", "initial_payloads", "load_ciphers", "read_varint"]
 
 VERSION_1: Final = 0x00000001
 VERSION_2: Final = 0x6B3343CF
@@ -97,11 +102,31 @@ def _initial_keys(version: int, dcid: bytes) -> _InitialKeys:
     key = _hkdf_expand_label(client_secret, prefix + b"key", 16)
     iv = _hkdf_expand_label(client_secret, prefix + b"iv", 12)
     hp = _hkdf_expand_label(client_secret, prefix + b"hp", 16)
-    # RFC 9001 §5.4.3 defines the mask as AES-ECB of one 16-byte sample.
-    mask_cipher = Cipher(algorithms.AES(hp), modes.ECB())  # noqa: S305
+    aead, aes_ecb_encryptor = _ciphers()
     return _InitialKeys(
-        aead=AESGCM(key), iv=int.from_bytes(iv, "big"), header_protection=mask_cipher.encryptor()
+        aead=aead(key), iv=int.from_bytes(iv, "big"), header_protection=aes_ecb_encryptor(hp)
     )
+
+
+def load_ciphers() -> None:
+    """Import the ciphers now, for a process about to fork workers that will sniff QUIC:
+    imported before the fork, they are shared instead of loaded by every worker."""
+    _ciphers()
+
+
+@functools.cache
+def _ciphers() -> tuple[type[AESGCM], Callable[[bytes], CipherContext]]:
+    """AES-GCM and an AES-ECB encryptor from cryptography, imported on the first call
+    and kept: the two import statements cost ~1 us, on every new QUIC flow if they ran
+    in the key derivation itself."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+
+    def aes_ecb_encryptor(key: bytes) -> CipherContext:
+        # RFC 9001 §5.4.3 defines the mask as AES-ECB of one 16-byte sample.
+        return Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # noqa: S305
+
+    return AESGCM, aes_ecb_encryptor
 
 
 def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -184,5 +209,11 @@ def _open(
     nonce = (keys.iv ^ packet_number).to_bytes(12, "big")
     try:
         return keys.aead.decrypt(nonce, datagram[pn_offset + pn_len : packet_end], header)
-    except InvalidTag:
+    except _invalid_tag():  # evaluated only when decrypt raised
         return None
+
+
+def _invalid_tag() -> type[Exception]:
+    from cryptography.exceptions import InvalidTag  # noqa: PLC0415 - imported with the keys
+
+    return InvalidTag
