@@ -96,6 +96,8 @@ METRICS = [
     ("udp", "UDP 1400 B at 1 Gb/s offered, Mb/s delivered", "{:.0f}"),
     ("conn", "new connections/s (HTTP, Connection: close)", "{:,.0f}"),
     ("req", "keep-alive requests/s", "{:,.0f}"),
+    ("conn_cpu", "proxy CPU per new connection, µs (lower is better)", "{:.0f}"),
+    ("req_cpu", "proxy CPU per keep-alive request, µs (lower is better)", "{:.1f}"),
     ("rss", "memory idle, RSS MB", "{:.1f}"),
     ("pss", "memory idle, PSS MB", "{:.1f}"),
     ("flow", "memory per held idle flow, PSS KB", "{:.1f}"),
@@ -116,6 +118,20 @@ def memory_kb(pids: Pids) -> tuple[float, float]:
             elif line.startswith("Pss:"):
                 pss += float(line.split()[1])
     return rss, pss
+
+
+def cpu_seconds(pids: Pids | None) -> float:
+    """User + system CPU time the contender's processes used so far."""
+    if pids is None:
+        return 0.0
+    total = 0
+    for pid in pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(lab: Lab, args: argparse.Namespace, close: bool) -> tuple[float, int]:
@@ -244,12 +260,14 @@ def measure(contender: Contender, args: argparse.Namespace, web_root: Path) -> d
 def run_workload(
     workload: str, lab: Lab, pid: Pids | None, args: argparse.Namespace
 ) -> dict[str, float]:
-    if workload == "conn":
-        rate, errors = wrk(lab, args, close=True)
-        return {"conn": rate, "conn_errors": errors}
-    if workload == "req":
-        rate, errors = wrk(lab, args, close=False)
-        return {"req": rate, "req_errors": errors}
+    if workload in ("conn", "req"):
+        before = cpu_seconds(pid)
+        rate, errors = wrk(lab, args, close=workload == "conn")
+        used = cpu_seconds(pid) - before
+        result = {workload: rate, f"{workload}_errors": errors}
+        if pid is not None and rate > 0:  # wrk's -d seconds (its warm-up aside)
+            result[f"{workload}_cpu"] = used / (rate * args.seconds) * 1e6
+        return result
     if workload == "tcp":
         return {"tcp1": iperf_tcp(lab, args.seconds, 1, reverse=False),
                 "tcp4": iperf_tcp(lab, args.seconds, 4, reverse=False)}  # fmt: skip
@@ -293,7 +311,8 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
         print(f"\nmemory with 2 workers (PSS of all processes) / one process's RSS: "
               f"{both:.1f} / {one:.1f} MB = {both / one:.2f}")
     print("\nall rounds:")
-    for key in ("conn", "req", "tcp1", "tcp4", "udp", "rss", "pss", "flow"):
+    for key in ("conn", "req", "conn_cpu", "req_cpu", "tcp1", "tcp4", "udp", "rss", "pss",
+                "flow"):
         print(f"  {key}: " + "; ".join(
             f"{n} " + ", ".join(f"{r[key]:.1f}" for r in results[n] if key in r) for n in names
         ))  # fmt: skip

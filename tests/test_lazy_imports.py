@@ -33,7 +33,7 @@ UNUSED = ("cryptography", "blake3", "dnslib", "h11", "wsproto", "trio_tproxy.dns
           "trio_tproxy.outbound.shadowsocks", "trio_tproxy.outbound.trojan")  # fmt: skip
 # What the gateway's flows and DNS use, short of app.py (whose controller API, imported
 # with it, brings dnslib, h11 and wsproto).
-FLOW_PATH = ("trio_tproxy.cli", "trio_tproxy.runtime", "trio_tproxy.session",
+FLOW_PATH = ("trio_tproxy.cli", "trio_tproxy.app", "trio_tproxy.runtime", "trio_tproxy.session",
              "trio_tproxy.udp.service", "trio_tproxy.inbound.tcp", "trio_tproxy.inbound.udp",
              "trio_tproxy.dns.server")  # fmt: skip
 

@@ -124,6 +124,8 @@ class Supervisor:
         try:
             self._bind(cfg)
             self.selector.register(wake_r, selectors.EVENT_READ, None)
+            # what every child runs, imported once here: shared, not one copy per child
+            from . import agent, hub  # noqa: F401, PLC0415
             gc.collect()
             gc.freeze()  # what is built is shared with the children, untouched by their GC
             for child in self.children:
