@@ -12,6 +12,11 @@ the remaining direction must show activity every ``downlink_only``; once the ser
 finished, every ``uplink_only``. A half-close is passed on: EOF from one side becomes
 ``shutdown(SHUT_WR)`` towards the other, and the other direction keeps flowing.
 
+Socket-to-socket flows start in the relay engine (relay_engine.py): one epoll set per
+process moves every flow's small chunks without waking the flows' tasks; a direction
+that turns bulk hands the flow back here, to the pumps, which splice it. The pumps
+below carry a flow from its start when the engine is off or a custom copier is given.
+
 The seam for the zero-copy path is :data:`Copier`: a function that moves one direction
 until EOF. ``copy_adaptive`` (the default) starts in userspace and moves a direction
 that has carried ``SPLICE_AFTER`` bytes to splice(2) (splice.py), without touching the
@@ -29,6 +34,7 @@ import attrs
 import trio
 
 from .idle import Activity
+from .relay_engine import Handoff, RelayEngine
 from .sock import set_reset_on_close
 from .splice import PipePool, SpliceUnsupported, splice_until_eof
 
@@ -103,9 +109,14 @@ async def copy_adaptive(
     pool: BufferPool,
     activity: Activity,
     count: Callable[[int], None],
+    *,
+    moved: int = 0,
 ) -> None:
-    """Userspace copying first; splice(2) once the direction proved to be bulk."""
-    moved = await copy_userspace(src, dst, pool, activity, count, limit=SPLICE_AFTER)
+    """Userspace copying first; splice(2) once the direction proved to be bulk
+    (``moved``: bytes it carried before, in the relay engine)."""
+    if moved < SPLICE_AFTER:
+        moved += await copy_userspace(src, dst, pool, activity, count,
+                                      limit=SPLICE_AFTER - moved)  # fmt: skip
     if moved < SPLICE_AFTER:
         return  # EOF came first
     pipe = pool.pipes.acquire() if pool.pipes is not None else None
@@ -177,15 +188,32 @@ async def relay(
     The caller owns (and closes) both sockets.
     """
     stats = stats if stats is not None else RelayStats()
+    handoff: Handoff | None = None
+    engine = RelayEngine.current(pool.size) if copier is copy_adaptive else None
+    if engine is not None:  # small chunks from one epoll set (relay_engine.py)
+        splice = SPLICE_AFTER if pool.pipes is not None and pool.pipes.supported else None
+        handoff = await engine.carry(
+            client, upstream, idle=timeouts.idle, uplink_only=timeouts.uplink_only,
+            downlink_only=timeouts.downlink_only, stats=stats, count_up=stats.add_up,
+            count_down=stats.add_down, splice_after=splice,
+        )  # fmt: skip
+        if handoff is None:
+            return stats
     # The uplink pump runs in this task, the downlink in a child: two tasks a flow, and
-    # the idle clock (idle.py) watches without a third.
+    # the idle clock (idle.py) watches without a third. After the engine, only the
+    # directions still open (a bulk one goes to splice at once).
     flow: _Relay | None = None
     try:
         async with trio.open_nursery() as nursery:
             flow = _Relay(client, upstream, pool=pool, copier=copier, stats=stats,
-                          scope=nursery.cancel_scope, idle=timeouts.idle)  # fmt: skip
-            nursery.start_soon(flow.pump, "downlink", upstream, client, timeouts.uplink_only)
-            await flow.pump("uplink", client, upstream, timeouts.downlink_only)
+                          scope=nursery.cancel_scope, idle=timeouts.idle,
+                          handoff=handoff)  # fmt: skip
+            if handoff is None or not handoff.down_done:
+                nursery.start_soon(flow.pump, "downlink", upstream, client, timeouts.uplink_only,
+                                   handoff.down_moved if handoff else 0)  # fmt: skip
+            if handoff is None or not handoff.up_done:
+                await flow.pump("uplink", client, upstream, timeouts.downlink_only,
+                                handoff.up_moved if handoff else 0)  # fmt: skip
     finally:
         if flow is not None:
             flow.activity.end()
@@ -200,26 +228,36 @@ class _Relay:
 
     def __init__(self, client: socket.socket, upstream: socket.socket, *, pool: BufferPool,
                  copier: Copier, stats: RelayStats, scope: trio.CancelScope,
-                 idle: float) -> None:  # fmt: skip
+                 idle: float, handoff: Handoff | None = None) -> None:  # fmt: skip
         self.client, self.upstream, self.pool, self.copier = client, upstream, pool, copier
         self.stats, self.scope = stats, scope
-        self.finished = 0  # directions that reached EOF
-        self.activity = Activity(idle, self.expire)
+        if handoff is None:
+            self.finished = 0  # directions that reached EOF
+            self.activity = Activity(idle, self.expire)
+        else:  # the engine's clock goes on, now cancelling this relay
+            self.finished = handoff.finished
+            self.activity = handoff.activity
+            self.activity.on_expire = self.expire
 
     def expire(self) -> None:
         self.stats.outcome = "idle timeout" if not self.finished else "half-closed timeout"
         self.scope.cancel()
 
-    async def pump(self, name: str, src: socket.socket, dst: socket.socket, then: float) -> None:
-        """One direction: copy until EOF, pass the half-close on."""
+    async def pump(self, name: str, src: socket.socket, dst: socket.socket, then: float,
+                   moved: int = 0) -> None:  # fmt: skip
+        """One direction: copy until EOF, pass the half-close on (``moved``: what it
+        carried in the relay engine before)."""
         stats = self.stats
         try:
-            if src is self.upstream:
+            if src is self.upstream and not moved:
                 # just connected: its first bytes are a round trip away at least, so a
                 # read now would only fail with EAGAIN (and it is readable at once if not)
                 await trio.lowlevel.wait_readable(src)
             count = stats.add_up if src is self.client else stats.add_down
-            await self.copier(src, dst, self.pool, self.activity, count)
+            if moved:
+                await copy_adaptive(src, dst, self.pool, self.activity, count, moved=moved)
+            else:
+                await self.copier(src, dst, self.pool, self.activity, count)
             dst.shutdown(socket.SHUT_WR)
         except OSError as exc:
             if stats.outcome == "done":

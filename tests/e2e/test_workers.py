@@ -127,3 +127,22 @@ def _zombie_or_gone(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_children_stop_when_the_supervisor_is_killed(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gateway = make_gateway(proxy_config(extra=WORKERS))
+    proxy = gateway.proxy
+    children = worker_pids(proxy)
+    assert len(children) == 3
+    proxy.process.kill()  # SIGKILL: no chance to stop them itself
+    proxy.process.wait(5)
+    deadline = time.monotonic() + 4 + 5  # policy.grace = 4s, and a margin
+    while time.monotonic() < deadline:
+        if all(_zombie_or_gone(pid) for pid in children.values()):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"children still serve without their supervisor: {children}")
+    assert proxy.log().count("] trio_tproxy.app: stopped") == 3

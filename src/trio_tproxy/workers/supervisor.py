@@ -26,6 +26,7 @@ listening socket, and forks; the children share the runtime's pages copy-on-writ
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import gc
 import logging
@@ -59,6 +60,7 @@ RESTART_BACKOFF = 1.0  # between restarts of a child that dies within FLAPPING o
 FLAPPING = 1.0
 STATUS_WORDS = {b"R": "ready", b"L": "reloaded", b"F": "failed"}
 CHILD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def worker_count(setting: int | str) -> int:
@@ -94,7 +96,8 @@ class Supervisor:
         self.children: list[Child] = []
         self.firewall = AutoFirewall(None)
         self.notifier = Notifier()
-        self.hub_address = b"\0trio-tproxy-%d-%s" % (os.getpid(), secrets.token_hex(8).encode())
+        self.pid = os.getpid()
+        self.hub_address = b"\0trio-tproxy-%d-%s" % (self.pid, secrets.token_hex(8).encode())
         self.hub_socket: socket.socket | None = None
         self.selector = selectors.DefaultSelector()
         self.signals: list[int] = []
@@ -443,6 +446,7 @@ def run_child(sup: Supervisor, child: Child, status_w: int) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop listens for it
+    _follow_parent(sup.pid)
     sup.selector.close()
     for fd in sup.wake:
         os.close(fd)
@@ -493,6 +497,16 @@ def run_child(sup: Supervisor, child: Child, status_w: int) -> int:
                       companion=companion, report=report)  # fmt: skip
     trio.run(gateway.serve)
     return 0
+
+
+def _follow_parent(parent: int) -> None:
+    """SIGTERM for this child when the supervisor dies (killed, out of memory): it
+    drains and exits instead of serving on unsupervised."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _how(status: int) -> str:

@@ -1,0 +1,314 @@
+"""The relay engine: every socket-to-socket flow's chunks moved from one epoll set.
+
+Per chunk, a relay pump (relay.py) costs a wake-up of its task by trio's scheduler and
+an ``epoll_ctl`` to wait again (trio waits one-shot): about twice the recv and send it
+exists for. Here one system task per trio run waits on a level-triggered epoll set
+that holds both sockets of every flow, and when it wakes it moves a chunk for every
+ready socket in one pass: recv into the engine's buffer, send it on, and only what the
+other side did not take is copied aside (and the source is not read again until it is
+gone). A flow's own task just waits for the flow to end.
+
+The semantics are the pumps' (relay.py): a half-close is passed on, v2ray's activity
+timer with ``uplink_only``/``downlink_only`` after one side finished, byte counters,
+the outcome strings ("uplink error: ...", "idle timeout", ...), both sockets reset when
+a side broke, cancellation (the API, the drain) ends the flow at once. A direction that
+has carried ``splice_after`` bytes is bulk: once nothing is held aside, the flow goes
+back to its task (:class:`Handoff`), whose pumps move bulk with splice(2).
+
+A socket is in the set only while it has something to wait for (its input is wanted,
+or output is held for it): epoll always reports a hung-up socket, so one left in the
+set with nothing to do would wake the engine in a loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import socket
+from collections.abc import Callable
+from typing import Final, Protocol
+
+import attrs
+import trio
+
+from .idle import Activity
+from .sock import set_reset_on_close
+
+log = logging.getLogger("trio_tproxy.relay")
+
+IN: Final = select.EPOLLIN
+OUT: Final = select.EPOLLOUT
+TROUBLE: Final = select.EPOLLERR | select.EPOLLHUP
+MAX_EVENTS: Final = 256  # per pass; the rest wait for the next one
+# TRIO_TPROXY_RELAY_ENGINE=off: the per-flow pumps only (for before/after benchmarks)
+ENABLED: Final = os.environ.get("TRIO_TPROXY_RELAY_ENGINE", "on") != "off"
+
+
+class Counts(Protocol):
+    """Where a flow's outcome is told (relay.RelayStats)."""
+
+    outcome: str
+
+
+@attrs.define(eq=False)
+class Handoff:
+    """A flow that turned bulk, back to its task: what each direction did so far."""
+
+    activity: Activity
+    finished: int  # directions done (EOF passed on)
+    up_done: bool
+    down_done: bool
+    up_moved: int
+    down_moved: int
+
+
+class _Side:
+    """One direction of a flow: ``src`` -> ``dst``."""
+
+    __slots__ = ("count", "done", "dst", "eof", "moved", "name", "pending", "src", "then")
+
+    def __init__(self, name: str, src: socket.socket, dst: socket.socket, then: float,
+                 count: Callable[[int], None]) -> None:  # fmt: skip
+        self.name, self.src, self.dst, self.then, self.count = name, src, dst, then, count
+        self.pending: bytes | None = None  # read, not yet taken by dst
+        self.eof = False  # src said EOF
+        self.done = False  # ... and it was passed on (dst shut down for writing)
+        self.moved = 0
+
+
+class _Flow:
+    __slots__ = ("activity", "down", "ended", "finished", "handoff", "splice", "stats", "up",
+                 "woken")  # fmt: skip
+
+    def __init__(self, up: _Side, down: _Side, stats: Counts, splice: int | None) -> None:
+        self.up, self.down, self.stats, self.splice = up, down, stats, splice
+        self.finished = 0
+        self.ended = False
+        self.handoff = False
+        self.woken = trio.Event()
+        self.activity: Activity | None = None
+
+    def expire(self) -> None:  # the idle clock's callback; the engine completes the flow
+        self.stats.outcome = "idle timeout" if not self.finished else "half-closed timeout"
+
+
+_ENGINE: trio.lowlevel.RunVar[RelayEngine] = trio.lowlevel.RunVar("trio_tproxy.relay_engine")
+
+
+class RelayEngine:
+    def __init__(self, buffer_size: int) -> None:
+        self._epoll = select.epoll()
+        self._by_fd: dict[int, tuple[_Flow, socket.socket]] = {}
+        self._masks: dict[int, int] = {}  # what each socket is registered for (absent: not)
+        self._buffer = bytearray(buffer_size)
+        self._view = memoryview(self._buffer)
+
+    @classmethod
+    def current(cls, buffer_size: int) -> RelayEngine | None:
+        """This trio run's engine (started on first use); None when disabled."""
+        if not ENABLED:
+            return None
+        try:
+            engine = _ENGINE.get()
+        except LookupError:
+            engine = cls(buffer_size)
+            _ENGINE.set(engine)
+            trio.lowlevel.spawn_system_task(engine._run, name="trio_tproxy.relay_engine")
+        if len(engine._buffer) < buffer_size:
+            engine._buffer = bytearray(buffer_size)
+            engine._view = memoryview(engine._buffer)
+        return engine
+
+    async def carry(
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        *,
+        idle: float,
+        uplink_only: float,
+        downlink_only: float,
+        stats: Counts,
+        count_up: Callable[[int], None],
+        count_down: Callable[[int], None],
+        splice_after: int | None,
+    ) -> Handoff | None:
+        """Relay until the flow ends (None) or turns bulk (its state, for the pumps)."""
+        up = _Side("uplink", client, upstream, downlink_only, count_up)
+        down = _Side("downlink", upstream, client, uplink_only, count_down)
+        flow = _Flow(up, down, stats, splice_after)
+
+        def expire() -> None:
+            flow.expire()
+            self._complete(flow)
+
+        flow.activity = activity = Activity(idle, expire)
+        self._by_fd[client.fileno()] = (flow, client)
+        self._by_fd[upstream.fileno()] = (flow, upstream)
+        self._update(client, up, down)
+        self._update(upstream, down, up)
+        try:
+            await flow.woken.wait()
+        except BaseException:  # cancelled (the API, the drain): out of the set at once
+            self._complete(flow)
+            activity.end()
+            raise
+        if flow.handoff:
+            return Handoff(activity, flow.finished, up.done, down.done, up.moved, down.moved)
+        activity.end()
+        return None
+
+    # -- the engine's task --------------------------------------------------------------
+
+    async def _run(self) -> None:
+        epoll = self._epoll
+        while True:
+            await trio.lowlevel.wait_readable(epoll)
+            try:
+                events = epoll.poll(0, MAX_EVENTS)
+            except InterruptedError:
+                continue
+            for fd, mask in events:
+                entry = self._by_fd.get(fd)
+                if entry is None:
+                    continue  # its flow ended earlier in this pass
+                flow, sock = entry
+                try:
+                    self._on_event(flow, sock, mask)
+                except Exception:  # a bug: this flow ends, the engine and the rest go on
+                    log.exception("internal error relaying a flow")
+                    if flow.stats.outcome == "done":
+                        flow.stats.outcome = "internal error"
+                    self._complete(flow)
+
+    def _on_event(self, flow: _Flow, sock: socket.socket, mask: int) -> None:
+        up, down = flow.up, flow.down
+        reading, writing = (up, down) if sock is up.src else (down, up)
+        if mask & (OUT | TROUBLE) and writing.pending is not None:
+            self._flush(flow, writing)
+        if not flow.ended and mask & (IN | TROUBLE) and not reading.eof \
+                and reading.pending is None:  # fmt: skip
+            self._pump(flow, reading)
+        if not flow.ended:
+            self._update(up.src, up, down)
+            self._update(down.src, down, up)
+
+    def _pump(self, flow: _Flow, side: _Side) -> None:
+        try:
+            n = side.src.recv_into(self._buffer)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail(flow, side, exc)
+            return
+        if n == 0:
+            side.eof = True
+            self._pass_eof(flow, side)
+            return
+        side.count(n)
+        assert flow.activity is not None
+        flow.activity.touch()
+        side.moved += n
+        try:
+            sent = side.dst.send(self._view[:n])
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._fail(flow, side, exc)
+            return
+        if sent < n:
+            side.pending = bytes(self._view[sent:n])
+        elif flow.splice is not None and side.moved >= flow.splice:
+            self._maybe_hand_off(flow)
+
+    def _flush(self, flow: _Flow, side: _Side) -> None:
+        pending = side.pending
+        assert pending is not None
+        try:
+            sent = side.dst.send(pending)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail(flow, side, exc)
+            return
+        if sent < len(pending):
+            side.pending = pending[sent:]
+            return
+        side.pending = None
+        if side.eof:
+            self._pass_eof(flow, side)
+        elif flow.splice is not None and side.moved >= flow.splice:
+            self._maybe_hand_off(flow)
+
+    def _pass_eof(self, flow: _Flow, side: _Side) -> None:
+        if side.pending is not None:
+            return  # once what is held aside is out
+        try:
+            side.dst.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._fail(flow, side, exc)
+            return
+        side.done = True
+        flow.finished += 1
+        if flow.finished == 2:
+            self._complete(flow)
+            return
+        assert flow.activity is not None
+        flow.activity.shorten(side.then)
+
+    def _maybe_hand_off(self, flow: _Flow) -> None:
+        if flow.up.pending is None and flow.down.pending is None:
+            flow.handoff = True
+            self._complete(flow)
+
+    def _fail(self, flow: _Flow, side: _Side, exc: OSError) -> None:
+        if flow.stats.outcome == "done":
+            flow.stats.outcome = f"{side.name} error: {exc.strerror or exc}"
+        set_reset_on_close(side.src)
+        set_reset_on_close(side.dst)
+        self._complete(flow)
+
+    def _complete(self, flow: _Flow) -> None:
+        """Out of the set; the flow's task wakes (idempotent)."""
+        if flow.ended:
+            return
+        flow.ended = True
+        for sock in (flow.up.src, flow.down.src):
+            self._unregister(sock)
+        flow.woken.set()
+
+    # -- the set ------------------------------------------------------------------------
+
+    def _update(self, sock: socket.socket, reading: _Side, writing: _Side) -> None:
+        """Register ``sock`` for what it waits for now: input while its direction is
+        open and nothing of it is held aside; output while something is held for it."""
+        want = 0
+        if not reading.eof and reading.pending is None:
+            want |= IN
+        if writing.pending is not None:
+            want |= OUT
+        fd = sock.fileno()
+        have = self._masks.get(fd)
+        if want == (have or 0) and (have is not None or not want):
+            return
+        if not want:
+            self._unregister(sock, keep_owner=True)
+        elif have is None:
+            self._epoll.register(fd, want)
+            self._masks[fd] = want
+        else:
+            self._epoll.modify(fd, want)
+            self._masks[fd] = want
+
+    def _unregister(self, sock: socket.socket, *, keep_owner: bool = False) -> None:
+        fd = sock.fileno()
+        if fd < 0:
+            return
+        if self._masks.pop(fd, None) is not None:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                self._epoll.unregister(fd)
+        if not keep_owner:
+            entry = self._by_fd.get(fd)
+            if entry is not None and entry[1] is sock:
+                del self._by_fd[fd]
