@@ -15,6 +15,7 @@ On this 2-core box the single-threaded ss-server and trojan-gfw are often the
 bottleneck for both contenders: read the CPU-per-Gbit column for what the gateway costs.
 
     python bench/bench_encrypted.py [--runs 3] [--seconds 5] [--requests 2000] [--concurrency 16]
+                                     [--workers 2]  (also trio-tproxy with N worker processes)
 
 Needs root; touches only the namespaces it creates. Not collected by pytest.
 """
@@ -96,17 +97,28 @@ def v2ray_config(protocol: str, server: str, ca: Path) -> dict[str, Any]:
     }
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+def cpu_seconds(pids: Callable[[], list[int]]) -> float:
+    """utime + stime of a contender's processes (a supervisor's workers too)."""
+    total = 0
+    for pid in pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
-def start(name: str, protocol: str, lab: Lab, ca: Path) -> tuple[int, Callable[[], None]]:
-    """Start one contender on the gateway; its pid and how to stop it."""
+def start(
+    name: str, protocol: str, lab: Lab, ca: Path
+) -> tuple[Callable[[], list[int]], Callable[[], None]]:
+    """Start one contender on the gateway; its processes and how to stop it."""
     server = lab.server.ip4
-    if name == "trio-tproxy":
-        config = trio_tproxy_config('"tcp"', trio_outbound(protocol, server, ca),
-                                    '[policy]\nhandshake = "10s"\n')  # fmt: skip
+    if name.startswith("trio"):
+        extra = '[policy]\nhandshake = "10s"\n'
+        if name.startswith("trio-w"):  # trio-w2: [process] workers = 2
+            extra += f"[process]\nworkers = {int(name.removeprefix('trio-w'))}\n"
+        config = trio_tproxy_config('"tcp"', trio_outbound(protocol, server, ca), extra)
         proxy = ProxyProcess(lab.gateway, config, name=f"bench-{protocol}")
         proxy.wait_ready()
 
@@ -114,14 +126,14 @@ def start(name: str, protocol: str, lab: Lab, ca: Path) -> tuple[int, Callable[[
             if proxy.stop() != 0:
                 raise RuntimeError(f"trio-tproxy did not exit cleanly:\n{proxy.log()}")
 
-        return proxy.process.pid, stop_trio
+        return proxy.pids, stop_trio
     process = start_v2ray(lab, v2ray_config(protocol, server, ca))
 
     def stop() -> None:
         process.terminate()
         process.wait(10)
 
-    return process.pid, stop
+    return (lambda: [process.pid]), stop
 
 
 def start_servers(lab: Lab, root: Path) -> Path:
@@ -155,6 +167,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--protocols", default="shadowsocks,trojan")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="also run trio-tproxy with [process] workers = N (as trio-wN)")
     args = parser.parse_args()
     reason = requirements_met()
     tools = ("ss-server", "trojan", "iperf3", "ab", "v2ray", "openssl")
@@ -163,7 +177,7 @@ def main() -> int:
         print(f"cannot run: {reason or 'missing ' + ', '.join(missing)}")
         return 1
     protocols = args.protocols.split(",")
-    names = ("trio-tproxy", "v2ray")
+    names = ("trio-tproxy", "v2ray") + ((f"trio-w{args.workers}",) if args.workers > 1 else ())
     tput: dict[Key, list[float]] = {}
     cpu: dict[Key, list[float]] = {}
     cps: dict[tuple[str, str], list[float]] = {}
@@ -176,12 +190,12 @@ def main() -> int:
         for run in range(args.runs):
             for protocol in protocols:
                 for name in names:  # interleaved: noise hits both contenders alike
-                    pid, stop = start(name, protocol, lab, ca)
+                    pids, stop = start(name, protocol, lab, ca)
                     try:
                         for reverse in (False, True):
-                            before = cpu_seconds(pid)
+                            before = cpu_seconds(pids)
                             gbits = iperf_tcp(lab, args.seconds, 1, reverse)
-                            used = cpu_seconds(pid) - before
+                            used = cpu_seconds(pids) - before
                             tput.setdefault((protocol, name, reverse), []).append(gbits)
                             # CPU seconds per Gbit moved = used / (gbits * seconds)
                             cpu.setdefault((protocol, name, reverse), []).append(
@@ -221,6 +235,9 @@ def report(
         t = statistics.median(cps[(protocol, "trio-tproxy")])
         v = statistics.median(cps[(protocol, "v2ray")])
         print(f"{protocol:>12} trio {t:8.0f}  v2ray {v:8.0f}  ratio {t / v:5.2f}")
+        for name in sorted({n for (p, n) in cps if p == protocol and n.startswith("trio-w")}):
+            w = statistics.median(cps[(protocol, name)])
+            print(f"{protocol:>12} {name} {w:8.0f}  v2ray {v:8.0f}  ratio {w / v:5.2f}")
     print("all runs:", {f"{p}/{n}": [round(x) for x in xs] for (p, n), xs in cps.items()})
 
 
