@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from trio_tproxy.config import ShadowsocksOutbound as ShadowsocksConfig
 from trio_tproxy.config.values import HostPort
@@ -225,6 +226,48 @@ async def test_bad_answers_reset_the_flow(what: str, nursery: trio.Nursery) -> N
         await stream.receive_some(65536)
     assert str(caught.value).startswith("shadowsocks ss: ")
     stream.close(reset=True)
+    nursery.cancel_scope.cancel()
+
+
+async def test_download_is_a_view_and_an_idle_flow_holds_no_buffers(
+    nursery: trio.Nursery,
+) -> None:
+    """The plaintext comes as a view of the decryptor's buffer; while the flow waits
+    for the server the buffers are given back, and a chunk cut in two survives that."""
+    method = "aes-128-gcm"
+    key = proto.master_key(method, "pw")
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    more = trio.Event()
+
+    async def serve() -> None:
+        server = await listeners[0].accept()
+        await server.receive_some(65536)
+        enc = proto.Encryptor(method, key)
+        wire = enc.encrypt(b"hello") + enc.encrypt(b"x" * 20000)
+        cut = len(enc.salt) + 2 * (2 + proto.TAG_LEN) + 5 + 2 * proto.TAG_LEN + 100
+        await server.send_all(wire[:cut])  # "hello" and part of the next chunk
+        await more.wait()
+        await server.send_all(wire[cut:])
+        await trio.sleep_forever()
+
+    nursery.start_soon(serve)
+    stream = await open_stream(outbound(method, "pw", listeners[0].socket.getsockname()[1]), 9,
+                               initial=b"hi")  # fmt: skip
+    first = await stream.receive_some(65536)
+    assert isinstance(first, memoryview) and first == b"hello"
+
+    async def release_when_blocked() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        assert not stream._dec.holds_buffers  # waiting: nothing held
+        more.set()
+
+    nursery.start_soon(release_when_blocked)
+    with trio.fail_after(5):
+        got = bytearray()
+        while len(got) < 20000:
+            got += await stream.receive_some(65536)
+    assert got == b"x" * 20000
+    stream.close()
     nursery.cancel_scope.cancel()
 
 

@@ -27,6 +27,7 @@ from trio_tproxy.outbound.shadowsocks_packet import (
 from trio_tproxy.outbound.shadowsocks_proto import (
     AEAD_METHODS,
     METHODS_2022,
+    RECV_ROOM,
     Decryptor,
     Encryptor,
     RequestDecoder,
@@ -86,6 +87,48 @@ def test_aead_round_trip_fragmented(method: str) -> None:
     got = b"".join(dec.feed(p) for p in _split(wire, [1, 7, 30, 1000, 3, 17000]))
     assert got == data
     assert b"".join(dec.feed(bytes([b])) for b in enc.encrypt(b"more")) == b"more"
+
+
+def _receive(dec: Decryptor, wire: bytes, sizes: list[int], release_every: int) -> bytes:
+    """Drive ``dec`` as ShadowsocksStream does: recv_into its buffer, then received()."""
+    got, i, step = bytearray(), 0, 0
+    while i < len(wire):
+        space = dec.buffer()
+        assert len(space) >= RECV_ROOM
+        n = min(sizes[step % len(sizes)], len(space), len(wire) - i)
+        space[:n] = wire[i : i + n]
+        i += n
+        plain = dec.received(n)
+        assert isinstance(plain, memoryview)  # a view of its buffer: no copy
+        got += plain
+        step += 1
+        if release_every and step % release_every == 0:
+            dec.release()  # as when the socket has nothing more: the partial chunk stays
+            assert not dec.holds_buffers
+    return bytes(got)
+
+
+@pytest.mark.parametrize("method", sorted(AEAD_METHODS) + sorted(METHODS_2022))
+@pytest.mark.parametrize("release_every", [0, 1, 3])
+def test_chunks_are_opened_in_the_receive_buffer(method: str, release_every: int) -> None:
+    key = master_key(method, psk_for(method) if method.startswith("2022") else "pw")
+    enc, dec = Encryptor(method, key), Decryptor(method, key)
+    data = os.urandom(300_000)
+    # full chunks as ss-server sends them, and small ones
+    wire = b"".join(enc.encrypt(data[i : i + n]) for i, n in
+                    ((0, 100_000), (100_000, 5), (100_005, 199_995)))  # fmt: skip
+    sizes = [65536, 1, 17, 40000, 65536, 30, 70000]
+    assert _receive(dec, wire, sizes, release_every) == data
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 70000), min_size=1, max_size=8), st.integers(0, 4))
+def test_receive_buffer_in_any_pieces(sizes: list[int], release_every: int) -> None:
+    method = "aes-128-gcm"
+    key = master_key(method, "pw")
+    data = os.urandom(60_000)
+    wire = Encryptor(method, key).encrypt(data)
+    assert _receive(Decryptor(method, key), wire, sizes, release_every) == data
 
 
 @pytest.mark.parametrize("method", sorted(AEAD_METHODS))

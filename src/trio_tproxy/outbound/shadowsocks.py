@@ -50,7 +50,6 @@ log = logging.getLogger("trio_tproxy.outbound.shadowsocks")
 
 # A key counts as proven for this long after a response decrypted with it.
 PROVEN_FOR = 600.0
-RECV_SIZE = 65536
 # The largest UDP payload one IPv4 packet carries (65535 - IP and UDP headers).
 MAX_DATAGRAM = 65507
 RECV_BATCH = 64
@@ -205,27 +204,33 @@ class ShadowsocksStream:
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await send_all(self._sock, self._enc.encrypt(data))
 
-    async def receive_some(self, max_bytes: int) -> bytes:
+    async def receive_some(self, max_bytes: int) -> memoryview:
+        """Plaintext of the whole chunks in, as a view valid until the next call: the
+        kernel copies into the decryptor's buffer and the cipher out of it, nothing
+        else does (``max_bytes`` is not a bound: a chunk comes whole)."""
+        dec, sock = self._dec, self._sock
         while True:
-            if self._answered or self._ob.proven():
-                data = await self._recv()
-            else:
-                data = None
-                with trio.move_on_at(self._deadline):
-                    data = await self._recv()
-                if data is None:
-                    raise self._ob.failed(
-                        f"no answer within {self._timeout:g}s of the request (policy.handshake)"
-                        " - wrong password or method? (servers stay silent then)"
-                    )
-            if not data:
+            try:
+                n = sock.recv_into(dec.buffer())
+            except BlockingIOError:
+                dec.release()  # an idle flow holds no buffers
+                await self._wait_readable()
+                continue
+            except OSError as exc:
+                if not self._answered:
+                    raise self._ob.failed(f"{exc.strerror or exc} before any answer "
+                                          "(wrong password or method?)") from exc  # fmt: skip
+                raise
+            if not n:
+                dec.release()
                 if not self._answered:
                     raise self._ob.failed("the server closed the connection without "
                                           "answering (wrong password or method?)")  # fmt: skip
-                return b""
+                return memoryview(b"")
             try:
-                plain = self._dec.feed(data)
+                plain = dec.received(n)
             except proto.ShadowsocksError as exc:
+                dec.release()
                 raise self._ob.failed(str(exc)) from None
             if plain:
                 if not self._answered:
@@ -233,18 +238,18 @@ class ShadowsocksStream:
                     self._ob.prove()
                 return plain
 
-    async def _recv(self) -> bytes:
-        sock = self._sock
-        while True:
-            try:
-                return sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-            except OSError as exc:
-                if not self._answered:
-                    raise self._ob.failed(f"{exc.strerror or exc} before any answer "
-                                          "(wrong password or method?)") from exc  # fmt: skip
-                raise
+    async def _wait_readable(self) -> None:
+        """Until the first answer, while the key is unproven, within the handshake."""
+        if self._answered or self._ob.proven():
+            await trio.lowlevel.wait_readable(self._sock)
+            return
+        with trio.move_on_at(self._deadline):
+            await trio.lowlevel.wait_readable(self._sock)
+            return
+        raise self._ob.failed(
+            f"no answer within {self._timeout:g}s of the request (policy.handshake)"
+            " - wrong password or method? (servers stay silent then)"
+        )
 
     async def send_eof(self) -> None:
         with contextlib.suppress(OSError):

@@ -153,9 +153,16 @@ class _Aead:
     def seal(self, data: bytes | memoryview) -> bytes:
         return self._aead.encrypt(self._nonce(), data, None)
 
-    def open(self, data: bytes) -> bytes:
+    def open(self, data: bytes | memoryview) -> bytes:
         try:
             return self._aead.decrypt(self._nonce(), data, None)
+        except InvalidTag:
+            raise ShadowsocksError(AUTH_FAILED) from None
+
+    def open_into(self, data: memoryview, out: memoryview) -> None:
+        """Decrypt ``data`` into ``out`` (exactly ``len(data) - TAG_LEN`` bytes)."""
+        try:
+            self._aead.decrypt_into(self._nonce(), data, None, out)
         except InvalidTag:
             raise ShadowsocksError(AUTH_FAILED) from None
 
@@ -198,9 +205,42 @@ class Encryptor:
         return b"".join(out)
 
 
+# A receive fills at least this much of a decryptor's buffer: what one recv takes.
+RECV_ROOM = 65536
+# Idle decryptor buffers kept for the next flow, per size (allocating zeroes them).
+KEEP_BUFFERS = 16
+_EMPTY = memoryview(b"")
+
+
+class _Buffers:
+    """Free lists of the decryptors' buffers, by size: a flow holds its two only while
+    bytes flow (see :meth:`Decryptor.release`), so idle flows cost no buffer memory."""
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[bytearray]] = {}
+
+    def acquire(self, size: int) -> bytearray:
+        free = self._free.get(size)
+        return free.pop() if free else bytearray(size)
+
+    def release(self, buf: bytearray) -> None:
+        free = self._free.setdefault(len(buf), [])
+        if len(free) < KEEP_BUFFERS:
+            free.append(buf)
+
+
+_buffers = _Buffers()
+
+
 class Decryptor:
     """TCP wire bytes in any pieces -> plaintext, for SIP004 streams (and SIP022 after
-    its header: see :class:`ResponseDecoder`)."""
+    its header: see :class:`ResponseDecoder`).
+
+    Receive straight into :meth:`buffer` and call :meth:`received`: chunks are opened
+    where they lie, into a second buffer whose view is returned (valid until the next
+    call), so the download path copies nothing but what the kernel and the cipher
+    must (bench/bench_cipher.py). :meth:`feed` is the same for bytes already at hand.
+    """
 
     def __init__(self, method: str, key: bytes) -> None:
         self._key_len, self._cls, self._v2022 = method_info(method)
@@ -209,32 +249,101 @@ class Decryptor:
         self._method = method
         self._key = key
         self._aead: _Aead | None = None
-        self._buf = bytearray()
         self._pending: int | None = None  # payload length read, payload not yet
         self.max_payload = MAX_PAYLOAD_2022 if self._v2022 else MAX_PAYLOAD
         self.salt: bytes | None = None
+        # Received bytes are _in[_start:_end]; after received() at most one partial
+        # chunk, so RECV_ROOM plus the largest chunk always leaves a recv its room.
+        self._size = RECV_ROOM + 2 + TAG_LEN + self.max_payload + TAG_LEN
+        self._in_buf: bytearray | None = None
+        self._out_buf: bytearray | None = None
+        self._in: memoryview | None = None  # views of the two
+        self._out: memoryview | None = None
+        self._start = self._end = 0
+        self._carry = b""  # a partial chunk kept while the buffers are released
 
-    def _start(self, salt: bytes) -> None:
+    def buffer(self) -> memoryview:
+        """Where the next received bytes go (at least RECV_ROOM of room)."""
+        buf = self._in
+        if buf is None:
+            self._in_buf = _buffers.acquire(self._size)
+            self._out_buf = _buffers.acquire(self._size)
+            buf, self._out = memoryview(self._in_buf), memoryview(self._out_buf)
+            self._in = buf
+            carry = self._carry
+            buf[: len(carry)] = carry
+            self._start, self._end, self._carry = 0, len(carry), b""
+        elif self._size - self._end < RECV_ROOM:
+            left = self._end - self._start
+            buf[:left] = buf[self._start : self._end]  # under one chunk
+            self._start, self._end = 0, left
+        return buf[self._end :]
+
+    def received(self, n: int) -> memoryview:
+        """``n`` more bytes are in :meth:`buffer`: the plaintext of every whole chunk
+        now in, as a view valid until the next call (empty: need more)."""
+        self._end += n
+        if self._aead is None:
+            if self._end - self._start < self._key_len:
+                return _EMPTY
+            salt = self._take(self._key_len)
+            assert salt is not None
+            self._start_salt(bytes(salt))
+        written = self._header()
+        if written < 0:
+            return _EMPTY
+        return self._chunks(written)
+
+    def release(self) -> None:
+        """Give the buffers back (the stream waits for more): what a partial chunk has
+        so far is kept aside, a few dozen KiB at most."""
+        if self._in is None:
+            return
+        assert self._in_buf is not None and self._out_buf is not None
+        self._carry = bytes(self._in[self._start : self._end])
+        self._in = self._out = None  # drop our views before the buffers go
+        _buffers.release(self._in_buf)
+        _buffers.release(self._out_buf)
+        self._in_buf = self._out_buf = None
+
+    @property
+    def holds_buffers(self) -> bool:
+        return self._in is not None
+
+    def feed(self, data: bytes | bytearray | memoryview) -> bytes:
+        """:meth:`received` for bytes at hand (any amount), as bytes of their own."""
+        view = memoryview(data)
+        out = []
+        while True:
+            space = self.buffer()
+            n = min(len(space), len(view))
+            space[:n] = view[:n]
+            view = view[n:]
+            out.append(bytes(self.received(n)))
+            if not view:
+                break
+        self.release()
+        return b"".join(out)
+
+    def _start_salt(self, salt: bytes) -> None:
         self.salt = salt
         self._aead = _Aead(self._cls, _subkey(self._method, self._key, salt))
 
-    def _take_salt(self) -> bool:
-        if self._aead is not None:
-            return True
-        if len(self._buf) < self._key_len:
-            return False
-        self._start(bytes(self._buf[: self._key_len]))
-        del self._buf[: self._key_len]
-        return True
-
-    def _take(self, n: int) -> bytes | None:
-        if len(self._buf) < n:
+    def _take(self, n: int) -> memoryview | None:
+        """The next ``n`` received bytes, in place, or None (need more)."""
+        start = self._start
+        if self._end - start < n:
             return None
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
-        return data
+        assert self._in is not None
+        self._start = start + n
+        return self._in[start : start + n]
 
-    def _open_length(self, sealed: bytes) -> int:
+    def _header(self) -> int:
+        """Subclasses: decode what comes before the chunks; plaintext bytes written to
+        the output buffer, or -1 while the header is incomplete."""
+        return 0
+
+    def _open_length(self, sealed: memoryview) -> int:
         assert self._aead is not None
         length = int.from_bytes(self._aead.open(sealed), "big")
         if length > self.max_payload:
@@ -243,27 +352,27 @@ class Decryptor:
             )
         return length
 
-    def _chunks(self) -> bytes:
-        assert self._aead is not None
-        out: list[bytes] = []
-        while True:
-            if self._pending is None:
-                sealed = self._take(2 + TAG_LEN)
-                if sealed is None:
+    def _chunks(self, written: int) -> memoryview:
+        """Open every whole chunk buffered, into the output buffer after ``written``."""
+        aead, buf, out = self._aead, self._in, self._out
+        assert aead is not None and buf is not None and out is not None
+        start, end, pending = self._start, self._end, self._pending
+        try:
+            while True:
+                if pending is None:
+                    if end - start < 2 + TAG_LEN:
+                        break
+                    pending = self._open_length(buf[start : start + 2 + TAG_LEN])
+                    start += 2 + TAG_LEN
+                stop = start + pending + TAG_LEN
+                if stop > end:
                     break
-                self._pending = self._open_length(sealed)
-            sealed = self._take(self._pending + TAG_LEN)
-            if sealed is None:
-                break
-            self._pending = None
-            out.append(self._aead.open(sealed))
-        return b"".join(out)
-
-    def feed(self, data: bytes) -> bytes:
-        self._buf += data
-        if not self._take_salt():
-            return b""
-        return self._chunks()
+                aead.open_into(buf[start:stop], out[written : written + pending])
+                written += pending
+                start, pending = stop, None
+        finally:
+            self._start, self._pending = start, pending
+        return out[:written]
 
 
 def parse_addr(buf: bytes, offset: int) -> tuple[Host, int, int]:
@@ -329,26 +438,24 @@ class ResponseDecoder(Decryptor):
         self._now = now
         self._header_done = False
 
-    def feed(self, data: bytes) -> bytes:
-        self._buf += data
-        if not self._take_salt():
-            return b""
-        if not self._header_done:
-            assert self._aead is not None
-            if self._pending is None:
-                sealed = self._take(1 + 8 + self._key_len + 2 + TAG_LEN)
-                if sealed is None:
-                    return b""
-                fixed = self._aead.open(sealed)
-                kind, ts = struct.unpack_from("!BQ", fixed)
-                if kind != TYPE_SERVER:
-                    raise ShadowsocksError(f"response header type {kind}, not {TYPE_SERVER}")
-                check_time(ts, self._now)
-                if fixed[9 : 9 + self._key_len] != self._request_salt:
-                    raise ShadowsocksError("response is not for our request (salt differs)")
-                (self._pending,) = struct.unpack_from("!H", fixed, 9 + self._key_len)
-            self._header_done = True
-        return self._chunks()
+    def _header(self) -> int:
+        if self._header_done:
+            return 0
+        assert self._aead is not None
+        sealed = self._take(1 + 8 + self._key_len + 2 + TAG_LEN)
+        if sealed is None:
+            return -1
+        fixed = self._aead.open(sealed)
+        kind, ts = struct.unpack_from("!BQ", fixed)
+        if kind != TYPE_SERVER:
+            raise ShadowsocksError(f"response header type {kind}, not {TYPE_SERVER}")
+        check_time(ts, self._now)
+        if fixed[9 : 9 + self._key_len] != self._request_salt:
+            raise ShadowsocksError("response is not for our request (salt differs)")
+        # the fixed header ends with the first chunk's length: its payload follows
+        (self._pending,) = struct.unpack_from("!H", fixed, 9 + self._key_len)
+        self._header_done = True
+        return 0
 
 
 class RequestDecoder(Decryptor):
@@ -362,31 +469,29 @@ class RequestDecoder(Decryptor):
         self.target: tuple[Host, int] | None = None
         self._var_len: int | None = None
 
-    def feed(self, data: bytes) -> bytes:
-        self._buf += data
-        if not self._take_salt():
-            return b""
-        assert self._aead is not None
-        out = b""
-        if self.target is None:
-            if self._var_len is None:
-                sealed = self._take(11 + TAG_LEN)
-                if sealed is None:
-                    return b""
-                kind, ts, self._var_len = struct.unpack("!BQH", self._aead.open(sealed))
-                if kind != TYPE_CLIENT:
-                    raise ShadowsocksError(f"request header type {kind}, not {TYPE_CLIENT}")
-                check_time(ts, self._now)
-            sealed = self._take(self._var_len + TAG_LEN)
+    def _header(self) -> int:
+        if self.target is not None:
+            return 0
+        assert self._aead is not None and self._out is not None
+        if self._var_len is None:
+            sealed = self._take(11 + TAG_LEN)
             if sealed is None:
-                return b""
-            var = self._aead.open(sealed)
-            host, port, end = parse_addr(var, 0)
-            if len(var) < end + 2:
-                raise ShadowsocksError("request header ends before the padding length")
-            (pad,) = struct.unpack_from("!H", var, end)
-            if end + 2 + pad > len(var):
-                raise ShadowsocksError("request padding runs past the header")
-            self.target = (host, port)
-            out = var[end + 2 + pad :]
-        return out + self._chunks()
+                return -1
+            kind, ts, self._var_len = struct.unpack("!BQH", self._aead.open(sealed))
+            if kind != TYPE_CLIENT:
+                raise ShadowsocksError(f"request header type {kind}, not {TYPE_CLIENT}")
+            check_time(ts, self._now)
+        sealed = self._take(self._var_len + TAG_LEN)
+        if sealed is None:
+            return -1
+        var = self._aead.open(sealed)
+        host, port, end = parse_addr(var, 0)
+        if len(var) < end + 2:
+            raise ShadowsocksError("request header ends before the padding length")
+        (pad,) = struct.unpack_from("!H", var, end)
+        if end + 2 + pad > len(var):
+            raise ShadowsocksError("request padding runs past the header")
+        self.target = (host, port)
+        payload = var[end + 2 + pad :]
+        self._out[: len(payload)] = payload
+        return len(payload)
