@@ -4,10 +4,12 @@ trojan inbound; TCP and UDP, certificate checks, the decoy site as a wrong passw
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -16,15 +18,22 @@ import trio
 from trio_tproxy.config import TrojanOutbound as TrojanConfig
 from trio_tproxy.config.values import HostPort
 from trio_tproxy.dial import DialError
-from trio_tproxy.outbound.trojan import TrojanOutbound, TrojanStream, looks_like_decoy
+from trio_tproxy.outbound.trojan import (
+    SessionCache,
+    TrojanOutbound,
+    TrojanStream,
+    looks_like_decoy,
+)
 from trio_tproxy.upstreams import Destination, StreamUpstream, UdpRequest
 
 from .upstream_servers import (
     EchoServers,
     HttpDecoy,
+    free_port,
     make_tls_certificate,
     needs_sing_box,
     needs_trojan,
+    running,
     sing_box,
     trojan_server,
 )
@@ -107,6 +116,99 @@ async def test_udp_through_trojan_gfw(trojan: tuple[int, Path], echo: EchoServer
             nursery.cancel_scope.cancel()
     link.close()
     assert sorted(got) == sorted([(b"ping %d" % i, dst) for i in range(3)] + [(b"by name", dst)])
+
+
+async def echo_once(ob: TrojanOutbound, echo: EchoServers) -> bool:
+    """One short flow; whether its TLS handshake resumed a session."""
+    stream = await open_stream(ob, echo.tcp_port, b"\x16\x03\x01hi")
+    with trio.fail_after(5):
+        assert await stream.receive_some(65536) == b"\x16\x03\x01hi"
+    resumed = stream._tls.sock.session_reused
+    stream.close()
+    return resumed
+
+
+@needs_trojan
+async def test_the_next_connection_resumes_the_tls_session(trojan: tuple[int, Path],
+                                                           echo: EchoServers) -> None:  # fmt: skip
+    port, ca = trojan
+    ob = outbound(port, sni="tj.test", ca=str(ca))
+    assert [await echo_once(ob, echo) for _ in range(4)] == [False, True, True, True]
+    # another outbound (here: another SNI for the same server) has sessions of its own
+    assert await echo_once(outbound(port, ca=str(ca)), echo) is False
+
+
+@needs_trojan
+async def test_a_refused_session_gets_a_full_verified_handshake(
+    tmp_path: Path, decoy: HttpDecoy, echo: EchoServers
+) -> None:
+    """The server restarts (its session cache is gone): the next flow does a full
+    handshake, and it is verified: under a certificate we do not trust, it fails."""
+    cert, key = make_tls_certificate(tmp_path)
+    port = free_port()
+
+    def server(cert: Path, key: Path, name: str) -> AbstractContextManager[object]:
+        conf = tmp_path / f"{name}.json"
+        conf.write_text(json.dumps({
+            "run_type": "server", "local_addr": "127.0.0.1", "local_port": port,
+            "remote_addr": "127.0.0.1", "remote_port": decoy.port, "password": ["pw"],
+            "log_level": 1, "ssl": {"cert": str(cert), "key": str(key)},
+        }))  # fmt: skip
+        return running(["trojan", "-c", str(conf)], port, tmp_path / f"{name}.log")
+
+    ob = outbound(port, sni="tj.test", ca=str(cert))
+    with server(cert, key, "first"):
+        assert [await echo_once(ob, echo) for _ in range(2)] == [False, True]
+    with server(cert, key, "restarted"):
+        assert [await echo_once(ob, echo) for _ in range(2)] == [False, True]
+    other = tmp_path / "other"
+    other.mkdir()
+    with (server(*make_tls_certificate(other), "impostor"),
+          pytest.raises(DialError, match="certificate verification failed")):  # fmt: skip
+        await echo_once(ob, echo)
+
+
+class FakeTls:
+    """What SessionCache reads of an ssl.SSLSocket; counts reads of ``session``
+    (CPython copies the session through DER on every read)."""
+
+    def __init__(self, session: object, reused: bool, version: str = "TLSv1.3") -> None:
+        self._session, self.session_reused, self._version = session, reused, version
+        self.reads = 0
+
+    @property
+    def session(self) -> object:
+        self.reads += 1
+        return self._session
+
+    def version(self) -> str:
+        return self._version
+
+
+class FakeSession:
+    def __init__(self, created: float, has_ticket: bool = True, timeout: int = 600) -> None:
+        self.time, self.timeout, self.has_ticket, self.id = int(created), timeout, has_ticket, b"i"
+
+
+def test_session_cache_reads_a_session_only_when_it_needs_one() -> None:
+    cache = SessionCache()
+    assert cache.offer() is None
+    cache.keep(FakeTls(FakeSession(time.time(), has_ticket=False), reused=False))  # type: ignore[arg-type]
+    assert cache.offer() is None  # TLS 1.3 before a ticket: nothing to resume with
+    first = FakeSession(time.time())
+    cache.keep(FakeTls(first, reused=False))  # type: ignore[arg-type]
+    assert cache.offer() is first
+    resumed = FakeTls(FakeSession(time.time()), reused=True)
+    cache.keep(resumed)  # type: ignore[arg-type]
+    assert cache.offer() is first and resumed.reads == 0  # fresh and accepted: kept
+    refused = FakeSession(time.time())
+    cache.keep(FakeTls(refused, reused=False))  # type: ignore[arg-type]
+    assert cache.offer() is refused  # the server did not take it: the new one
+    old = SessionCache()
+    old.keep(FakeTls(FakeSession(time.time() - 400), reused=False))  # type: ignore[arg-type]
+    newer = FakeSession(time.time())
+    old.keep(FakeTls(newer, reused=True))  # type: ignore[arg-type]
+    assert old.offer() is newer  # past half its lifetime: replaced
 
 
 @needs_trojan
