@@ -139,30 +139,24 @@ def _subkey(method: str, key: bytes, salt: bytes) -> bytes:
 
 
 class _Aead:
-    """An AEAD with the SIP004/SIP022 little-endian nonce counter."""
+    """An AEAD with the SIP004/SIP022 little-endian nonce counter (``counter`` is the
+    next nonce's; Decryptor's chunk loop reads and bumps it itself)."""
 
     def __init__(self, cls: AeadType, subkey: bytes) -> None:
-        self._aead: AESGCM | ChaCha20Poly1305 = cls(subkey)
-        self._counter = 0
+        self.cipher: AESGCM | ChaCha20Poly1305 = cls(subkey)
+        self.counter = 0
 
     def _nonce(self) -> bytes:
-        nonce = self._counter.to_bytes(NONCE_LEN, "little")
-        self._counter += 1
+        nonce = self.counter.to_bytes(NONCE_LEN, "little")
+        self.counter += 1
         return nonce
 
     def seal(self, data: bytes | memoryview) -> bytes:
-        return self._aead.encrypt(self._nonce(), data, None)
+        return self.cipher.encrypt(self._nonce(), data, None)
 
     def open(self, data: bytes | memoryview) -> bytes:
         try:
-            return self._aead.decrypt(self._nonce(), data, None)
-        except InvalidTag:
-            raise ShadowsocksError(AUTH_FAILED) from None
-
-    def open_into(self, data: memoryview, out: memoryview) -> None:
-        """Decrypt ``data`` into ``out`` (exactly ``len(data) - TAG_LEN`` bytes)."""
-        try:
-            self._aead.decrypt_into(self._nonce(), data, None, out)
+            return self.cipher.decrypt(self._nonce(), data, None)
         except InvalidTag:
             raise ShadowsocksError(AUTH_FAILED) from None
 
@@ -205,8 +199,11 @@ class Encryptor:
         return b"".join(out)
 
 
-# A receive fills at least this much of a decryptor's buffer: what one recv takes.
+# What one receive may take: the room a decryptor's buffer offers each time.
 RECV_ROOM = 65536
+# A partial chunk up to this size is copied aside while the stream waits, so that its
+# buffer can go back; a larger one keeps its buffer (copying it twice costs more).
+CARRY_MAX = 4096
 # Idle decryptor buffers kept for the next flow, per size (allocating zeroes them).
 KEEP_BUFFERS = 16
 _EMPTY = memoryview(b"")
@@ -253,31 +250,36 @@ class Decryptor:
         self.max_payload = MAX_PAYLOAD_2022 if self._v2022 else MAX_PAYLOAD
         self.salt: bytes | None = None
         # Received bytes are _in[_start:_end]; after received() at most one partial
-        # chunk, so RECV_ROOM plus the largest chunk always leaves a recv its room.
-        self._size = RECV_ROOM + 2 + TAG_LEN + self.max_payload + TAG_LEN
+        # chunk (under `chunk` bytes). Room for two receives ahead of it means the
+        # partial chunk moves to the front every other receive at most; the output
+        # holds what one receive completes: the partial chunk and the receive.
+        chunk = 2 + TAG_LEN + self.max_payload + TAG_LEN
+        self._in_size = 2 * RECV_ROOM + chunk
+        self._out_size = RECV_ROOM + chunk
         self._in_buf: bytearray | None = None
         self._out_buf: bytearray | None = None
         self._in: memoryview | None = None  # views of the two
         self._out: memoryview | None = None
         self._start = self._end = 0
-        self._carry = b""  # a partial chunk kept while the buffers are released
+        self._carry = b""  # a partial chunk kept while the input buffer is given back
 
     def buffer(self) -> memoryview:
-        """Where the next received bytes go (at least RECV_ROOM of room)."""
+        """Where the next received bytes go: RECV_ROOM bytes."""
+        if self._out is None:
+            self._out_buf = _buffers.acquire(self._out_size)
+            self._out = memoryview(self._out_buf)
         buf = self._in
         if buf is None:
-            self._in_buf = _buffers.acquire(self._size)
-            self._out_buf = _buffers.acquire(self._size)
-            buf, self._out = memoryview(self._in_buf), memoryview(self._out_buf)
-            self._in = buf
+            self._in_buf = _buffers.acquire(self._in_size)
+            self._in = buf = memoryview(self._in_buf)
             carry = self._carry
             buf[: len(carry)] = carry
             self._start, self._end, self._carry = 0, len(carry), b""
-        elif self._size - self._end < RECV_ROOM:
+        elif self._in_size - self._end < RECV_ROOM:
             left = self._end - self._start
             buf[:left] = buf[self._start : self._end]  # under one chunk
             self._start, self._end = 0, left
-        return buf[self._end :]
+        return buf[self._end : self._end + RECV_ROOM]
 
     def received(self, n: int) -> memoryview:
         """``n`` more bytes are in :meth:`buffer`: the plaintext of every whole chunk
@@ -295,20 +297,23 @@ class Decryptor:
         return self._chunks(written)
 
     def release(self) -> None:
-        """Give the buffers back (the stream waits for more): what a partial chunk has
-        so far is kept aside, a few dozen KiB at most."""
-        if self._in is None:
+        """The stream waits for more: the output buffer goes back, and the input
+        buffer too unless it holds over CARRY_MAX bytes of a chunk not yet whole."""
+        if self._out_buf is not None:
+            self._out = None  # our view goes before the buffer does
+            _buffers.release(self._out_buf)
+            self._out_buf = None
+        if self._in is None or self._end - self._start > CARRY_MAX:
             return
-        assert self._in_buf is not None and self._out_buf is not None
+        assert self._in_buf is not None
         self._carry = bytes(self._in[self._start : self._end])
-        self._in = self._out = None  # drop our views before the buffers go
+        self._in = None
         _buffers.release(self._in_buf)
-        _buffers.release(self._out_buf)
-        self._in_buf = self._out_buf = None
+        self._in_buf = None
 
     @property
     def holds_buffers(self) -> bool:
-        return self._in is not None
+        return self._in is not None or self._out is not None
 
     def feed(self, data: bytes | bytearray | memoryview) -> bytes:
         """:meth:`received` for bytes at hand (any amount), as bytes of their own."""
@@ -343,35 +348,39 @@ class Decryptor:
         the output buffer, or -1 while the header is incomplete."""
         return 0
 
-    def _open_length(self, sealed: memoryview) -> int:
-        assert self._aead is not None
-        length = int.from_bytes(self._aead.open(sealed), "big")
-        if length > self.max_payload:
-            raise ShadowsocksError(
-                f"chunk length {length} over {self.max_payload}: " + AUTH_FAILED
-            )
-        return length
-
     def _chunks(self, written: int) -> memoryview:
-        """Open every whole chunk buffered, into the output buffer after ``written``."""
+        """Open every whole chunk buffered, into the output buffer after ``written``.
+        The download's hot loop: the nonce counter and the cipher's methods are local."""
         aead, buf, out = self._aead, self._in, self._out
         assert aead is not None and buf is not None and out is not None
         start, end, pending = self._start, self._end, self._pending
+        counter, limit = aead.counter, self.max_payload
+        decrypt, decrypt_into = aead.cipher.decrypt, aead.cipher.decrypt_into
         try:
             while True:
                 if pending is None:
                     if end - start < 2 + TAG_LEN:
                         break
-                    pending = self._open_length(buf[start : start + 2 + TAG_LEN])
+                    nonce = counter.to_bytes(NONCE_LEN, "little")
+                    length = decrypt(nonce, buf[start : start + 2 + TAG_LEN], None)
+                    pending = int.from_bytes(length, "big")
+                    counter += 1
+                    if pending > limit:
+                        raise ShadowsocksError(f"chunk length {pending} over {limit}: "
+                                               + AUTH_FAILED)  # fmt: skip
                     start += 2 + TAG_LEN
                 stop = start + pending + TAG_LEN
                 if stop > end:
                     break
-                aead.open_into(buf[start:stop], out[written : written + pending])
+                decrypt_into(counter.to_bytes(NONCE_LEN, "little"), buf[start:stop], None,
+                             out[written : written + pending])  # fmt: skip
+                counter += 1
                 written += pending
                 start, pending = stop, None
+        except InvalidTag:
+            raise ShadowsocksError(AUTH_FAILED) from None
         finally:
-            self._start, self._pending = start, pending
+            self._start, self._pending, aead.counter = start, pending, counter
         return out[:written]
 
 
