@@ -186,8 +186,9 @@ class FakeTls:
 
 
 class FakeSession:
-    def __init__(self, created: float, has_ticket: bool = True, timeout: int = 600) -> None:
-        self.time, self.timeout, self.has_ticket, self.id = int(created), timeout, has_ticket, b"i"
+    def __init__(self, created: float, has_ticket: bool = True, hint: int = 600) -> None:
+        self.time, self.has_ticket, self.id = int(created), has_ticket, b"i"
+        self.timeout, self.ticket_lifetime_hint = 7200, hint  # as OpenSSL's client has them
 
 
 def test_session_cache_reads_a_session_only_when_it_needs_one() -> None:
@@ -208,7 +209,12 @@ def test_session_cache_reads_a_session_only_when_it_needs_one() -> None:
     old.keep(FakeTls(FakeSession(time.time() - 400), reused=False))  # type: ignore[arg-type]
     newer = FakeSession(time.time())
     old.keep(FakeTls(newer, reused=True))  # type: ignore[arg-type]
-    assert old.offer() is newer  # past half its lifetime: replaced
+    assert old.offer() is newer  # past half the ticket's lifetime: replaced
+    no_hint = SessionCache()
+    kept = FakeSession(time.time() - 400, hint=0)  # no ticket lifetime: its own 7200 s
+    no_hint.keep(FakeTls(kept, reused=False))  # type: ignore[arg-type]
+    no_hint.keep(FakeTls(FakeSession(time.time()), reused=True))  # type: ignore[arg-type]
+    assert no_hint.offer() is kept
 
 
 @needs_trojan

@@ -105,8 +105,12 @@ class SessionCache:
 
     def _stale(self, sock: ssl.SSLSocket) -> bool:
         session = self._session
-        return (session is None or not sock.session_reused
-                or time.time() > session.time + session.timeout / 2)  # fmt: skip
+        if session is None or not sock.session_reused:
+            return True
+        # the server's ticket lifetime (trojan-gfw: its session_timeout, 600 s) is
+        # usually shorter than the session's own timeout (OpenSSL's client: 7200 s)
+        lifetime = min(session.ticket_lifetime_hint or session.timeout, session.timeout)
+        return time.time() > session.time + lifetime / 2
 
     def keep(self, sock: ssl.SSLSocket) -> None:
         """Called at a connection's first bytes from the server: a TLS 1.3 ticket comes
