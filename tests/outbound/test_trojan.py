@@ -7,6 +7,9 @@ import ipaddress
 import json
 import logging
 import os
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -18,6 +21,7 @@ import trio
 from trio_tproxy.config import TrojanOutbound as TrojanConfig
 from trio_tproxy.config.values import HostPort
 from trio_tproxy.dial import DialError
+from trio_tproxy.outbound import trojan_proto
 from trio_tproxy.outbound.trojan import (
     SessionCache,
     TrojanOutbound,
@@ -166,6 +170,63 @@ async def test_a_refused_session_gets_a_full_verified_handshake(
     with (server(*make_tls_certificate(other), "impostor"),
           pytest.raises(DialError, match="certificate verification failed")):  # fmt: skip
         await echo_once(ob, echo)
+
+
+class RecordingTrojanServer:
+    """A TLS server that records its first read of each connection (one TLS record:
+    what the client sent in one write) and answers ``reply``."""
+
+    def __init__(self, tmp: Path, reply: bytes) -> None:
+        cert, key = make_tls_certificate(tmp)
+        self.ca = cert
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.reply = reply
+        self.first_reads: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(5)
+                    self.first_reads.append(tls.recv(65536))
+                    tls.sendall(self.reply)
+                    tls.recv(1)  # until the client closes
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_the_request_goes_with_the_clients_first_bytes(tmp_path: Path) -> None:
+    """Not sniffed (initial empty): the request waits for the client's first write and
+    shares its TLS record; a client that waits for the server gets the request sent
+    alone at the first read."""
+    server = RecordingTrojanServer(tmp_path, b"220 ready\r\n")
+    try:
+        ob = outbound(server.port, sni="tj.test", ca=str(server.ca))
+        request = trojan_proto.encode_request(trojan_proto.password_hash("pw"),
+                                              trojan_proto.CMD_CONNECT, LOCALHOST, 25)  # fmt: skip
+        with trio.fail_after(5):
+            stream = await open_stream(ob, 25, initial=b"")
+            await stream.send_all(memoryview(b"EHLO x\r\n"))
+            assert await stream.receive_some(65536) == b"220 ready\r\n"
+            stream.close()
+            stream = await open_stream(ob, 25, initial=b"")  # server first: no bytes yet
+            assert await stream.receive_some(65536) == b"220 ready\r\n"
+            await stream.send_all(b"QUIT\r\n")
+            stream.close()
+        assert server.first_reads == [request + b"EHLO x\r\n", request]
+    finally:
+        server.close()
 
 
 class FakeTls:

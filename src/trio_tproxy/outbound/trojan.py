@@ -143,10 +143,8 @@ class TrojanOutbound:
         self.resolver: Resolver = resolver or SystemResolver()
         self.name = f"trojan {self.tag}"
 
-    async def _connect(self, command: int, host: Host, port: int, payload: bytes,
-                       timeout: float) -> TlsSocket:  # noqa: ASYNC109 # fmt: skip
-        """TLS to the server and the request, within ``timeout``."""
-        request = proto.encode_request(self.password_hash, command, host, port, payload)
+    async def _connect(self, request: bytes, timeout: float) -> TlsSocket:  # noqa: ASYNC109
+        """TLS to the server and the request (if any yet), within ``timeout``."""
         raw: socket.socket | None = None
         tls: TlsSocket | None = None
         with trio.move_on_after(timeout) as scope:
@@ -162,7 +160,8 @@ class TrojanOutbound:
                 tls = TlsSocket(wrapped, self.sessions)
                 raw = None  # the SSLSocket owns the descriptor now
                 await tls.handshake()
-                await tls.send_all(request)
+                if request:
+                    await tls.send_all(request)
             except (ssl.SSLError, OSError) as exc:
                 if tls is not None:
                     tls.close()
@@ -194,11 +193,19 @@ class TrojanOutbound:
         if not self.tcp:
             raise DialError(errno.EPROTONOSUPPORT, f"{self.name}: network excludes tcp")
         try:
-            tls = await self._connect(proto.CMD_CONNECT, destination.host, destination.port,
-                                      initial, timeout)  # fmt: skip
+            request = proto.encode_request(self.password_hash, proto.CMD_CONNECT,
+                                           destination.host, destination.port, initial)  # fmt: skip
         except ValueError as exc:  # a name over 255 bytes
             raise DialError(errno.EINVAL, f"{self.name}: cannot request it: {exc}") from exc
-        return StreamUpstream(TrojanStream(self, tls, initial), chain=(self.tag,))
+        if initial:
+            tls = await self._connect(request, timeout)
+            return StreamUpstream(TrojanStream(self, tls, initial), chain=(self.tag,))
+        # Nothing from the client yet (sniffing off, a server-first port): the request
+        # waits for its first bytes, so both go in one TLS record and one segment and
+        # the server reads once; the stream's first read sends it alone if the client
+        # has nothing to say (the relay reads the client first: see TrojanStream).
+        tls = await self._connect(b"", timeout)
+        return StreamUpstream(TrojanStream(self, tls, initial, request), chain=(self.tag,))
 
     async def open_udp(self, request: UdpRequest) -> TrojanUdpLink:
         if not self.udp:
@@ -206,8 +213,9 @@ class TrojanOutbound:
                             f"outbound {self.tag!r} (trojan) does not carry UDP: "
                             "network excludes udp")  # fmt: skip
         host = ip_literal(request.first_dst[0]) or request.first_dst[0]
-        tls = await self._connect(proto.CMD_UDP_ASSOCIATE, host, request.first_dst[1], b"",
-                                  request.handshake_timeout)  # fmt: skip
+        associate = proto.encode_request(self.password_hash, proto.CMD_UDP_ASSOCIATE, host,
+                                         request.first_dst[1])  # fmt: skip
+        tls = await self._connect(associate, request.handshake_timeout)
         return TrojanUdpLink(self, tls)
 
 
@@ -282,24 +290,48 @@ class TlsSocket:
 
 
 class TrojanStream:
-    """One flow's TLS connection to the server, as the relay's ByteStream."""
+    """One flow's TLS connection to the server, as the relay's ByteStream.
 
-    def __init__(self, outbound: TrojanOutbound, tls: TlsSocket, initial: bytes) -> None:
+    ``request``, when given, has not been sent yet: it goes in one write with the
+    client's first bytes, or alone at the first read. The relay's uplink reads the
+    client before its downlink first reads here, so a client that spoke first (HTTP,
+    TLS) has its bytes sent with the request; one that waits for the server does not
+    wait for anything more than before."""
+
+    def __init__(self, outbound: TrojanOutbound, tls: TlsSocket, initial: bytes,
+                 request: bytes = b"") -> None:  # fmt: skip
         self._ob = outbound
         self._tls = tls
         self._initial = initial
         self._answered = False
+        self._request = request
+        self._request_sent: trio.Event | None = None  # set once a read sent it alone
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if not self._initial:  # not sniffed: what the client sent first is this
             self._initial = bytes(data[:16])
+        if self._request:
+            data, self._request = self._request + data, b""
+        elif self._request_sent is not None:  # a read is sending the request: after it
+            await self._request_sent.wait()
+            self._request_sent = None
         try:
             await self._tls.send_all(data)
         except (ssl.SSLError, OSError) as exc:
             raise OSError(errno.EPIPE, f"{self._ob.name}: {_tls_reason(exc)}") from exc
 
+    async def _send_request(self) -> None:
+        request, self._request = self._request, b""
+        self._request_sent = sent = trio.Event()
+        try:
+            await self._tls.send_all(request)
+        finally:
+            sent.set()
+
     async def receive_some(self, max_bytes: int) -> bytes | bytearray:
         try:
+            if self._request:  # the client has not spoken: the server needs the request
+                await self._send_request()
             data = await self._tls.receive_some(max(max_bytes, RECV_SIZE))
         except (ssl.SSLError, OSError) as exc:
             raise OSError(errno.ECONNRESET, f"{self._ob.name}: {_tls_reason(exc)}") from exc
