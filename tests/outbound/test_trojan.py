@@ -23,6 +23,7 @@ from trio_tproxy.config.values import HostPort
 from trio_tproxy.dial import DialError
 from trio_tproxy.outbound import trojan_proto
 from trio_tproxy.outbound.trojan import (
+    MAX_MISSES,
     SessionCache,
     TrojanOutbound,
     TrojanStream,
@@ -176,11 +177,12 @@ class RecordingTrojanServer:
     """A TLS server that records its first read of each connection (one TLS record:
     what the client sent in one write) and answers ``reply``."""
 
-    def __init__(self, tmp: Path, reply: bytes) -> None:
+    def __init__(self, tmp: Path, reply: bytes, tickets: int = 2) -> None:
         cert, key = make_tls_certificate(tmp)
         self.ca = cert
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(cert, key)
+        self.ctx.num_tickets = tickets
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.reply = reply
@@ -229,6 +231,22 @@ async def test_the_request_goes_with_the_clients_first_bytes(tmp_path: Path) -> 
         server.close()
 
 
+async def test_a_server_without_tickets_is_not_offered_sessions(tmp_path: Path) -> None:
+    server = RecordingTrojanServer(tmp_path, b"220 ready\r\n", tickets=0)
+    try:
+        ob = outbound(server.port, sni="tj.test", ca=str(server.ca))
+        for _ in range(MAX_MISSES + 1):
+            with trio.fail_after(5):
+                stream = await open_stream(ob, 25, initial=b"")
+                assert await stream.receive_some(65536) == b"220 ready\r\n"
+            assert not stream._tls.sock.session_reused
+            stream.close()
+        assert ob.sessions.offer() is None
+        assert ob.sessions._paused_until > 0  # not read again for a while
+    finally:
+        server.close()
+
+
 class FakeTls:
     """What SessionCache reads of an ssl.SSLSocket; counts reads of ``session``
     (CPython copies the session through DER on every read)."""
@@ -252,30 +270,56 @@ class FakeSession:
         self.timeout, self.ticket_lifetime_hint = 7200, hint  # as OpenSSL's client has them
 
 
+def keep(cache: SessionCache, session: FakeSession, *, reused: bool,
+         offered: bool | None = None) -> FakeTls:  # fmt: skip
+    tls = FakeTls(session, reused)
+    cache.keep(tls, offered=reused if offered is None else offered)  # type: ignore[arg-type]
+    return tls
+
+
 def test_session_cache_reads_a_session_only_when_it_needs_one() -> None:
+    now = time.time()
     cache = SessionCache()
     assert cache.offer() is None
-    cache.keep(FakeTls(FakeSession(time.time(), has_ticket=False), reused=False))  # type: ignore[arg-type]
+    keep(cache, FakeSession(now, has_ticket=False), reused=False)
     assert cache.offer() is None  # TLS 1.3 before a ticket: nothing to resume with
-    first = FakeSession(time.time())
-    cache.keep(FakeTls(first, reused=False))  # type: ignore[arg-type]
+    first = FakeSession(now)
+    keep(cache, first, reused=False)
     assert cache.offer() is first
-    resumed = FakeTls(FakeSession(time.time()), reused=True)
-    cache.keep(resumed)  # type: ignore[arg-type]
+    resumed = keep(cache, FakeSession(now), reused=True)
     assert cache.offer() is first and resumed.reads == 0  # fresh and accepted: kept
-    refused = FakeSession(time.time())
-    cache.keep(FakeTls(refused, reused=False))  # type: ignore[arg-type]
+    refused = FakeSession(now)
+    keep(cache, refused, reused=False, offered=True)
     assert cache.offer() is refused  # the server did not take it: the new one
     old = SessionCache()
-    old.keep(FakeTls(FakeSession(time.time() - 400), reused=False))  # type: ignore[arg-type]
-    newer = FakeSession(time.time())
-    old.keep(FakeTls(newer, reused=True))  # type: ignore[arg-type]
+    keep(old, FakeSession(now - 400), reused=False)
+    newer = FakeSession(now)
+    keep(old, newer, reused=True)
     assert old.offer() is newer  # past half the ticket's lifetime: replaced
     no_hint = SessionCache()
-    kept = FakeSession(time.time() - 400, hint=0)  # no ticket lifetime: its own 7200 s
-    no_hint.keep(FakeTls(kept, reused=False))  # type: ignore[arg-type]
-    no_hint.keep(FakeTls(FakeSession(time.time()), reused=True))  # type: ignore[arg-type]
+    kept = FakeSession(now - 400, hint=0)  # no ticket lifetime: its own 7200 s
+    keep(no_hint, kept, reused=False)
+    keep(no_hint, FakeSession(now), reused=True)
     assert no_hint.offer() is kept
+
+
+@pytest.mark.parametrize("server", ["refuses", "gives no ticket"])
+def test_a_server_that_does_not_resume_is_not_asked_for_a_while(server: str) -> None:
+    """Each try costs two DER copies of a session: after MAX_MISSES misses in a row
+    no session is offered nor read for RESUME_RETRY seconds."""
+    cache = SessionCache()
+    if server == "refuses":
+        keep(cache, FakeSession(time.time()), reused=False)  # one to offer
+    for _ in range(MAX_MISSES):
+        assert (cache.offer() is not None) is (server == "refuses")
+        if server == "refuses":
+            keep(cache, FakeSession(time.time()), reused=False, offered=True)
+        else:
+            keep(cache, FakeSession(time.time(), has_ticket=False), reused=False,
+                 offered=False)  # fmt: skip
+    assert cache.offer() is None
+    later = keep(cache, FakeSession(time.time()), reused=False)
+    assert later.reads == 0 and cache.offer() is None
 
 
 @needs_trojan

@@ -48,6 +48,10 @@ from .udp_map import ReplyMap, datagram_host
 log = logging.getLogger("trio_tproxy.outbound.trojan")
 
 RECV_SIZE = 65536
+# SessionCache: after this many connections in a row that did not resume, resumption
+# is not tried again for RESUME_RETRY seconds.
+MAX_MISSES = 3
+RESUME_RETRY = 600.0
 # Datagrams waiting for the TLS connection, per UDP link; more are dropped (it is UDP).
 UDP_QUEUE = 256
 HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ",
@@ -88,41 +92,55 @@ class SessionCache:
 
     The session is reused, as Go's crypto/tls client cache does (v2ray's
     ``enableSessionResumption``, off by default in 4.34), rather than one ticket per
-    connection as RFC 8446 C.4 suggests: CPython copies a session
-    through DER, the server's certificate included, both when it is read from a
-    connection and when it is given to one, and that decoding is most of an OpenSSL
-    3.0 handshake. A fresh ticket per connection cost more client CPU than a full
-    handshake (loopback against trojan-gfw, the best of 8 rounds of 200 connections:
-    full 622, a ticket each 707, reused 532 us per connection). It is replaced when a
-    connection did not resume with it (refused or expired: that connection did a full
-    handshake) and once it is past half its lifetime."""
+    connection as RFC 8446 C.4 suggests: CPython copies a session through DER, the
+    server's certificate included, both when it is read from a connection and when it
+    is given to one, and that decoding is most of an OpenSSL 3.0 handshake. A fresh
+    ticket per connection cost more client CPU than a full handshake (loopback against
+    trojan-gfw, the best of 8 rounds of 200 connections: full 622, a ticket each 707,
+    reused 532 us per connection). It is replaced when a connection did not resume
+    with it (refused or expired: that connection did a full handshake) and once it is
+    past half its lifetime. For the same reason a server that does not resume (it
+    refuses, or gives no ticket) MAX_MISSES times in a row is not asked again for
+    RESUME_RETRY seconds: trying would cost more than it saves."""
 
     def __init__(self) -> None:
         self._session: ssl.SSLSession | None = None
+        self._misses = 0  # connections in a row that neither resumed nor gave a session
+        self._paused_until = 0.0  # time.monotonic()
 
     def offer(self) -> ssl.SSLSession | None:
         return self._session
 
-    def _stale(self, sock: ssl.SSLSocket) -> bool:
+    def _fresh(self) -> bool:
         session = self._session
-        if session is None or not sock.session_reused:
-            return True
+        if session is None:
+            return False
         # the server's ticket lifetime (trojan-gfw: its session_timeout, 600 s) is
         # usually shorter than the session's own timeout (OpenSSL's client: 7200 s)
         lifetime = min(session.ticket_lifetime_hint or session.timeout, session.timeout)
-        return time.time() > session.time + lifetime / 2
+        return time.time() <= session.time + lifetime / 2
 
-    def keep(self, sock: ssl.SSLSocket) -> None:
-        """Called at a connection's first bytes from the server: a TLS 1.3 ticket comes
-        after the handshake, ahead of the server's data, so by then it has one."""
-        if not self._stale(sock):
+    def keep(self, sock: ssl.SSLSocket, *, offered: bool) -> None:
+        """Called at a connection's first bytes from the server (a TLS 1.3 ticket comes
+        after the handshake, ahead of the server's data, so by then it has one);
+        ``offered``: whether the connection was offered our session."""
+        if sock.session_reused:
+            self._misses = 0
+            if self._fresh():
+                return
+        elif time.monotonic() < self._paused_until:
             return
-        session = sock.session
-        if session is None:
-            return
-        if not session.has_ticket and (sock.version() == "TLSv1.3" or not session.id):
-            return  # nothing to resume with
-        self._session = session
+        elif offered:
+            self._misses += 1  # refused, or expired at the server
+        session = sock.session  # a DER copy: only when one is wanted
+        if session is not None and (session.has_ticket
+                                    or (sock.version() != "TLSv1.3" and session.id)):  # fmt: skip
+            self._session = session
+        elif not sock.session_reused:
+            self._misses += 1  # nothing to resume with
+        if self._misses >= MAX_MISSES:
+            self._session, self._misses = None, 0
+            self._paused_until = time.monotonic() + RESUME_RETRY
 
 
 class TrojanOutbound:
@@ -154,10 +172,11 @@ class TrojanOutbound:
             except DialError as exc:
                 raise DialError(exc.errno, f"{self.name}: {exc}") from exc
             try:
+                session = self.sessions.offer()
                 wrapped = self.context.wrap_socket(raw, server_hostname=self.server_hostname,
                                                    do_handshake_on_connect=False,
-                                                   session=self.sessions.offer())  # fmt: skip
-                tls = TlsSocket(wrapped, self.sessions)
+                                                   session=session)  # fmt: skip
+                tls = TlsSocket(wrapped, self.sessions, offered=session is not None)
                 raw = None  # the SSLSocket owns the descriptor now
                 await tls.handshake()
                 if request:
@@ -239,9 +258,11 @@ class TlsSocket:
     0.12-0.15 against 0.30 CPU-seconds per Gbit). One task
     may send while another receives (the relay's two pumps)."""
 
-    def __init__(self, sock: ssl.SSLSocket, sessions: SessionCache | None = None) -> None:
+    def __init__(self, sock: ssl.SSLSocket, sessions: SessionCache | None = None, *,
+                 offered: bool = False) -> None:  # fmt: skip
         self.sock = sock
-        self._sessions = sessions  # given this connection's session at its first bytes
+        self._sessions = sessions  # told of this connection at its first bytes
+        self._offered = offered  # whether it was offered a session to resume
 
     async def handshake(self) -> None:
         while True:
@@ -279,7 +300,7 @@ class TlsSocket:
                 return b""
             else:
                 if self._sessions is not None and data:
-                    self._sessions.keep(sock)
+                    self._sessions.keep(sock, offered=self._offered)
                     self._sessions = None
                 return data
 
