@@ -23,6 +23,7 @@ from trio_tproxy.dial import DialError
 from trio_tproxy.outbound import shadowsocks_packet as packets
 from trio_tproxy.outbound import shadowsocks_proto as proto
 from trio_tproxy.outbound.shadowsocks import ShadowsocksOutbound, ShadowsocksStream
+from trio_tproxy.outbound.socks_proto import encode_address
 from trio_tproxy.upstreams import Destination, StreamUpstream, UdpRequest
 
 from .upstream_servers import (
@@ -271,6 +272,71 @@ async def test_download_is_a_view_and_an_idle_flow_holds_no_buffers(
     nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("method", ["aes-128-gcm", "2022-blake3-aes-128-gcm"])
+async def test_the_request_goes_with_the_clients_first_bytes(method: str,
+                                                             nursery: trio.Nursery) -> None:  # fmt: skip
+    """Not sniffed (initial empty): the request waits for the client's first write and
+    they go as one chunk (SIP022: in the variable header, without padding)."""
+    password = key_2022(method) if method.startswith("2022") else "pw"
+    key = proto.master_key(method, password)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    received: list[bytes] = []
+
+    async def serve() -> None:
+        server = await listeners[0].accept()
+        wire = b""
+        while chunk := await server.receive_some(65536):
+            wire += chunk
+        received.append(wire)
+
+    nursery.start_soon(serve)
+    ob = outbound(method, password, listeners[0].socket.getsockname()[1])
+    stream = await open_stream(ob, 80, initial=b"")
+    payload = b"GET / HTTP/1.1\r\n\r\n"
+    await stream.send_all(memoryview(payload))
+    await stream.send_eof()
+    with trio.fail_after(5):
+        while not received:  # noqa: ASYNC110 - bounded by fail_after
+            await trio.sleep(0.01)
+    stream.close()
+    address = encode_address(LOCALHOST, 80)
+    salt = proto.key_length(method)
+    if method.startswith("2022"):
+        decoder = proto.RequestDecoder(method, key)
+        assert decoder.feed(received[0]) == payload and decoder.target == (LOCALHOST, 80)
+        # no padding: the payload took its place
+        expected = salt + 11 + proto.TAG_LEN + len(address) + 2 + len(payload) + proto.TAG_LEN
+    else:
+        assert proto.Decryptor(method, key).feed(received[0]) == address + payload
+        expected = salt + 2 + proto.TAG_LEN + len(address) + len(payload) + proto.TAG_LEN
+    assert len(received[0]) == expected  # one chunk
+
+
+async def test_a_client_that_waits_gets_the_request_sent_at_the_first_read(
+    nursery: trio.Nursery,
+) -> None:
+    method = "aes-128-gcm"
+    key = proto.master_key(method, "pw")
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+
+    async def serve() -> None:
+        server = await listeners[0].accept()
+        dec = proto.Decryptor(method, key)
+        plain = b""
+        while not plain:
+            plain += dec.feed(await server.receive_some(65536))
+        assert plain == encode_address(LOCALHOST, 25)  # the request alone
+        await server.send_all(proto.Encryptor(method, key).encrypt(b"220 ready\r\n"))
+        await trio.sleep_forever()
+
+    nursery.start_soon(serve)
+    stream = await open_stream(outbound(method, "pw", listeners[0].socket.getsockname()[1]), 25)
+    with trio.fail_after(5):
+        assert await stream.receive_some(65536) == b"220 ready\r\n"
+    stream.close()
+    nursery.cancel_scope.cancel()
+
+
 async def test_dead_and_silent_servers() -> None:
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))
@@ -340,7 +406,7 @@ def test_2022_key_of_the_wrong_length_is_refused() -> None:
 def test_wire_header_for_a_domain() -> None:
     """The request carries the sniffed domain as ATYP 3 (checked by decrypting it)."""
     ob = outbound("aes-128-gcm", "pw", 1)
-    first, _ = ob._request("example.com", 443, b"payload")
+    first = ob.first_write(ob._encryptor(), "example.com", 443, b"payload")
     plain = proto.Decryptor("aes-128-gcm", ob.key).feed(first)
     assert plain == b"\x03\x0bexample.com" + struct.pack("!H", 443) + b"payload"
 

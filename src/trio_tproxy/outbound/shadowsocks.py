@@ -2,7 +2,8 @@
 
 TCP: one connection to the server per flow. The first write carries the salt, the
 request header (the SOCKS-style address: the sniffed domain when there is one, else
-the IP) and the client's first bytes, so the flow costs no extra round trip. The
+the IP) and the client's first bytes, so the flow costs no extra round trip (when
+sniffing did not read them, the request waits for the client's first write). The
 connection is a :class:`~trio_tproxy.upstreams.StreamUpstream`: bytes are encrypted and
 decrypted in userspace (shadowsocks_proto.py, sans-IO) by the relay's two pumps.
 
@@ -105,18 +106,22 @@ class ShadowsocksOutbound:
 
     # -- TCP -------------------------------------------------------------------------
 
-    def _request(self, host: Host, port: int, initial: bytes) -> tuple[bytes, proto.Encryptor]:
-        """The first write (salt, header, first bytes) and the encryptor for the rest."""
-        if not self.v2022:
-            enc = proto.Encryptor(self.method, self.key)
-            return enc.encrypt(encode_address(host, port) + initial), enc
-        enc2022 = proto.RequestEncoder(self.method, self.key)
+    def _encryptor(self) -> proto.Encryptor:
+        if self.v2022:
+            return proto.RequestEncoder(self.method, self.key)
+        return proto.Encryptor(self.method, self.key)
+
+    def first_write(self, enc: proto.Encryptor, host: Host, port: int, initial: bytes) -> bytes:
+        """Salt, request header and the client's first bytes (SIP022: padding instead
+        when there are none)."""
+        if not isinstance(enc, proto.RequestEncoder):
+            return enc.encrypt(encode_address(host, port) + initial)
         # The variable header holds at most 0xFFFF bytes: what does not fit follows.
         room = proto.MAX_PAYLOAD_2022 - len(encode_address(host, port)) - 2
-        head = enc2022.header(host, port, initial[:room])
+        head = enc.header(host, port, initial[:room])
         if len(initial) > room:
-            head += enc2022.encrypt(initial[room:])
-        return head, enc2022
+            head += enc.encrypt(initial[room:])
+        return head
 
     async def open_stream(
         self,
@@ -127,8 +132,14 @@ class ShadowsocksOutbound:
     ) -> StreamUpstream:
         if not self.tcp:
             raise DialError(errno.EPROTONOSUPPORT, f"{self.name}: network excludes tcp")
+        target = (destination.host, destination.port)
+        enc = self._encryptor()
         try:
-            first, enc = self._request(destination.host, destination.port, initial)
+            # Nothing from the client yet (sniffing off, a server-first port): the
+            # request waits for its first bytes, to go in one write and one segment
+            # with them (see ShadowsocksStream); else it goes now, with them.
+            first = self.first_write(enc, *target, initial) if initial else b""
+            encode_address(*target)
         except ValueError as exc:  # a name over 255 bytes
             raise DialError(errno.EINVAL, f"{self.name}: cannot request it: {exc}") from exc
         deadline = trio.current_time() + timeout
@@ -142,7 +153,8 @@ class ShadowsocksOutbound:
             except DialError as exc:
                 raise DialError(exc.errno, f"{self.name}: {exc}") from exc
             try:
-                await send_all(sock, first)
+                if first:
+                    await send_all(sock, first)
             except OSError as exc:
                 close_socket(sock)
                 reason = f"{self.name}: sending the request failed: {exc}"
@@ -156,7 +168,8 @@ class ShadowsocksOutbound:
             dec: proto.Decryptor = proto.ResponseDecoder(self.method, self.key, enc.salt)
         else:
             dec = proto.Decryptor(self.method, self.key)
-        stream = ShadowsocksStream(self, sock, enc, dec, deadline, timeout)
+        stream = ShadowsocksStream(self, sock, enc, dec, deadline, timeout,
+                                   None if first else target)  # fmt: skip
         return StreamUpstream(stream, chain=(self.tag,))
 
     # -- UDP -------------------------------------------------------------------------
@@ -187,11 +200,17 @@ class ShadowsocksOutbound:
 
 
 class ShadowsocksStream:
-    """One flow's connection to the server, as the relay's ByteStream."""
+    """One flow's connection to the server, as the relay's ByteStream.
+
+    ``target``, when given, has not been requested yet: the request goes in one write
+    with the client's first bytes, or alone at the first read. The relay's uplink reads
+    the client before its downlink first reads here, so a client that spoke first has
+    its bytes sent with the request; one that waits for the server waits no longer."""
 
     def __init__(  # noqa: PLR0917
         self, outbound: ShadowsocksOutbound, sock: socket.socket, enc: proto.Encryptor,
         dec: proto.Decryptor, deadline: float, timeout: float,
+        target: tuple[Host, int] | None = None,
     ) -> None:  # fmt: skip
         self._ob = outbound
         self._sock = sock
@@ -200,15 +219,35 @@ class ShadowsocksStream:
         self._deadline = deadline  # for the first answer, while the key is unproven
         self._timeout = timeout
         self._answered = False
+        self._target = target
+        self._request_sent: trio.Event | None = None  # set once a read sent it alone
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await send_all(self._sock, self._enc.encrypt(data))
+        if self._target is not None:
+            target, self._target = self._target, None
+            wire = self._ob.first_write(self._enc, *target, bytes(data))
+        else:
+            if self._request_sent is not None:  # a read is sending the request: after it
+                await self._request_sent.wait()
+                self._request_sent = None
+            wire = self._enc.encrypt(data)
+        await send_all(self._sock, wire)
+
+    async def _send_request(self, target: tuple[Host, int]) -> None:
+        self._request_sent = sent = trio.Event()
+        try:
+            await send_all(self._sock, self._ob.first_write(self._enc, *target, b""))
+        finally:
+            sent.set()
 
     async def receive_some(self, max_bytes: int) -> memoryview:
         """Plaintext of the whole chunks in, as a view valid until the next call: the
         kernel copies into the decryptor's buffer and the cipher out of it, nothing
         else does (``max_bytes`` is not a bound: a chunk comes whole)."""
         dec, sock = self._dec, self._sock
+        if self._target is not None:  # the client has not spoken: the server needs it
+            target, self._target = self._target, None
+            await self._send_request(target)
         while True:
             try:
                 n = sock.recv_into(dec.buffer())
