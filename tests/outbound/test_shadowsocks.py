@@ -312,12 +312,14 @@ async def test_the_request_goes_with_the_clients_first_bytes(method: str,
     assert len(received[0]) == expected  # one chunk
 
 
-async def test_a_client_that_waits_gets_the_request_sent_at_the_first_read(
-    nursery: trio.Nursery,
-) -> None:
+@pytest.mark.parametrize("first", ["read", "eof"])
+async def test_a_client_that_waits_gets_the_request_sent_alone(first: str,
+                                                               nursery: trio.Nursery) -> None:  # fmt: skip
+    """At the stream's first read, or ahead of the EOF of a client that said nothing."""
     method = "aes-128-gcm"
     key = proto.master_key(method, "pw")
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    got = []
 
     async def serve() -> None:
         server = await listeners[0].accept()
@@ -325,16 +327,22 @@ async def test_a_client_that_waits_gets_the_request_sent_at_the_first_read(
         plain = b""
         while not plain:
             plain += dec.feed(await server.receive_some(65536))
-        assert plain == encode_address(LOCALHOST, 25)  # the request alone
+        got.append(plain)
         await server.send_all(proto.Encryptor(method, key).encrypt(b"220 ready\r\n"))
-        await trio.sleep_forever()
+        got.append(await server.receive_some(65536))  # b"" once the client is done
 
     nursery.start_soon(serve)
     stream = await open_stream(outbound(method, "pw", listeners[0].socket.getsockname()[1]), 25)
     with trio.fail_after(5):
+        if first == "eof":
+            await stream.send_eof()
         assert await stream.receive_some(65536) == b"220 ready\r\n"
+        if first == "read":
+            await stream.send_eof()
+        while len(got) < 2:  # noqa: ASYNC110 - bounded by fail_after
+            await trio.sleep(0.01)
+    assert got == [encode_address(LOCALHOST, 25), b""]  # the request alone, then EOF
     stream.close()
-    nursery.cancel_scope.cancel()
 
 
 async def test_dead_and_silent_servers() -> None:

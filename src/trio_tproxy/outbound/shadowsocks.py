@@ -291,6 +291,11 @@ class ShadowsocksStream:
         )
 
     async def send_eof(self) -> None:
+        if self._target is not None:  # the client said nothing at all: still requested
+            target, self._target = self._target, None
+            await self._send_request(target)
+        elif self._request_sent is not None:  # a read is sending the request
+            await self._request_sent.wait()
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_WR)
         await trio.lowlevel.checkpoint()
