@@ -204,8 +204,9 @@ RECV_ROOM = 65536
 # A partial chunk up to this size is copied aside while the stream waits, so that its
 # buffer can go back; a larger one keeps its buffer (copying it twice costs more).
 CARRY_MAX = 4096
-# Idle decryptor buffers kept for the next flow, per size (allocating zeroes them).
-KEEP_BUFFERS = 16
+# Idle decryptor buffers kept for the next wake-up of any flow, per size: allocating
+# zeroes them; keeping more holds memory (8 of each: 1.8 MB for SIP004, 2.6 MB for 2022).
+KEEP_BUFFERS = 8
 _EMPTY = memoryview(b"")
 
 
