@@ -28,6 +28,11 @@ from collections.abc import Callable
 
 from trio_tproxy.outbound import shadowsocks_proto as proto
 
+try:
+    from trio_tproxy.outbound.shadowsocks_decoder import Decryptor
+except ImportError:  # before the decoders had a module of their own (for comparisons)
+    Decryptor = proto.Decryptor  # type: ignore[attr-defined,misc]
+
 RECV = 65536
 METHODS = ("aes-128-gcm", "chacha20-ietf-poly1305", "2022-blake3-aes-128-gcm")
 WRITE = 65536
@@ -50,7 +55,7 @@ def decrypt_current(method: str, key: bytes, wire: bytes, recv: int) -> Callable
     view = memoryview(wire)
 
     def with_buffer() -> int:
-        dec = proto.Decryptor(method, key)
+        dec = Decryptor(method, key)
         total = 0
         i = 0
         while i < len(wire):
@@ -63,13 +68,13 @@ def decrypt_current(method: str, key: bytes, wire: bytes, recv: int) -> Callable
         return total
 
     def with_feed() -> int:
-        dec = proto.Decryptor(method, key)
+        dec = Decryptor(method, key)
         total = 0
         for i in range(0, len(wire), recv):
             total += len(dec.feed(wire[i : i + recv]))  # the slice: recv's copy
         return total
 
-    return with_buffer if hasattr(proto.Decryptor, "received") else with_feed
+    return with_buffer if hasattr(Decryptor, "received") else with_feed
 
 
 def encrypt_current(method: str, key: bytes, plain: bytes) -> Callable[[], int]:

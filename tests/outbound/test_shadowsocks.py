@@ -23,6 +23,7 @@ from trio_tproxy.dial import DialError
 from trio_tproxy.outbound import shadowsocks_packet as packets
 from trio_tproxy.outbound import shadowsocks_proto as proto
 from trio_tproxy.outbound.shadowsocks import ShadowsocksOutbound, ShadowsocksStream
+from trio_tproxy.outbound.shadowsocks_decoder import Decryptor, RequestDecoder
 from trio_tproxy.outbound.socks_proto import encode_address
 from trio_tproxy.upstreams import Destination, StreamUpstream, UdpRequest
 
@@ -302,12 +303,12 @@ async def test_the_request_goes_with_the_clients_first_bytes(method: str,
     address = encode_address(LOCALHOST, 80)
     salt = proto.key_length(method)
     if method.startswith("2022"):
-        decoder = proto.RequestDecoder(method, key)
+        decoder = RequestDecoder(method, key)
         assert decoder.feed(received[0]) == payload and decoder.target == (LOCALHOST, 80)
         # no padding: the payload took its place
         expected = salt + 11 + proto.TAG_LEN + len(address) + 2 + len(payload) + proto.TAG_LEN
     else:
-        assert proto.Decryptor(method, key).feed(received[0]) == address + payload
+        assert Decryptor(method, key).feed(received[0]) == address + payload
         expected = salt + 2 + proto.TAG_LEN + len(address) + len(payload) + proto.TAG_LEN
     assert len(received[0]) == expected  # one chunk
 
@@ -323,7 +324,7 @@ async def test_a_client_that_waits_gets_the_request_sent_alone(first: str,
 
     async def serve() -> None:
         server = await listeners[0].accept()
-        dec = proto.Decryptor(method, key)
+        dec = Decryptor(method, key)
         plain = b""
         while not plain:
             plain += dec.feed(await server.receive_some(65536))
@@ -415,7 +416,7 @@ def test_wire_header_for_a_domain() -> None:
     """The request carries the sniffed domain as ATYP 3 (checked by decrypting it)."""
     ob = outbound("aes-128-gcm", "pw", 1)
     first = ob.first_write(ob._encryptor(), "example.com", 443, b"payload")
-    plain = proto.Decryptor("aes-128-gcm", ob.key).feed(first)
+    plain = Decryptor("aes-128-gcm", ob.key).feed(first)
     assert plain == b"\x03\x0bexample.com" + struct.pack("!H", 443) + b"payload"
 
 

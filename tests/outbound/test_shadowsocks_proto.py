@@ -15,6 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_tproxy.outbound.shadowsocks_decoder import (
+    CARRY_MAX,
+    RECV_ROOM,
+    Decryptor,
+    RequestDecoder,
+    ResponseDecoder,
+)
 from trio_tproxy.outbound.shadowsocks_packet import (
     ReplayWindow,
     XChaCha20Poly1305,
@@ -26,14 +33,9 @@ from trio_tproxy.outbound.shadowsocks_packet import (
 )
 from trio_tproxy.outbound.shadowsocks_proto import (
     AEAD_METHODS,
-    CARRY_MAX,
     METHODS_2022,
-    RECV_ROOM,
-    Decryptor,
     Encryptor,
-    RequestDecoder,
     RequestEncoder,
-    ResponseDecoder,
     ShadowsocksError,
     decode_psk,
     encode_response_header,

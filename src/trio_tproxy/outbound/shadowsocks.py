@@ -5,7 +5,8 @@ request header (the SOCKS-style address: the sniffed domain when there is one, e
 the IP) and the client's first bytes, so the flow costs no extra round trip (when
 sniffing did not read them, the request waits for the client's first write). The
 connection is a :class:`~trio_tproxy.upstreams.StreamUpstream`: bytes are encrypted and
-decrypted in userspace (shadowsocks_proto.py, sans-IO) by the relay's two pumps.
+decrypted in userspace (shadowsocks_proto.py, shadowsocks_decoder.py: sans-IO) by the
+relay's two pumps.
 
 A Shadowsocks server never says "wrong key": ss-server holds such a connection open
 in silence, others close it. So until a response has once decrypted with our key, a
@@ -40,6 +41,7 @@ from ..inbound.sockopt import set_mark
 from ..relay import send_all
 from ..resolver import Resolver, SystemResolver
 from ..sock import addr_to_sockaddr, close_socket, family_of, set_reset_on_close
+from . import shadowsocks_decoder as decoder
 from . import shadowsocks_packet as packets
 from . import shadowsocks_proto as proto
 from .base import DatagramSink, Destination, StreamUpstream, UdpRequest
@@ -165,9 +167,9 @@ class ShadowsocksOutbound:
             raise handshake_timeout(self.name, timeout)
         assert sock is not None
         if self.v2022:
-            dec: proto.Decryptor = proto.ResponseDecoder(self.method, self.key, enc.salt)
+            dec: decoder.Decryptor = decoder.ResponseDecoder(self.method, self.key, enc.salt)
         else:
-            dec = proto.Decryptor(self.method, self.key)
+            dec = decoder.Decryptor(self.method, self.key)
         stream = ShadowsocksStream(self, sock, enc, dec, deadline, timeout,
                                    None if first else target)  # fmt: skip
         return StreamUpstream(stream, chain=(self.tag,))
@@ -209,7 +211,7 @@ class ShadowsocksStream:
 
     def __init__(  # noqa: PLR0917
         self, outbound: ShadowsocksOutbound, sock: socket.socket, enc: proto.Encryptor,
-        dec: proto.Decryptor, deadline: float, timeout: float,
+        dec: decoder.Decryptor, deadline: float, timeout: float,
         target: tuple[Host, int] | None = None,
     ) -> None:  # fmt: skip
         self._ob = outbound
