@@ -22,13 +22,8 @@ from trio_tproxy.config import TrojanOutbound as TrojanConfig
 from trio_tproxy.config.values import HostPort
 from trio_tproxy.dial import DialError
 from trio_tproxy.outbound import trojan_proto
-from trio_tproxy.outbound.trojan import (
-    MAX_MISSES,
-    SessionCache,
-    TrojanOutbound,
-    TrojanStream,
-    looks_like_decoy,
-)
+from trio_tproxy.outbound.tls_client import MAX_MISSES, SessionCache
+from trio_tproxy.outbound.trojan import TrojanOutbound, TrojanStream, looks_like_decoy
 from trio_tproxy.upstreams import Destination, StreamUpstream, UdpRequest
 
 from .upstream_servers import (

@@ -6,7 +6,7 @@ verified against the system store plus ``ca``, unless ``insecure``. The request 
 password's hex SHA-224, CRLF, the command, the SOCKS-style address (the sniffed domain
 when there is one), CRLF — goes out in one TLS record together with the client's first
 bytes. Trojan has no reply: the server relays at once. The next connection resumes the
-TLS session (:class:`SessionCache`): no certificate to check again.
+TLS session (tls_client.SessionCache): no certificate to check again.
 
 A wrong password is not refused either: the server hands the connection to its decoy
 web site, whose answer would reach the client as if the destination had sent it. When
@@ -29,7 +29,6 @@ import errno
 import logging
 import socket
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -38,20 +37,17 @@ from ..addr import Endpoint, IPAddress
 from ..config import TrojanOutbound as TrojanConfig
 from ..dial import DialError, ip_literal, open_tcp_host
 from ..resolver import Resolver, SystemResolver
-from ..sock import close_socket, set_reset_on_close
+from ..sock import close_socket
 from . import trojan_proto as proto
 from .base import DatagramSink, Destination, StreamUpstream, UdpRequest
 from .socks_proto import Host
+from .tls_client import SessionCache, TlsSocket
 from .tunnel import handshake_timeout
 from .udp_map import ReplyMap, datagram_host
 
 log = logging.getLogger("trio_tproxy.outbound.trojan")
 
 RECV_SIZE = 65536
-# SessionCache: after this many connections in a row that did not resume, resumption
-# is not tried again for RESUME_RETRY seconds.
-MAX_MISSES = 3
-RESUME_RETRY = 600.0
 # Datagrams waiting for the TLS connection, per UDP link; more are dropped (it is UDP).
 UDP_QUEUE = 256
 HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ",
@@ -79,68 +75,6 @@ def looks_like_decoy(initial: bytes, first: bytes) -> bool:
         return False
     head = first.lstrip()[:9].lower()
     return head.startswith((b"http/1.", b"<!doctype", b"<html"))
-
-
-class SessionCache:
-    """The newest TLS session with one server under one SNI, offered by every new
-    connection so that it resumes: an abbreviated handshake, no certificate for the
-    server to send nor for us to decode and verify, no signature for it to make.
-
-    One cache per outbound: a session is never offered to another server or name, and
-    it comes from a connection that passed this outbound's verification (the context's
-    CA and host name check); a server that refuses it gets a full, verified handshake.
-
-    The session is reused, as Go's crypto/tls client cache does (v2ray's
-    ``enableSessionResumption``, off by default in 4.34), rather than one ticket per
-    connection as RFC 8446 C.4 suggests: CPython copies a session through DER, the
-    server's certificate included, both when it is read from a connection and when it
-    is given to one, and that decoding is most of an OpenSSL 3.0 handshake. A fresh
-    ticket per connection cost more client CPU than a full handshake (loopback against
-    trojan-gfw, the best of 8 rounds of 200 connections: full 622, a ticket each 707,
-    reused 532 us per connection). It is replaced when a connection did not resume
-    with it (refused or expired: that connection did a full handshake) and once it is
-    past half its lifetime. For the same reason a server that does not resume (it
-    refuses, or gives no ticket) MAX_MISSES times in a row is not asked again for
-    RESUME_RETRY seconds: trying would cost more than it saves."""
-
-    def __init__(self) -> None:
-        self._session: ssl.SSLSession | None = None
-        self._misses = 0  # connections in a row that neither resumed nor gave a session
-        self._paused_until = 0.0  # time.monotonic()
-
-    def offer(self) -> ssl.SSLSession | None:
-        return self._session
-
-    def _fresh(self) -> bool:
-        session = self._session
-        if session is None:
-            return False
-        # the server's ticket lifetime (trojan-gfw: its session_timeout, 600 s) is
-        # usually shorter than the session's own timeout (OpenSSL's client: 7200 s)
-        lifetime = min(session.ticket_lifetime_hint or session.timeout, session.timeout)
-        return time.time() <= session.time + lifetime / 2
-
-    def keep(self, sock: ssl.SSLSocket, *, offered: bool) -> None:
-        """Called at a connection's first bytes from the server (a TLS 1.3 ticket comes
-        after the handshake, ahead of the server's data, so by then it has one);
-        ``offered``: whether the connection was offered our session."""
-        if sock.session_reused:
-            self._misses = 0
-            if self._fresh():
-                return
-        elif time.monotonic() < self._paused_until:
-            return
-        elif offered:
-            self._misses += 1  # refused, or expired at the server
-        session = sock.session  # a DER copy: only when one is wanted
-        if session is not None and (session.has_ticket
-                                    or (sock.version() != "TLSv1.3" and session.id)):  # fmt: skip
-            self._session = session
-        elif not sock.session_reused:
-            self._misses += 1  # nothing to resume with
-        if self._misses >= MAX_MISSES:
-            self._session, self._misses = None, 0
-            self._paused_until = time.monotonic() + RESUME_RETRY
 
 
 class TrojanOutbound:
@@ -248,66 +182,6 @@ def _tls_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return f"TLS failed: {exc.strerror or exc}"
     return f"TLS failed: {exc}"
-
-
-class TlsSocket:
-    """A non-blocking stdlib SSLSocket driven by trio's readiness waits.
-
-    OpenSSL reads and writes the descriptor itself: no memory BIOs and no copies
-    between layers: under half the CPU per byte of trio.SSLStream (bench_encrypted:
-    0.12-0.15 against 0.30 CPU-seconds per Gbit). One task
-    may send while another receives (the relay's two pumps)."""
-
-    def __init__(self, sock: ssl.SSLSocket, sessions: SessionCache | None = None, *,
-                 offered: bool = False) -> None:  # fmt: skip
-        self.sock = sock
-        self._sessions = sessions  # told of this connection at its first bytes
-        self._offered = offered  # whether it was offered a session to resume
-
-    async def handshake(self) -> None:
-        while True:
-            try:
-                self.sock.do_handshake()
-            except ssl.SSLWantReadError:
-                await trio.lowlevel.wait_readable(self.sock)
-            except ssl.SSLWantWriteError:
-                await trio.lowlevel.wait_writable(self.sock)
-            else:
-                return
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        sock = self.sock
-        while view:
-            try:
-                view = view[sock.send(view):]
-            except ssl.SSLWantWriteError:  # retried with the same bytes, as OpenSSL wants
-                await trio.lowlevel.wait_writable(sock)
-            except ssl.SSLWantReadError:  # the receiving pump waits for readability
-                await trio.sleep(0.001)
-
-    async def receive_some(self, max_bytes: int) -> bytes:
-        """Up to ``max_bytes``; empty at the end (close_notify, or a bare FIN)."""
-        sock = self.sock
-        while True:
-            try:
-                data = sock.recv(max_bytes)
-            except ssl.SSLWantReadError:
-                await trio.lowlevel.wait_readable(sock)
-            except ssl.SSLWantWriteError:
-                await trio.lowlevel.wait_writable(sock)
-            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
-                return b""
-            else:
-                if self._sessions is not None and data:
-                    self._sessions.keep(sock, offered=self._offered)
-                    self._sessions = None
-                return data
-
-    def close(self, *, reset: bool = False) -> None:
-        if reset:
-            set_reset_on_close(self.sock)
-        close_socket(self.sock)
 
 
 class TrojanStream:
