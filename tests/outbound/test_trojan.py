@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from trio_tproxy.config import TrojanOutbound as TrojanConfig
 from trio_tproxy.config.values import HostPort
@@ -170,9 +171,11 @@ async def test_a_refused_session_gets_a_full_verified_handshake(
 
 class RecordingTrojanServer:
     """A TLS server that records its first read of each connection (one TLS record:
-    what the client sent in one write) and answers ``reply``."""
+    what the client sent in one write) and answers ``reply``, then each of ``more`` in
+    a record of its own once ``go`` is set."""
 
-    def __init__(self, tmp: Path, reply: bytes, tickets: int = 2) -> None:
+    def __init__(self, tmp: Path, reply: bytes, tickets: int = 2,
+                 more: tuple[bytes, ...] = ()) -> None:  # fmt: skip
         cert, key = make_tls_certificate(tmp)
         self.ca = cert
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -180,7 +183,8 @@ class RecordingTrojanServer:
         self.ctx.num_tickets = tickets
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.reply = reply
+        self.reply, self.more = reply, more
+        self.go, self.sent = threading.Event(), threading.Event()
         self.first_reads: list[bytes] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -195,6 +199,11 @@ class RecordingTrojanServer:
                     tls.settimeout(5)
                     self.first_reads.append(tls.recv(65536))
                     tls.sendall(self.reply)
+                    if self.more:
+                        self.go.wait(5)
+                        for record in self.more:
+                            tls.sendall(record)
+                        self.sent.set()
                     tls.recv(1)  # until the client closes
             except OSError:
                 pass
@@ -222,6 +231,33 @@ async def test_the_request_goes_with_the_clients_first_bytes(tmp_path: Path) -> 
             await stream.send_all(b"QUIT\r\n")
             stream.close()
         assert server.first_reads == [request + b"EHLO x\r\n", request]
+    finally:
+        server.close()
+
+
+async def test_records_in_are_taken_in_one_batch_and_idle_flows_hold_no_buffer(
+    tmp_path: Path,
+) -> None:
+    """Five records already in come back from one read (one send to the client, not
+    five); while the stream waits for the server it holds no buffer."""
+    more = tuple(bytes([65 + i]) * 1000 for i in range(5))
+    server = RecordingTrojanServer(tmp_path, b"220 ready\r\n", more=more)
+    try:
+        ob = outbound(server.port, sni="tj.test", ca=str(server.ca))
+        with trio.fail_after(5):
+            stream = await open_stream(ob, 25, initial=b"")
+            assert await stream.receive_some(65536) == b"220 ready\r\n"
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream.receive_some, 65536)  # waits: nothing more yet
+                await trio.testing.wait_all_tasks_blocked()
+                assert stream._tls._held is None
+                nursery.cancel_scope.cancel()
+            server.go.set()
+            while not server.sent.is_set():  # noqa: ASYNC110 - bounded by fail_after
+                await trio.sleep(0.01)
+            await trio.sleep(0.05)  # loopback: the records are in our socket by now
+            assert await stream.receive_some(65536) == b"".join(more)
+            stream.close()
     finally:
         server.close()
 
@@ -414,7 +450,7 @@ async def test_http_sent_after_the_request_is_not_mistaken_for_the_decoy(
         stream = await open_stream(ob, web.port, initial=b"")
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         with trio.fail_after(5):
-            assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 400")
+            assert bytes(await stream.receive_some(65536)).startswith(b"HTTP/1.1 400")
         stream.close()
     finally:
         web.close()

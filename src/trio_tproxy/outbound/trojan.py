@@ -223,16 +223,18 @@ class TrojanStream:
         finally:
             sent.set()
 
-    async def receive_some(self, max_bytes: int) -> bytes | bytearray:
+    async def receive_some(self, max_bytes: int) -> memoryview:
+        """What the server sent, as a view valid until the next call (``max_bytes`` is
+        not a bound: TlsSocket.receive_batch)."""
         try:
             if self._request:  # the client has not spoken: the server needs the request
                 await self._send_request()
-            data = await self._tls.receive_some(max(max_bytes, RECV_SIZE))
+            data = await self._tls.receive_batch()
         except (ssl.SSLError, OSError) as exc:
             raise OSError(errno.ECONNRESET, f"{self._ob.name}: {_tls_reason(exc)}") from exc
         if not self._answered and data:
             self._answered = True
-            if looks_like_decoy(self._initial, data[:64]):
+            if looks_like_decoy(self._initial, bytes(data[:64])):
                 message = (f"{self._ob.name}: the server's fallback web site answered "
                            "(wrong password?)")  # fmt: skip
                 log.warning("%s", message)
