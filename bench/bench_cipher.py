@@ -78,16 +78,26 @@ def decrypt_current(method: str, key: bytes, wire: bytes, recv: int) -> Callable
 
 
 def encrypt_current(method: str, key: bytes, plain: bytes) -> Callable[[], int]:
+    """As ShadowsocksStream.send_all: into one wire buffer if the encryptor can, else
+    ``encrypt`` (bytes)."""
     view = memoryview(plain)
+    out = memoryview(bytearray(2 * WRITE))
 
-    def run() -> int:
+    def into() -> int:
+        enc = proto.Encryptor(method, key)
+        total = 0
+        for i in range(0, len(plain), WRITE):
+            total += enc.encrypt_into(view[i : i + WRITE], out)
+        return total
+
+    def to_bytes() -> int:
         enc = proto.Encryptor(method, key)
         total = 0
         for i in range(0, len(plain), WRITE):
             total += len(enc.encrypt(view[i : i + WRITE]))
         return total
 
-    return run
+    return into if hasattr(proto.Encryptor, "encrypt_into") else to_bytes
 
 
 def floor_decrypt(method: str, key: bytes, plain: bytes) -> Callable[[], int]:

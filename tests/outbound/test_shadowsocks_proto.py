@@ -155,6 +155,20 @@ def test_a_waiting_decryptor_gives_its_buffers_back(partial: int, held: bool) ->
     assert dec.received(len(rest)) == b"p" * 10000
 
 
+@pytest.mark.parametrize("method", sorted(AEAD_METHODS) + sorted(METHODS_2022))
+def test_encrypt_into_writes_what_encrypt_returns(method: str) -> None:
+    key = master_key(method, psk_for(method) if method.startswith("2022") else "pw")
+    salt = os.urandom(len(key))
+    into, plain = Encryptor(method, key, salt), Encryptor(method, key, salt)
+    out = memoryview(bytearray(300_000))
+    for size in (5, 0, 16383, 16384, 65535, 65536, 100_000):
+        data = os.urandom(size)
+        expected = into.wire_size(size)  # the salt counts in the first only
+        n = into.encrypt_into(memoryview(data), out)
+        assert n == expected
+        assert out[:n] == plain.encrypt(data)
+
+
 @pytest.mark.parametrize("method", sorted(AEAD_METHODS))
 def test_tampered_byte(method: str) -> None:
     key = master_key(method, "pw")
