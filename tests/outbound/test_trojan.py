@@ -240,7 +240,7 @@ async def test_records_in_are_taken_in_one_batch_and_idle_flows_hold_no_buffer(
 ) -> None:
     """Five records already in come back from one read (one send to the client, not
     five); while the stream waits for the server it holds no buffer."""
-    more = tuple(bytes([65 + i]) * 1000 for i in range(5))
+    more = tuple(bytes([65 + i]) * 5000 for i in range(5))  # records of a stream
     server = RecordingTrojanServer(tmp_path, b"220 ready\r\n", more=more)
     try:
         ob = outbound(server.port, sni="tj.test", ca=str(server.ca))

@@ -22,6 +22,9 @@ RESUME_RETRY = 600.0
 # are kept for the next one (of any flow).
 BATCH_SIZE = 65536
 KEEP_BATCHES = 16
+# Only a record this large is taken for part of a stream whose next records may be in
+# already: after a short one, another read would only fail (and cost a syscall).
+BATCH_AFTER = 4096
 
 _batches = BufferPool(BATCH_SIZE, keep=KEEP_BATCHES)
 
@@ -174,6 +177,8 @@ class TlsSocket:
                 self._sessions.keep(sock, offered=self._offered)
                 self._sessions = None
             self._held = buf
+            if n < BATCH_AFTER:  # a short record is an answer, not a stream: no more yet
+                return view[:n]
             return view[: n + _read_more(sock, view[n:])]
 
     def close(self, *, reset: bool = False) -> None:
