@@ -61,8 +61,10 @@ class ByteStream(Protocol):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send everything or raise OSError."""
 
-    async def receive_some(self, max_bytes: int) -> bytes | bytearray:
-        """At least one byte, or empty at EOF; raise OSError on a broken stream."""
+    async def receive_some(self, max_bytes: int) -> bytes | bytearray | memoryview:
+        """At least one byte, or empty at EOF; raise OSError on a broken stream. The
+        bytes may be a view of the stream's own buffer (a cipher's output): valid
+        until the next call, so use or copy them before calling again."""
 
     async def send_eof(self) -> None:
         """Half-close our sending side (no more data will be sent)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from trio_tproxy.config import ShadowsocksOutbound as ShadowsocksConfig
 from trio_tproxy.config.values import HostPort
@@ -22,6 +23,8 @@ from trio_tproxy.dial import DialError
 from trio_tproxy.outbound import shadowsocks_packet as packets
 from trio_tproxy.outbound import shadowsocks_proto as proto
 from trio_tproxy.outbound.shadowsocks import ShadowsocksOutbound, ShadowsocksStream
+from trio_tproxy.outbound.shadowsocks_decoder import Decryptor, RequestDecoder
+from trio_tproxy.outbound.socks_proto import encode_address
 from trio_tproxy.upstreams import Destination, StreamUpstream, UdpRequest
 
 from .upstream_servers import (
@@ -228,6 +231,121 @@ async def test_bad_answers_reset_the_flow(what: str, nursery: trio.Nursery) -> N
     nursery.cancel_scope.cancel()
 
 
+async def test_download_is_a_view_and_an_idle_flow_holds_no_buffers(
+    nursery: trio.Nursery,
+) -> None:
+    """The plaintext comes as a view of the decryptor's buffer; while the flow waits
+    for the server the buffers are given back, and a chunk cut in two survives that."""
+    method = "aes-128-gcm"
+    key = proto.master_key(method, "pw")
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    more = trio.Event()
+
+    async def serve() -> None:
+        server = await listeners[0].accept()
+        await server.receive_some(65536)
+        enc = proto.Encryptor(method, key)
+        wire = enc.encrypt(b"hello") + enc.encrypt(b"x" * 20000)
+        cut = len(enc.salt) + 2 * (2 + proto.TAG_LEN) + 5 + 2 * proto.TAG_LEN + 100
+        await server.send_all(wire[:cut])  # "hello" and part of the next chunk
+        await more.wait()
+        await server.send_all(wire[cut:])
+        await trio.sleep_forever()
+
+    nursery.start_soon(serve)
+    stream = await open_stream(outbound(method, "pw", listeners[0].socket.getsockname()[1]), 9,
+                               initial=b"hi")  # fmt: skip
+    first = await stream.receive_some(65536)
+    assert isinstance(first, memoryview) and first == b"hello"
+
+    async def release_when_blocked() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        assert not stream._dec.holds_buffers  # waiting: nothing held
+        more.set()
+
+    nursery.start_soon(release_when_blocked)
+    with trio.fail_after(5):
+        got = bytearray()
+        while len(got) < 20000:
+            got += await stream.receive_some(65536)
+    assert got == b"x" * 20000
+    stream.close()
+    nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("method", ["aes-128-gcm", "2022-blake3-aes-128-gcm"])
+async def test_the_request_goes_with_the_clients_first_bytes(method: str,
+                                                             nursery: trio.Nursery) -> None:  # fmt: skip
+    """Not sniffed (initial empty): the request waits for the client's first write and
+    they go as one chunk (SIP022: in the variable header, without padding)."""
+    password = key_2022(method) if method.startswith("2022") else "pw"
+    key = proto.master_key(method, password)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    received: list[bytes] = []
+
+    async def serve() -> None:
+        server = await listeners[0].accept()
+        wire = b""
+        while chunk := await server.receive_some(65536):
+            wire += chunk
+        received.append(wire)
+
+    nursery.start_soon(serve)
+    ob = outbound(method, password, listeners[0].socket.getsockname()[1])
+    stream = await open_stream(ob, 80, initial=b"")
+    payload = b"GET / HTTP/1.1\r\n\r\n"
+    await stream.send_all(memoryview(payload))
+    await stream.send_eof()
+    with trio.fail_after(5):
+        while not received:  # noqa: ASYNC110 - bounded by fail_after
+            await trio.sleep(0.01)
+    stream.close()
+    address = encode_address(LOCALHOST, 80)
+    salt = proto.key_length(method)
+    if method.startswith("2022"):
+        decoder = RequestDecoder(method, key)
+        assert decoder.feed(received[0]) == payload and decoder.target == (LOCALHOST, 80)
+        # no padding: the payload took its place
+        expected = salt + 11 + proto.TAG_LEN + len(address) + 2 + len(payload) + proto.TAG_LEN
+    else:
+        assert Decryptor(method, key).feed(received[0]) == address + payload
+        expected = salt + 2 + proto.TAG_LEN + len(address) + len(payload) + proto.TAG_LEN
+    assert len(received[0]) == expected  # one chunk
+
+
+@pytest.mark.parametrize("first", ["read", "eof"])
+async def test_a_client_that_waits_gets_the_request_sent_alone(first: str,
+                                                               nursery: trio.Nursery) -> None:  # fmt: skip
+    """At the stream's first read, or ahead of the EOF of a client that said nothing."""
+    method = "aes-128-gcm"
+    key = proto.master_key(method, "pw")
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    got = []
+
+    async def serve() -> None:
+        server = await listeners[0].accept()
+        dec = Decryptor(method, key)
+        plain = b""
+        while not plain:
+            plain += dec.feed(await server.receive_some(65536))
+        got.append(plain)
+        await server.send_all(proto.Encryptor(method, key).encrypt(b"220 ready\r\n"))
+        got.append(await server.receive_some(65536))  # b"" once the client is done
+
+    nursery.start_soon(serve)
+    stream = await open_stream(outbound(method, "pw", listeners[0].socket.getsockname()[1]), 25)
+    with trio.fail_after(5):
+        if first == "eof":
+            await stream.send_eof()
+        assert await stream.receive_some(65536) == b"220 ready\r\n"
+        if first == "read":
+            await stream.send_eof()
+        while len(got) < 2:  # noqa: ASYNC110 - bounded by fail_after
+            await trio.sleep(0.01)
+    assert got == [encode_address(LOCALHOST, 25), b""]  # the request alone, then EOF
+    stream.close()
+
+
 async def test_dead_and_silent_servers() -> None:
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))
@@ -297,8 +415,8 @@ def test_2022_key_of_the_wrong_length_is_refused() -> None:
 def test_wire_header_for_a_domain() -> None:
     """The request carries the sniffed domain as ATYP 3 (checked by decrypting it)."""
     ob = outbound("aes-128-gcm", "pw", 1)
-    first, _ = ob._request("example.com", 443, b"payload")
-    plain = proto.Decryptor("aes-128-gcm", ob.key).feed(first)
+    first = ob.first_write(ob._encryptor(), "example.com", 443, b"payload")
+    plain = Decryptor("aes-128-gcm", ob.key).feed(first)
     assert plain == b"\x03\x0bexample.com" + struct.pack("!H", 443) + b"payload"
 
 

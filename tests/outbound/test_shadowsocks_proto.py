@@ -15,6 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_tproxy.outbound.shadowsocks_decoder import (
+    CARRY_MAX,
+    RECV_ROOM,
+    Decryptor,
+    RequestDecoder,
+    ResponseDecoder,
+)
 from trio_tproxy.outbound.shadowsocks_packet import (
     ReplayWindow,
     XChaCha20Poly1305,
@@ -27,11 +34,8 @@ from trio_tproxy.outbound.shadowsocks_packet import (
 from trio_tproxy.outbound.shadowsocks_proto import (
     AEAD_METHODS,
     METHODS_2022,
-    Decryptor,
     Encryptor,
-    RequestDecoder,
     RequestEncoder,
-    ResponseDecoder,
     ShadowsocksError,
     decode_psk,
     encode_response_header,
@@ -86,6 +90,83 @@ def test_aead_round_trip_fragmented(method: str) -> None:
     got = b"".join(dec.feed(p) for p in _split(wire, [1, 7, 30, 1000, 3, 17000]))
     assert got == data
     assert b"".join(dec.feed(bytes([b])) for b in enc.encrypt(b"more")) == b"more"
+
+
+def _receive(dec: Decryptor, wire: bytes, sizes: list[int], release_every: int) -> bytes:
+    """Drive ``dec`` as ShadowsocksStream does: recv_into its buffer, then received()."""
+    got, i, step = bytearray(), 0, 0
+    while i < len(wire):
+        space = dec.buffer()
+        assert len(space) == RECV_ROOM
+        n = min(sizes[step % len(sizes)], len(space), len(wire) - i)
+        space[:n] = wire[i : i + n]
+        i += n
+        plain = dec.received(n)
+        assert isinstance(plain, memoryview)  # a view of its buffer: no copy
+        got += plain
+        step += 1
+        if release_every and step % release_every == 0:
+            dec.release()  # as when the socket has nothing more: the partial chunk stays
+    return bytes(got)
+
+
+@pytest.mark.parametrize("method", sorted(AEAD_METHODS) + sorted(METHODS_2022))
+@pytest.mark.parametrize("release_every", [0, 1, 3])
+def test_chunks_are_opened_in_the_receive_buffer(method: str, release_every: int) -> None:
+    key = master_key(method, psk_for(method) if method.startswith("2022") else "pw")
+    enc, dec = Encryptor(method, key), Decryptor(method, key)
+    data = os.urandom(300_000)
+    # full chunks as ss-server sends them, and small ones
+    wire = b"".join(enc.encrypt(data[i : i + n]) for i, n in
+                    ((0, 100_000), (100_000, 5), (100_005, 199_995)))  # fmt: skip
+    sizes = [65536, 1, 17, 40000, 65536, 30, 70000]
+    assert _receive(dec, wire, sizes, release_every) == data
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 70000), min_size=1, max_size=8), st.integers(0, 4))
+def test_receive_buffer_in_any_pieces(sizes: list[int], release_every: int) -> None:
+    method = "aes-128-gcm"
+    key = master_key(method, "pw")
+    data = os.urandom(60_000)
+    wire = Encryptor(method, key).encrypt(data)
+    assert _receive(Decryptor(method, key), wire, sizes, release_every) == data
+
+
+@pytest.mark.parametrize(("partial", "held"), [(0, False), (CARRY_MAX, False),
+                                                (CARRY_MAX + 1, True)])  # fmt: skip
+def test_a_waiting_decryptor_gives_its_buffers_back(partial: int, held: bool) -> None:
+    """Between receives the output buffer always goes back; the input buffer too, its
+    partial chunk copied aside, unless that is over CARRY_MAX (then it stays)."""
+    method = "aes-128-gcm"
+    key = master_key(method, "pw")
+    enc, dec = Encryptor(method, key), Decryptor(method, key)
+    wire = enc.encrypt(b"whole") + enc.encrypt(b"p" * 10000)
+    whole = 16 + 2 * (2 + 16) + 5 + 16
+    cut = whole + partial
+    space = dec.buffer()
+    space[:cut] = wire[:cut]
+    assert dec.received(cut) == b"whole"
+    dec.release()
+    assert dec.holds_buffers is held
+    rest = wire[cut:]
+    space = dec.buffer()
+    space[: len(rest)] = rest
+    assert dec.received(len(rest)) == b"p" * 10000
+
+
+@pytest.mark.parametrize("method", sorted(AEAD_METHODS) + sorted(METHODS_2022))
+def test_encrypt_into_writes_what_encrypt_returns(method: str) -> None:
+    key = master_key(method, psk_for(method) if method.startswith("2022") else "pw")
+    salt = os.urandom(len(key))
+    into, plain = Encryptor(method, key, salt), Encryptor(method, key, salt)
+    out = memoryview(bytearray(300_000))
+    for size in (5, 0, 16383, 16384, 65535, 65536, 100_000):
+        data = os.urandom(size)
+        expected = into.wire_size(size)  # the salt counts in the first only
+        n = into.encrypt_into(memoryview(data), out)
+        assert n == expected
+        assert out[:n] == plain.encrypt(data)
 
 
 @pytest.mark.parametrize("method", sorted(AEAD_METHODS))

@@ -4,27 +4,37 @@ trojan inbound; TCP and UDP, certificate checks, the decoy site as a wrong passw
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from trio_tproxy.config import TrojanOutbound as TrojanConfig
 from trio_tproxy.config.values import HostPort
 from trio_tproxy.dial import DialError
+from trio_tproxy.outbound import trojan_proto
+from trio_tproxy.outbound.tls_client import MAX_MISSES, SessionCache
 from trio_tproxy.outbound.trojan import TrojanOutbound, TrojanStream, looks_like_decoy
 from trio_tproxy.upstreams import Destination, StreamUpstream, UdpRequest
 
 from .upstream_servers import (
     EchoServers,
     HttpDecoy,
+    free_port,
     make_tls_certificate,
     needs_sing_box,
     needs_trojan,
+    running,
     sing_box,
     trojan_server,
 )
@@ -107,6 +117,240 @@ async def test_udp_through_trojan_gfw(trojan: tuple[int, Path], echo: EchoServer
             nursery.cancel_scope.cancel()
     link.close()
     assert sorted(got) == sorted([(b"ping %d" % i, dst) for i in range(3)] + [(b"by name", dst)])
+
+
+async def echo_once(ob: TrojanOutbound, echo: EchoServers) -> bool:
+    """One short flow; whether its TLS handshake resumed a session."""
+    stream = await open_stream(ob, echo.tcp_port, b"\x16\x03\x01hi")
+    with trio.fail_after(5):
+        assert await stream.receive_some(65536) == b"\x16\x03\x01hi"
+    resumed = stream._tls.sock.session_reused
+    stream.close()
+    return resumed
+
+
+@needs_trojan
+async def test_the_next_connection_resumes_the_tls_session(trojan: tuple[int, Path],
+                                                           echo: EchoServers) -> None:  # fmt: skip
+    port, ca = trojan
+    ob = outbound(port, sni="tj.test", ca=str(ca))
+    assert [await echo_once(ob, echo) for _ in range(4)] == [False, True, True, True]
+    # another outbound (here: another SNI for the same server) has sessions of its own
+    assert await echo_once(outbound(port, ca=str(ca)), echo) is False
+
+
+@needs_trojan
+async def test_a_refused_session_gets_a_full_verified_handshake(
+    tmp_path: Path, decoy: HttpDecoy, echo: EchoServers
+) -> None:
+    """The server restarts (its session cache is gone): the next flow does a full
+    handshake, and it is verified: under a certificate we do not trust, it fails."""
+    cert, key = make_tls_certificate(tmp_path)
+    port = free_port()
+
+    def server(cert: Path, key: Path, name: str) -> AbstractContextManager[object]:
+        conf = tmp_path / f"{name}.json"
+        conf.write_text(json.dumps({
+            "run_type": "server", "local_addr": "127.0.0.1", "local_port": port,
+            "remote_addr": "127.0.0.1", "remote_port": decoy.port, "password": ["pw"],
+            "log_level": 1, "ssl": {"cert": str(cert), "key": str(key)},
+        }))  # fmt: skip
+        return running(["trojan", "-c", str(conf)], port, tmp_path / f"{name}.log")
+
+    ob = outbound(port, sni="tj.test", ca=str(cert))
+    with server(cert, key, "first"):
+        assert [await echo_once(ob, echo) for _ in range(2)] == [False, True]
+    with server(cert, key, "restarted"):
+        assert [await echo_once(ob, echo) for _ in range(2)] == [False, True]
+    other = tmp_path / "other"
+    other.mkdir()
+    with (server(*make_tls_certificate(other), "impostor"),
+          pytest.raises(DialError, match="certificate verification failed")):  # fmt: skip
+        await echo_once(ob, echo)
+
+
+class RecordingTrojanServer:
+    """A TLS server that records its first read of each connection (one TLS record:
+    what the client sent in one write) and answers ``reply``, then each of ``more`` in
+    a record of its own once ``go`` is set."""
+
+    def __init__(self, tmp: Path, reply: bytes, tickets: int = 2,
+                 more: tuple[bytes, ...] = ()) -> None:  # fmt: skip
+        cert, key = make_tls_certificate(tmp)
+        self.ca = cert
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.ctx.num_tickets = tickets
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.reply, self.more = reply, more
+        self.go, self.sent = threading.Event(), threading.Event()
+        self.first_reads: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(5)
+                    self.first_reads.append(tls.recv(65536))
+                    tls.sendall(self.reply)
+                    if self.more:
+                        self.go.wait(5)
+                        for record in self.more:
+                            tls.sendall(record)
+                        self.sent.set()
+                    tls.recv(1)  # until the client closes
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_the_request_goes_with_the_clients_first_bytes(tmp_path: Path) -> None:
+    """Not sniffed (initial empty): the request waits for the client's first write and
+    shares its TLS record; a client that waits for the server gets the request sent
+    alone at the first read."""
+    server = RecordingTrojanServer(tmp_path, b"220 ready\r\n")
+    try:
+        ob = outbound(server.port, sni="tj.test", ca=str(server.ca))
+        request = trojan_proto.encode_request(trojan_proto.password_hash("pw"),
+                                              trojan_proto.CMD_CONNECT, LOCALHOST, 25)  # fmt: skip
+        with trio.fail_after(5):
+            stream = await open_stream(ob, 25, initial=b"")
+            await stream.send_all(memoryview(b"EHLO x\r\n"))
+            assert await stream.receive_some(65536) == b"220 ready\r\n"
+            stream.close()
+            stream = await open_stream(ob, 25, initial=b"")  # server first: no bytes yet
+            assert await stream.receive_some(65536) == b"220 ready\r\n"
+            await stream.send_all(b"QUIT\r\n")
+            stream.close()
+        assert server.first_reads == [request + b"EHLO x\r\n", request]
+    finally:
+        server.close()
+
+
+async def test_records_in_are_taken_in_one_batch_and_idle_flows_hold_no_buffer(
+    tmp_path: Path,
+) -> None:
+    """Five records already in come back from one read (one send to the client, not
+    five); while the stream waits for the server it holds no buffer."""
+    more = tuple(bytes([65 + i]) * 5000 for i in range(5))  # records of a stream
+    server = RecordingTrojanServer(tmp_path, b"220 ready\r\n", more=more)
+    try:
+        ob = outbound(server.port, sni="tj.test", ca=str(server.ca))
+        with trio.fail_after(5):
+            stream = await open_stream(ob, 25, initial=b"")
+            assert await stream.receive_some(65536) == b"220 ready\r\n"
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream.receive_some, 65536)  # waits: nothing more yet
+                await trio.testing.wait_all_tasks_blocked()
+                assert stream._tls._held is None
+                nursery.cancel_scope.cancel()
+            server.go.set()
+            while not server.sent.is_set():  # noqa: ASYNC110 - bounded by fail_after
+                await trio.sleep(0.01)
+            await trio.sleep(0.05)  # loopback: the records are in our socket by now
+            assert await stream.receive_some(65536) == b"".join(more)
+            stream.close()
+    finally:
+        server.close()
+
+
+async def test_a_server_without_tickets_is_not_offered_sessions(tmp_path: Path) -> None:
+    server = RecordingTrojanServer(tmp_path, b"220 ready\r\n", tickets=0)
+    try:
+        ob = outbound(server.port, sni="tj.test", ca=str(server.ca))
+        for _ in range(MAX_MISSES + 1):
+            with trio.fail_after(5):
+                stream = await open_stream(ob, 25, initial=b"")
+                assert await stream.receive_some(65536) == b"220 ready\r\n"
+            assert not stream._tls.sock.session_reused
+            stream.close()
+        assert ob.sessions.offer() is None
+        assert ob.sessions._paused_until > 0  # not read again for a while
+    finally:
+        server.close()
+
+
+class FakeTls:
+    """What SessionCache reads of an ssl.SSLSocket; counts reads of ``session``
+    (CPython copies the session through DER on every read)."""
+
+    def __init__(self, session: object, reused: bool, version: str = "TLSv1.3") -> None:
+        self._session, self.session_reused, self._version = session, reused, version
+        self.reads = 0
+
+    @property
+    def session(self) -> object:
+        self.reads += 1
+        return self._session
+
+    def version(self) -> str:
+        return self._version
+
+
+class FakeSession:
+    def __init__(self, created: float, has_ticket: bool = True, hint: int = 600) -> None:
+        self.time, self.has_ticket, self.id = int(created), has_ticket, b"i"
+        self.timeout, self.ticket_lifetime_hint = 7200, hint  # as OpenSSL's client has them
+
+
+def keep(cache: SessionCache, session: FakeSession, *, reused: bool,
+         offered: bool | None = None) -> FakeTls:  # fmt: skip
+    tls = FakeTls(session, reused)
+    cache.keep(tls, offered=reused if offered is None else offered)  # type: ignore[arg-type]
+    return tls
+
+
+def test_session_cache_reads_a_session_only_when_it_needs_one() -> None:
+    now = time.time()
+    cache = SessionCache()
+    assert cache.offer() is None
+    keep(cache, FakeSession(now, has_ticket=False), reused=False)
+    assert cache.offer() is None  # TLS 1.3 before a ticket: nothing to resume with
+    first = FakeSession(now)
+    keep(cache, first, reused=False)
+    assert cache.offer() is first
+    resumed = keep(cache, FakeSession(now), reused=True)
+    assert cache.offer() is first and resumed.reads == 0  # fresh and accepted: kept
+    refused = FakeSession(now)
+    keep(cache, refused, reused=False, offered=True)
+    assert cache.offer() is refused  # the server did not take it: the new one
+    old = SessionCache()
+    keep(old, FakeSession(now - 400), reused=False)
+    newer = FakeSession(now)
+    keep(old, newer, reused=True)
+    assert old.offer() is newer  # past half the ticket's lifetime: replaced
+    no_hint = SessionCache()
+    kept = FakeSession(now - 400, hint=0)  # no ticket lifetime: its own 7200 s
+    keep(no_hint, kept, reused=False)
+    keep(no_hint, FakeSession(now), reused=True)
+    assert no_hint.offer() is kept
+
+
+@pytest.mark.parametrize("server", ["refuses", "gives no ticket"])
+def test_a_server_that_does_not_resume_is_not_asked_for_a_while(server: str) -> None:
+    """Each try costs two DER copies of a session: after MAX_MISSES misses in a row
+    no session is offered nor read for RESUME_RETRY seconds."""
+    cache = SessionCache()
+    if server == "refuses":
+        keep(cache, FakeSession(time.time()), reused=False)  # one to offer
+    for _ in range(MAX_MISSES):
+        assert (cache.offer() is not None) is (server == "refuses")
+        if server == "refuses":
+            keep(cache, FakeSession(time.time()), reused=False, offered=True)
+        else:
+            keep(cache, FakeSession(time.time(), has_ticket=False), reused=False,
+                 offered=False)  # fmt: skip
+    assert cache.offer() is None
+    later = keep(cache, FakeSession(time.time()), reused=False)
+    assert later.reads == 0 and cache.offer() is None
 
 
 @needs_trojan
@@ -206,7 +450,7 @@ async def test_http_sent_after_the_request_is_not_mistaken_for_the_decoy(
         stream = await open_stream(ob, web.port, initial=b"")
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         with trio.fail_after(5):
-            assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 400")
+            assert bytes(await stream.receive_some(65536)).startswith(b"HTTP/1.1 400")
         stream.close()
     finally:
         web.close()

@@ -137,9 +137,10 @@ class _UpstreamStream(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         try:
-            return await self._stream.receive_some(max_bytes or 65536)
+            data = await self._stream.receive_some(max_bytes or 65536)
         except OSError as exc:
             raise trio.BrokenResourceError(str(exc)) from exc
+        return bytes(data) if isinstance(data, memoryview) else data  # valid until the next call
 
     async def aclose(self) -> None:
         self._stream.close()

@@ -276,8 +276,8 @@ class _ByteStreamAdapter(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data: bytes | bytearray = await self.inner.receive_some(max_bytes or 65536)
-        return data
+        data: bytes | bytearray | memoryview = await self.inner.receive_some(max_bytes or 65536)
+        return bytes(data) if isinstance(data, memoryview) else data  # valid until the next call
 
     async def aclose(self) -> None:
         self.inner.close()

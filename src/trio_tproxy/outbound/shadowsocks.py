@@ -2,9 +2,11 @@
 
 TCP: one connection to the server per flow. The first write carries the salt, the
 request header (the SOCKS-style address: the sniffed domain when there is one, else
-the IP) and the client's first bytes, so the flow costs no extra round trip. The
+the IP) and the client's first bytes, so the flow costs no extra round trip (when
+sniffing did not read them, the request waits for the client's first write). The
 connection is a :class:`~trio_tproxy.upstreams.StreamUpstream`: bytes are encrypted and
-decrypted in userspace (shadowsocks_proto.py, sans-IO) by the relay's two pumps.
+decrypted in userspace (shadowsocks_proto.py, shadowsocks_decoder.py: sans-IO) by the
+relay's two pumps.
 
 A Shadowsocks server never says "wrong key": ss-server holds such a connection open
 in silence, others close it. So until a response has once decrypted with our key, a
@@ -36,9 +38,10 @@ from ..addr import Endpoint, IPAddress
 from ..config import ShadowsocksOutbound as ShadowsocksConfig
 from ..dial import DialError, ip_literal, open_tcp_host
 from ..inbound.sockopt import set_mark
-from ..relay import send_all
+from ..relay import BufferPool, send_all
 from ..resolver import Resolver, SystemResolver
 from ..sock import addr_to_sockaddr, close_socket, family_of, set_reset_on_close
+from . import shadowsocks_decoder as decoder
 from . import shadowsocks_packet as packets
 from . import shadowsocks_proto as proto
 from .base import DatagramSink, Destination, StreamUpstream, UdpRequest
@@ -50,13 +53,16 @@ log = logging.getLogger("trio_tproxy.outbound.shadowsocks")
 
 # A key counts as proven for this long after a response decrypted with it.
 PROVEN_FOR = 600.0
-RECV_SIZE = 65536
 # The largest UDP payload one IPv4 packet carries (65535 - IP and UDP headers).
 MAX_DATAGRAM = 65507
 RECV_BATCH = 64
 # Server sessions (SIP022 UDP) whose replay windows are kept per link.
 MAX_SERVER_SESSIONS = 16
 WARN_EVERY = 60.0  # seconds between two warnings about the same outbound's key
+# The upload's wire buffers: a relay chunk (policy.buffer_size, 64 KiB by default) with
+# its chunk overhead and a salt; a larger write is sealed into bytes of its own.
+WIRE_SIZE = 65536 + 8 * (2 + 2 * proto.TAG_LEN) + 32
+_wires = BufferPool(WIRE_SIZE, keep=8)
 
 
 @attrs.define
@@ -106,18 +112,22 @@ class ShadowsocksOutbound:
 
     # -- TCP -------------------------------------------------------------------------
 
-    def _request(self, host: Host, port: int, initial: bytes) -> tuple[bytes, proto.Encryptor]:
-        """The first write (salt, header, first bytes) and the encryptor for the rest."""
-        if not self.v2022:
-            enc = proto.Encryptor(self.method, self.key)
-            return enc.encrypt(encode_address(host, port) + initial), enc
-        enc2022 = proto.RequestEncoder(self.method, self.key)
+    def _encryptor(self) -> proto.Encryptor:
+        if self.v2022:
+            return proto.RequestEncoder(self.method, self.key)
+        return proto.Encryptor(self.method, self.key)
+
+    def first_write(self, enc: proto.Encryptor, host: Host, port: int, initial: bytes) -> bytes:
+        """Salt, request header and the client's first bytes (SIP022: padding instead
+        when there are none)."""
+        if not isinstance(enc, proto.RequestEncoder):
+            return enc.encrypt(encode_address(host, port) + initial)
         # The variable header holds at most 0xFFFF bytes: what does not fit follows.
         room = proto.MAX_PAYLOAD_2022 - len(encode_address(host, port)) - 2
-        head = enc2022.header(host, port, initial[:room])
+        head = enc.header(host, port, initial[:room])
         if len(initial) > room:
-            head += enc2022.encrypt(initial[room:])
-        return head, enc2022
+            head += enc.encrypt(initial[room:])
+        return head
 
     async def open_stream(
         self,
@@ -128,8 +138,14 @@ class ShadowsocksOutbound:
     ) -> StreamUpstream:
         if not self.tcp:
             raise DialError(errno.EPROTONOSUPPORT, f"{self.name}: network excludes tcp")
+        target = (destination.host, destination.port)
+        enc = self._encryptor()
         try:
-            first, enc = self._request(destination.host, destination.port, initial)
+            # Nothing from the client yet (sniffing off, a server-first port): the
+            # request waits for its first bytes, to go in one write and one segment
+            # with them (see ShadowsocksStream); else it goes now, with them.
+            first = self.first_write(enc, *target, initial) if initial else b""
+            encode_address(*target)
         except ValueError as exc:  # a name over 255 bytes
             raise DialError(errno.EINVAL, f"{self.name}: cannot request it: {exc}") from exc
         deadline = trio.current_time() + timeout
@@ -143,7 +159,8 @@ class ShadowsocksOutbound:
             except DialError as exc:
                 raise DialError(exc.errno, f"{self.name}: {exc}") from exc
             try:
-                await send_all(sock, first)
+                if first:
+                    await send_all(sock, first)
             except OSError as exc:
                 close_socket(sock)
                 reason = f"{self.name}: sending the request failed: {exc}"
@@ -154,10 +171,11 @@ class ShadowsocksOutbound:
             raise handshake_timeout(self.name, timeout)
         assert sock is not None
         if self.v2022:
-            dec: proto.Decryptor = proto.ResponseDecoder(self.method, self.key, enc.salt)
+            dec: decoder.Decryptor = decoder.ResponseDecoder(self.method, self.key, enc.salt)
         else:
-            dec = proto.Decryptor(self.method, self.key)
-        stream = ShadowsocksStream(self, sock, enc, dec, deadline, timeout)
+            dec = decoder.Decryptor(self.method, self.key)
+        stream = ShadowsocksStream(self, sock, enc, dec, deadline, timeout,
+                                   None if first else target)  # fmt: skip
         return StreamUpstream(stream, chain=(self.tag,))
 
     # -- UDP -------------------------------------------------------------------------
@@ -188,11 +206,17 @@ class ShadowsocksOutbound:
 
 
 class ShadowsocksStream:
-    """One flow's connection to the server, as the relay's ByteStream."""
+    """One flow's connection to the server, as the relay's ByteStream.
+
+    ``target``, when given, has not been requested yet: the request goes in one write
+    with the client's first bytes, or alone at the first read. The relay's uplink reads
+    the client before its downlink first reads here, so a client that spoke first has
+    its bytes sent with the request; one that waits for the server waits no longer."""
 
     def __init__(  # noqa: PLR0917
         self, outbound: ShadowsocksOutbound, sock: socket.socket, enc: proto.Encryptor,
-        dec: proto.Decryptor, deadline: float, timeout: float,
+        dec: decoder.Decryptor, deadline: float, timeout: float,
+        target: tuple[Host, int] | None = None,
     ) -> None:  # fmt: skip
         self._ob = outbound
         self._sock = sock
@@ -201,31 +225,65 @@ class ShadowsocksStream:
         self._deadline = deadline  # for the first answer, while the key is unproven
         self._timeout = timeout
         self._answered = False
+        self._target = target
+        self._request_sent: trio.Event | None = None  # set once a read sent it alone
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await send_all(self._sock, self._enc.encrypt(data))
+        if self._target is not None:
+            target, self._target = self._target, None
+            wire = self._ob.first_write(self._enc, *target, bytes(data))
+        else:
+            if self._request_sent is not None:  # a read is sending the request: after it
+                await self._request_sent.wait()
+                self._request_sent = None
+            if self._enc.wire_size(len(data)) <= WIRE_SIZE:  # the relay's chunks: sealed
+                buf = _wires.acquire()  # straight into a buffer of the free list
+                try:
+                    n = self._enc.encrypt_into(data, memoryview(buf))
+                    await send_all(self._sock, memoryview(buf)[:n])
+                finally:
+                    _wires.release(buf)
+                return
+            wire = self._enc.encrypt(data)
+        await send_all(self._sock, wire)
 
-    async def receive_some(self, max_bytes: int) -> bytes:
+    async def _send_request(self, target: tuple[Host, int]) -> None:
+        self._request_sent = sent = trio.Event()
+        try:
+            await send_all(self._sock, self._ob.first_write(self._enc, *target, b""))
+        finally:
+            sent.set()
+
+    async def receive_some(self, max_bytes: int) -> memoryview:
+        """Plaintext of the whole chunks in, as a view valid until the next call: the
+        kernel copies into the decryptor's buffer and the cipher out of it, nothing
+        else does (``max_bytes`` is not a bound: a chunk comes whole)."""
+        dec, sock = self._dec, self._sock
+        if self._target is not None:  # the client has not spoken: the server needs it
+            target, self._target = self._target, None
+            await self._send_request(target)
         while True:
-            if self._answered or self._ob.proven():
-                data = await self._recv()
-            else:
-                data = None
-                with trio.move_on_at(self._deadline):
-                    data = await self._recv()
-                if data is None:
-                    raise self._ob.failed(
-                        f"no answer within {self._timeout:g}s of the request (policy.handshake)"
-                        " - wrong password or method? (servers stay silent then)"
-                    )
-            if not data:
+            try:
+                n = sock.recv_into(dec.buffer())
+            except BlockingIOError:
+                dec.release()  # an idle flow holds no buffers
+                await self._wait_readable()
+                continue
+            except OSError as exc:
+                if not self._answered:
+                    raise self._ob.failed(f"{exc.strerror or exc} before any answer "
+                                          "(wrong password or method?)") from exc  # fmt: skip
+                raise
+            if not n:
+                dec.release()
                 if not self._answered:
                     raise self._ob.failed("the server closed the connection without "
                                           "answering (wrong password or method?)")  # fmt: skip
-                return b""
+                return memoryview(b"")
             try:
-                plain = self._dec.feed(data)
+                plain = dec.received(n)
             except proto.ShadowsocksError as exc:
+                dec.release()
                 raise self._ob.failed(str(exc)) from None
             if plain:
                 if not self._answered:
@@ -233,20 +291,25 @@ class ShadowsocksStream:
                     self._ob.prove()
                 return plain
 
-    async def _recv(self) -> bytes:
-        sock = self._sock
-        while True:
-            try:
-                return sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-            except OSError as exc:
-                if not self._answered:
-                    raise self._ob.failed(f"{exc.strerror or exc} before any answer "
-                                          "(wrong password or method?)") from exc  # fmt: skip
-                raise
+    async def _wait_readable(self) -> None:
+        """Until the first answer, while the key is unproven, within the handshake."""
+        if self._answered or self._ob.proven():
+            await trio.lowlevel.wait_readable(self._sock)
+            return
+        with trio.move_on_at(self._deadline):
+            await trio.lowlevel.wait_readable(self._sock)
+            return
+        raise self._ob.failed(
+            f"no answer within {self._timeout:g}s of the request (policy.handshake)"
+            " - wrong password or method? (servers stay silent then)"
+        )
 
     async def send_eof(self) -> None:
+        if self._target is not None:  # the client said nothing at all: still requested
+            target, self._target = self._target, None
+            await self._send_request(target)
+        elif self._request_sent is not None:  # a read is sending the request
+            await self._request_sent.wait()
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_WR)
         await trio.lowlevel.checkpoint()

@@ -1,7 +1,8 @@
 """Shadowsocks AEAD (SIP004) and Shadowsocks 2022 (SIP022) framing, sans-IO.
 
-No sockets and no trio: encryptors turn plaintext into wire bytes, decryptors take wire
-bytes in any pieces and hand back plaintext once whole chunks are in.
+No sockets and no trio: key derivation, the AEAD nonce counter, and the encoders that
+turn plaintext into wire bytes; the decoders (wire bytes in any pieces, plaintext once
+whole chunks are in) are shadowsocks_decoder.py's.
 
 * SIP004 (aes-128-gcm, aes-256-gcm, chacha20-ietf-poly1305): master key from the
   password by EVP_BytesToKey (MD5 chain, no salt); per-stream subkey
@@ -132,30 +133,31 @@ def master_key(method: str, password: str) -> bytes:
     return evp_bytes_to_key(password.encode(), key_length(method))
 
 
-def _subkey(method: str, key: bytes, salt: bytes) -> bytes:
+def subkey(method: str, key: bytes, salt: bytes) -> bytes:
     if is_2022(method):
         return session_subkey_2022(key, salt)
     return hkdf_sha1(key, salt, len(key))
 
 
-class _Aead:
-    """An AEAD with the SIP004/SIP022 little-endian nonce counter."""
+class Aead:
+    """An AEAD with the SIP004/SIP022 little-endian nonce counter (``counter`` is the
+    next nonce's; Decryptor's chunk loop reads and bumps it itself)."""
 
     def __init__(self, cls: AeadType, subkey: bytes) -> None:
-        self._aead: AESGCM | ChaCha20Poly1305 = cls(subkey)
-        self._counter = 0
+        self.cipher: AESGCM | ChaCha20Poly1305 = cls(subkey)
+        self.counter = 0
 
     def _nonce(self) -> bytes:
-        nonce = self._counter.to_bytes(NONCE_LEN, "little")
-        self._counter += 1
+        nonce = self.counter.to_bytes(NONCE_LEN, "little")
+        self.counter += 1
         return nonce
 
     def seal(self, data: bytes | memoryview) -> bytes:
-        return self._aead.encrypt(self._nonce(), data, None)
+        return self.cipher.encrypt(self._nonce(), data, None)
 
-    def open(self, data: bytes) -> bytes:
+    def open(self, data: bytes | memoryview) -> bytes:
         try:
-            return self._aead.decrypt(self._nonce(), data, None)
+            return self.cipher.decrypt(self._nonce(), data, None)
         except InvalidTag:
             raise ShadowsocksError(AUTH_FAILED) from None
 
@@ -174,7 +176,7 @@ class Encryptor:
         self.salt = os.urandom(key_len) if salt is None else salt
         if len(self.salt) != key_len:
             raise ValueError(f"{method} salt is {key_len} bytes")
-        self._aead = _Aead(cls, _subkey(method, key, self.salt))
+        self._aead = Aead(cls, subkey(method, key, self.salt))
         self._salt_sent = False
         self.max_payload = MAX_PAYLOAD_2022 if self._v2022 else MAX_PAYLOAD
 
@@ -197,73 +199,33 @@ class Encryptor:
             out += (self._aead.seal(struct.pack("!H", len(chunk))), self._aead.seal(chunk))
         return b"".join(out)
 
+    def wire_size(self, n: int) -> int:
+        """How many bytes :meth:`encrypt_into` writes for ``n`` bytes of plaintext."""
+        chunks = -(-n // self.max_payload)
+        return (0 if self._salt_sent else len(self.salt)) + n + chunks * (2 + 2 * TAG_LEN)
 
-class Decryptor:
-    """TCP wire bytes in any pieces -> plaintext, for SIP004 streams (and SIP022 after
-    its header: see :class:`ResponseDecoder`)."""
-
-    def __init__(self, method: str, key: bytes) -> None:
-        self._key_len, self._cls, self._v2022 = method_info(method)
-        if len(key) != self._key_len:
-            raise ValueError(f"{method} key is {self._key_len} bytes")
-        self._method = method
-        self._key = key
-        self._aead: _Aead | None = None
-        self._buf = bytearray()
-        self._pending: int | None = None  # payload length read, payload not yet
-        self.max_payload = MAX_PAYLOAD_2022 if self._v2022 else MAX_PAYLOAD
-        self.salt: bytes | None = None
-
-    def _start(self, salt: bytes) -> None:
-        self.salt = salt
-        self._aead = _Aead(self._cls, _subkey(self._method, self._key, salt))
-
-    def _take_salt(self) -> bool:
-        if self._aead is not None:
-            return True
-        if len(self._buf) < self._key_len:
-            return False
-        self._start(bytes(self._buf[: self._key_len]))
-        del self._buf[: self._key_len]
-        return True
-
-    def _take(self, n: int) -> bytes | None:
-        if len(self._buf) < n:
-            return None
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
-        return data
-
-    def _open_length(self, sealed: bytes) -> int:
-        assert self._aead is not None
-        length = int.from_bytes(self._aead.open(sealed), "big")
-        if length > self.max_payload:
-            raise ShadowsocksError(
-                f"chunk length {length} over {self.max_payload}: " + AUTH_FAILED
-            )
-        return length
-
-    def _chunks(self) -> bytes:
-        assert self._aead is not None
-        out: list[bytes] = []
-        while True:
-            if self._pending is None:
-                sealed = self._take(2 + TAG_LEN)
-                if sealed is None:
-                    break
-                self._pending = self._open_length(sealed)
-            sealed = self._take(self._pending + TAG_LEN)
-            if sealed is None:
-                break
-            self._pending = None
-            out.append(self._aead.open(sealed))
-        return b"".join(out)
-
-    def feed(self, data: bytes) -> bytes:
-        self._buf += data
-        if not self._take_salt():
-            return b""
-        return self._chunks()
+    def encrypt_into(self, data: bytes | bytearray | memoryview, out: memoryview) -> int:
+        """:meth:`encrypt` sealed straight into ``out`` (at least :meth:`wire_size`
+        bytes): the upload path's buffer, no per-chunk objects and no join. Returns
+        the number of bytes written."""
+        view = memoryview(data)
+        salt = self.take_salt()
+        pos = len(salt)
+        out[:pos] = salt
+        aead, step = self._aead, self.max_payload
+        counter, encrypt_into = aead.counter, aead.cipher.encrypt_into
+        for i in range(0, len(view), step):
+            chunk = view[i : i + step]
+            n = len(chunk)
+            encrypt_into(counter.to_bytes(NONCE_LEN, "little"), n.to_bytes(2, "big"), None,
+                         out[pos : pos + 2 + TAG_LEN])  # fmt: skip
+            pos += 2 + TAG_LEN
+            encrypt_into((counter + 1).to_bytes(NONCE_LEN, "little"), chunk, None,
+                         out[pos : pos + n + TAG_LEN])  # fmt: skip
+            pos += n + TAG_LEN
+            counter += 2
+        aead.counter = counter
+        return pos
 
 
 def parse_addr(buf: bytes, offset: int) -> tuple[Host, int, int]:
@@ -314,79 +276,3 @@ def encode_response_header(enc: Encryptor, request_salt: bytes, payload: bytes,
     ts = int(time.time() if now is None else now)
     fixed = struct.pack("!BQ", TYPE_SERVER, ts) + request_salt + struct.pack("!H", len(payload))
     return enc.take_salt() + enc.seal(fixed) + enc.seal(payload)
-
-
-class ResponseDecoder(Decryptor):
-    """SIP022 client side of the response: checks type, timestamp and request salt, then
-    decodes chunks like :class:`Decryptor`."""
-
-    def __init__(self, method: str, key: bytes, request_salt: bytes,
-                 now: float | None = None) -> None:
-        super().__init__(method, key)
-        if not self._v2022:
-            raise ValueError("ResponseDecoder is for 2022 methods; use Decryptor")
-        self._request_salt = request_salt
-        self._now = now
-        self._header_done = False
-
-    def feed(self, data: bytes) -> bytes:
-        self._buf += data
-        if not self._take_salt():
-            return b""
-        if not self._header_done:
-            assert self._aead is not None
-            if self._pending is None:
-                sealed = self._take(1 + 8 + self._key_len + 2 + TAG_LEN)
-                if sealed is None:
-                    return b""
-                fixed = self._aead.open(sealed)
-                kind, ts = struct.unpack_from("!BQ", fixed)
-                if kind != TYPE_SERVER:
-                    raise ShadowsocksError(f"response header type {kind}, not {TYPE_SERVER}")
-                check_time(ts, self._now)
-                if fixed[9 : 9 + self._key_len] != self._request_salt:
-                    raise ShadowsocksError("response is not for our request (salt differs)")
-                (self._pending,) = struct.unpack_from("!H", fixed, 9 + self._key_len)
-            self._header_done = True
-        return self._chunks()
-
-
-class RequestDecoder(Decryptor):
-    """SIP022 server side of the request (tests, and a future inbound)."""
-
-    def __init__(self, method: str, key: bytes, now: float | None = None) -> None:
-        super().__init__(method, key)
-        if not self._v2022:
-            raise ValueError("RequestDecoder is for 2022 methods; use Decryptor")
-        self._now = now
-        self.target: tuple[Host, int] | None = None
-        self._var_len: int | None = None
-
-    def feed(self, data: bytes) -> bytes:
-        self._buf += data
-        if not self._take_salt():
-            return b""
-        assert self._aead is not None
-        out = b""
-        if self.target is None:
-            if self._var_len is None:
-                sealed = self._take(11 + TAG_LEN)
-                if sealed is None:
-                    return b""
-                kind, ts, self._var_len = struct.unpack("!BQH", self._aead.open(sealed))
-                if kind != TYPE_CLIENT:
-                    raise ShadowsocksError(f"request header type {kind}, not {TYPE_CLIENT}")
-                check_time(ts, self._now)
-            sealed = self._take(self._var_len + TAG_LEN)
-            if sealed is None:
-                return b""
-            var = self._aead.open(sealed)
-            host, port, end = parse_addr(var, 0)
-            if len(var) < end + 2:
-                raise ShadowsocksError("request header ends before the padding length")
-            (pad,) = struct.unpack_from("!H", var, end)
-            if end + 2 + pad > len(var):
-                raise ShadowsocksError("request padding runs past the header")
-            self.target = (host, port)
-            out = var[end + 2 + pad :]
-        return out + self._chunks()

@@ -5,7 +5,8 @@ name; no SNI when the server is an IP, whose certificate is then checked for tha
 verified against the system store plus ``ca``, unless ``insecure``. The request — the
 password's hex SHA-224, CRLF, the command, the SOCKS-style address (the sniffed domain
 when there is one), CRLF — goes out in one TLS record together with the client's first
-bytes. Trojan has no reply: the server relays at once.
+bytes. Trojan has no reply: the server relays at once. The next connection resumes the
+TLS session (tls_client.SessionCache): no certificate to check again.
 
 A wrong password is not refused either: the server hands the connection to its decoy
 web site, whose answer would reach the client as if the destination had sent it. When
@@ -36,10 +37,11 @@ from ..addr import Endpoint, IPAddress
 from ..config import TrojanOutbound as TrojanConfig
 from ..dial import DialError, ip_literal, open_tcp_host
 from ..resolver import Resolver, SystemResolver
-from ..sock import close_socket, set_reset_on_close
+from ..sock import close_socket
 from . import trojan_proto as proto
 from .base import DatagramSink, Destination, StreamUpstream, UdpRequest
 from .socks_proto import Host
+from .tls_client import SessionCache, TlsSocket
 from .tunnel import handshake_timeout
 from .udp_map import ReplyMap, datagram_host
 
@@ -89,13 +91,12 @@ class TrojanOutbound:
         self.insecure = cfg.insecure
         self.password_hash = proto.password_hash(cfg.password)
         self.context = tls_context(cfg)
+        self.sessions = SessionCache()
         self.resolver: Resolver = resolver or SystemResolver()
         self.name = f"trojan {self.tag}"
 
-    async def _connect(self, command: int, host: Host, port: int, payload: bytes,
-                       timeout: float) -> TlsSocket:  # noqa: ASYNC109 # fmt: skip
-        """TLS to the server and the request, within ``timeout``."""
-        request = proto.encode_request(self.password_hash, command, host, port, payload)
+    async def _connect(self, request: bytes, timeout: float) -> TlsSocket:  # noqa: ASYNC109
+        """TLS to the server and the request (if any yet), within ``timeout``."""
         raw: socket.socket | None = None
         tls: TlsSocket | None = None
         with trio.move_on_after(timeout) as scope:
@@ -105,12 +106,15 @@ class TrojanOutbound:
             except DialError as exc:
                 raise DialError(exc.errno, f"{self.name}: {exc}") from exc
             try:
+                session = self.sessions.offer()
                 wrapped = self.context.wrap_socket(raw, server_hostname=self.server_hostname,
-                                                   do_handshake_on_connect=False)  # fmt: skip
-                tls = TlsSocket(wrapped)
+                                                   do_handshake_on_connect=False,
+                                                   session=session)  # fmt: skip
+                tls = TlsSocket(wrapped, self.sessions, offered=session is not None)
                 raw = None  # the SSLSocket owns the descriptor now
                 await tls.handshake()
-                await tls.send_all(request)
+                if request:
+                    await tls.send_all(request)
             except (ssl.SSLError, OSError) as exc:
                 if tls is not None:
                     tls.close()
@@ -142,11 +146,19 @@ class TrojanOutbound:
         if not self.tcp:
             raise DialError(errno.EPROTONOSUPPORT, f"{self.name}: network excludes tcp")
         try:
-            tls = await self._connect(proto.CMD_CONNECT, destination.host, destination.port,
-                                      initial, timeout)  # fmt: skip
+            request = proto.encode_request(self.password_hash, proto.CMD_CONNECT,
+                                           destination.host, destination.port, initial)  # fmt: skip
         except ValueError as exc:  # a name over 255 bytes
             raise DialError(errno.EINVAL, f"{self.name}: cannot request it: {exc}") from exc
-        return StreamUpstream(TrojanStream(self, tls, initial), chain=(self.tag,))
+        if initial:
+            tls = await self._connect(request, timeout)
+            return StreamUpstream(TrojanStream(self, tls, initial), chain=(self.tag,))
+        # Nothing from the client yet (sniffing off, a server-first port): the request
+        # waits for its first bytes, so both go in one TLS record and one segment and
+        # the server reads once; the stream's first read sends it alone if the client
+        # has nothing to say (the relay reads the client first: see TrojanStream).
+        tls = await self._connect(b"", timeout)
+        return StreamUpstream(TrojanStream(self, tls, initial, request), chain=(self.tag,))
 
     async def open_udp(self, request: UdpRequest) -> TrojanUdpLink:
         if not self.udp:
@@ -154,8 +166,9 @@ class TrojanOutbound:
                             f"outbound {self.tag!r} (trojan) does not carry UDP: "
                             "network excludes udp")  # fmt: skip
         host = ip_literal(request.first_dst[0]) or request.first_dst[0]
-        tls = await self._connect(proto.CMD_UDP_ASSOCIATE, host, request.first_dst[1], b"",
-                                  request.handshake_timeout)  # fmt: skip
+        associate = proto.encode_request(self.password_hash, proto.CMD_UDP_ASSOCIATE, host,
+                                         request.first_dst[1])  # fmt: skip
+        tls = await self._connect(associate, request.handshake_timeout)
         return TrojanUdpLink(self, tls)
 
 
@@ -171,83 +184,57 @@ def _tls_reason(exc: BaseException) -> str:
     return f"TLS failed: {exc}"
 
 
-class TlsSocket:
-    """A non-blocking stdlib SSLSocket driven by trio's readiness waits.
-
-    OpenSSL reads and writes the descriptor itself: no memory BIOs and no copies
-    between layers: under half the CPU per byte of trio.SSLStream (bench_encrypted:
-    0.12-0.15 against 0.30 CPU-seconds per Gbit). One task
-    may send while another receives (the relay's two pumps)."""
-
-    def __init__(self, sock: ssl.SSLSocket) -> None:
-        self.sock = sock
-
-    async def handshake(self) -> None:
-        while True:
-            try:
-                self.sock.do_handshake()
-            except ssl.SSLWantReadError:
-                await trio.lowlevel.wait_readable(self.sock)
-            except ssl.SSLWantWriteError:
-                await trio.lowlevel.wait_writable(self.sock)
-            else:
-                return
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        sock = self.sock
-        while view:
-            try:
-                view = view[sock.send(view):]
-            except ssl.SSLWantWriteError:  # retried with the same bytes, as OpenSSL wants
-                await trio.lowlevel.wait_writable(sock)
-            except ssl.SSLWantReadError:  # the receiving pump waits for readability
-                await trio.sleep(0.001)
-
-    async def receive_some(self, max_bytes: int) -> bytes:
-        """Up to ``max_bytes``; empty at the end (close_notify, or a bare FIN)."""
-        sock = self.sock
-        while True:
-            try:
-                return sock.recv(max_bytes)
-            except ssl.SSLWantReadError:
-                await trio.lowlevel.wait_readable(sock)
-            except ssl.SSLWantWriteError:
-                await trio.lowlevel.wait_writable(sock)
-            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
-                return b""
-
-    def close(self, *, reset: bool = False) -> None:
-        if reset:
-            set_reset_on_close(self.sock)
-        close_socket(self.sock)
-
-
 class TrojanStream:
-    """One flow's TLS connection to the server, as the relay's ByteStream."""
+    """One flow's TLS connection to the server, as the relay's ByteStream.
 
-    def __init__(self, outbound: TrojanOutbound, tls: TlsSocket, initial: bytes) -> None:
+    ``request``, when given, has not been sent yet: it goes in one write with the
+    client's first bytes, or alone at the first read. The relay's uplink reads the
+    client before its downlink first reads here, so a client that spoke first (HTTP,
+    TLS) has its bytes sent with the request; one that waits for the server does not
+    wait for anything more than before."""
+
+    def __init__(self, outbound: TrojanOutbound, tls: TlsSocket, initial: bytes,
+                 request: bytes = b"") -> None:  # fmt: skip
         self._ob = outbound
         self._tls = tls
         self._initial = initial
         self._answered = False
+        self._request = request
+        self._request_sent: trio.Event | None = None  # set once a read sent it alone
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if not self._initial:  # not sniffed: what the client sent first is this
             self._initial = bytes(data[:16])
+        if self._request:
+            data, self._request = self._request + data, b""
+        elif self._request_sent is not None:  # a read is sending the request: after it
+            await self._request_sent.wait()
+            self._request_sent = None
         try:
             await self._tls.send_all(data)
         except (ssl.SSLError, OSError) as exc:
             raise OSError(errno.EPIPE, f"{self._ob.name}: {_tls_reason(exc)}") from exc
 
-    async def receive_some(self, max_bytes: int) -> bytes | bytearray:
+    async def _send_request(self) -> None:
+        request, self._request = self._request, b""
+        self._request_sent = sent = trio.Event()
         try:
-            data = await self._tls.receive_some(max(max_bytes, RECV_SIZE))
+            await self._tls.send_all(request)
+        finally:
+            sent.set()
+
+    async def receive_some(self, max_bytes: int) -> memoryview:
+        """What the server sent, as a view valid until the next call (``max_bytes`` is
+        not a bound: TlsSocket.receive_batch)."""
+        try:
+            if self._request:  # the client has not spoken: the server needs the request
+                await self._send_request()
+            data = await self._tls.receive_batch()
         except (ssl.SSLError, OSError) as exc:
             raise OSError(errno.ECONNRESET, f"{self._ob.name}: {_tls_reason(exc)}") from exc
         if not self._answered and data:
             self._answered = True
-            if looks_like_decoy(self._initial, data[:64]):
+            if looks_like_decoy(self._initial, bytes(data[:64])):
                 message = (f"{self._ob.name}: the server's fallback web site answered "
                            "(wrong password?)")  # fmt: skip
                 log.warning("%s", message)
