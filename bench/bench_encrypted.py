@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ from common import (
     MARK,
     PORT,
     connections_per_second,
+    cpu_seconds,
     dokodemo_inbound,
     iperf_tcp,
     start_v2ray,
@@ -57,7 +57,6 @@ from trio_tproxy.firewall.plan import DiversionPlan
 SS_PORT, TROJAN_PORT, WEB_PORT = 8388, 443, 8080
 SS_METHOD, SS_PASSWORD, TROJAN_PASSWORD = "aes-128-gcm", "bench-ss", "bench-trojan"
 SNI = "trojan.bench.test"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def trio_outbound(protocol: str, server: str, ca: Path) -> str:
@@ -95,18 +94,6 @@ def v2ray_config(protocol: str, server: str, ca: Path) -> dict[str, Any]:
         "inbounds": [dokodemo_inbound("tcp")],
         "outbounds": [v2ray_outbound(protocol, server, ca)],
     }
-
-
-def cpu_seconds(pids: Callable[[], list[int]]) -> float:
-    """utime + stime of a contender's processes (a supervisor's workers too)."""
-    total = 0
-    for pid in pids():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
 
 
 def start(

@@ -50,6 +50,7 @@ from common import (
     IPERF_PORT,
     MARK,
     PORT,
+    cpu_seconds,
     iperf_tcp,
     iperf_udp,
     sing_box_direct,
@@ -118,20 +119,6 @@ def memory_kb(pids: Pids) -> tuple[float, float]:
             elif line.startswith("Pss:"):
                 pss += float(line.split()[1])
     return rss, pss
-
-
-def cpu_seconds(pids: Pids | None) -> float:
-    """User + system CPU time the contender's processes used so far."""
-    if pids is None:
-        return 0.0
-    total = 0
-    for pid in pids():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(lab: Lab, args: argparse.Namespace, close: bool) -> tuple[float, int]:

@@ -5,9 +5,12 @@ drive iperf3 over TCP and UDP."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from netlab import Lab
@@ -136,3 +139,18 @@ def iperf_udp(lab: Lab, seconds: int, length: int, rate: str, reverse: bool) -> 
     loss = 100.0 * (1 - received / sent["packets"]) if sent["packets"] else 100.0
     return {"pps": received / secs, "mbps": received * length * 8 / secs / 1e6,
             "loss": max(0.0, loss)}  # fmt: skip
+
+
+def cpu_seconds(pids: Callable[[], list[int]] | None) -> float:
+    """User + system CPU time a contender's processes (a supervisor's workers too)
+    used so far."""
+    if pids is None:
+        return 0.0
+    total = 0
+    for pid in pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
