@@ -38,6 +38,9 @@ def demo_config(lab: Lab) -> str:
 level = "info"
 access = true
 
+[process]
+workers = 2                 # a supervisor, a hub and two worker processes sharing the ports
+
 [[inbounds]]
 tag = "lan"
 type = "tproxy"
@@ -142,8 +145,10 @@ def run_demo() -> int:
                 print(f"client: curl {' '.join(args):48} -> HTTP {status}   ({what})")
             proxy.wait_for("trio_tproxy.access", count=len(requests(lab)))
             print("\ntrio-tproxy's access log:")
-            for line in proxy.access_lines():
-                print("  " + line.split("trio_tproxy.access: ", 1)[1])
+            for line in proxy.access_lines():  # "... [w1] trio_tproxy.access: ..."
+                head, _, flow = line.partition(" trio_tproxy.access: ")
+                worker = head.rsplit(" ", 1)[-1] if head.endswith("]") else ""
+                print(f"  {worker} {flow}".rstrip() if worker else f"  {flow}")
         finally:
             code = proxy.stop()
         print(f"\ntrio-tproxy stopped (exit {code})")

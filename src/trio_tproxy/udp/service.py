@@ -118,8 +118,7 @@ class UdpService:
                 return
             forward = self.forward_foreign_reply
             if forward is not None and forward(dst, payload, client):
-                counters.own_replies += 1
-                return
+                return  # the worker it went to counts it, as it would have here
             counters.datagrams_up += 1
             counters.bytes_up += len(payload)
             if not payload:

@@ -19,12 +19,12 @@ supervisor bound); the owner delivers it, the others drop it.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import os
 import socket
 import time
+from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ ROOT_LOGGER = "trio_tproxy"
 LOCAL_TTL = 5.0  # seconds an answer of "is this an address of the gateway?" is kept
 LOCAL_CACHE_SIZE = 4096
 MAILBOX_SIZE = 65536 + 256  # a datagram and its addresses
+OUTBOX_SIZE = 4096  # datagrams waiting for room in another worker's mailbox
 
 
 class WorkerAgent:
@@ -66,7 +67,11 @@ class WorkerAgent:
         self.mailbox = mailbox  # ours: the other workers send us their stray replies
         self.mailboxes = mailboxes  # every worker's, by index (ours too)
         self.index = index
-        self._sender: socket.socket | None = None
+        # to each other worker: a socket connected to its mailbox, and what waits for
+        # room there (a unix datagram queue holds net.unix.max_dgram_qlen, 10 by default)
+        self._outboxes: dict[int, tuple[socket.socket, deque[bytes]]] = {}
+        self._nursery: trio.Nursery | None = None
+        self.lost = 0
         self._local: dict[str, tuple[bool, float]] = {}
         self.forwarded = 0
         self.received = 0
@@ -90,14 +95,55 @@ class WorkerAgent:
         owner = port_owner(dst[1])
         if owner == self.index or owner >= len(self.mailboxes) or not self._is_local(dst[0]):
             return False
-        if self._sender is None:
-            self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sender.setblocking(False)
-        head = f"{inbound} {dst[0]} {dst[1]} {remote[0]} {remote[1]}\n".encode()
-        with contextlib.suppress(OSError):  # full, or the worker is down: lost, as UDP is
-            self._sender.sendto(head + payload, self.mailboxes[owner])
+        message = f"{inbound} {dst[0]} {dst[1]} {remote[0]} {remote[1]}\n".encode() + payload
         self.forwarded += 1
+        outbox = self._outbox(owner)
+        if outbox is None:
+            self.lost += 1
+            return True
+        sock, waiting = outbox
+        if not waiting:
+            try:
+                sock.send(message)
+            except BlockingIOError:
+                pass
+            except OSError:
+                self.lost += 1
+                return True
+            else:
+                return True
+        if len(waiting) >= OUTBOX_SIZE:
+            self.lost += 1  # the other worker is not reading: lost, as UDP may be
+            return True
+        waiting.append(message)
+        if len(waiting) == 1 and self._nursery is not None:
+            self._nursery.start_soon(self._flush, sock, waiting)
         return True
+
+    def _outbox(self, owner: int) -> tuple[socket.socket, deque[bytes]] | None:
+        outbox = self._outboxes.get(owner)
+        if outbox is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            sock.setblocking(False)
+            try:
+                sock.connect(self.mailboxes[owner])  # connected: poll waits for room
+            except OSError as exc:
+                sock.close()
+                log.debug("mailbox of worker %d: %s", owner + 1, exc)
+                return None
+            outbox = self._outboxes[owner] = (sock, deque())
+        return outbox
+
+    async def _flush(self, sock: socket.socket, waiting: deque[bytes]) -> None:
+        while waiting:
+            try:
+                sock.send(waiting[0])
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            except OSError:
+                self.lost += 1
+            waiting.popleft()
 
     def _is_local(self, host: str) -> bool:
         now = time.monotonic()
@@ -144,6 +190,7 @@ class WorkerAgent:
             for udp in gateway.udp_services:
                 udp.forward_foreign_reply = partial(self.forward_reply, udp.inbound.tag)
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             if self.mailbox is not None:
                 nursery.start_soon(self._receive_replies, gateway)
             await self._link_to_hub(gateway)
