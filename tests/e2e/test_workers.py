@@ -146,3 +146,36 @@ def test_children_stop_when_the_supervisor_is_killed(
     else:
         raise AssertionError(f"children still serve without their supervisor: {children}")
     assert proxy.log().count("] trio_tproxy.app: stopped") == 3
+
+
+def test_a_restarted_hub_serves_the_api_for_every_worker_again(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    from .test_api_gateway import api_config, get_json, start_download
+
+    gateway = make_gateway(api_config() + WORKERS)
+    lab, proxy = gateway.lab, gateway.proxy
+    holder = start_download(lab)
+    try:
+        def flows() -> list[dict[str, object]]:
+            return [c for c in get_json(lab.gateway, "/connections")["connections"]
+                    if c["metadata"]["destinationPort"] == str(SOURCE)]  # fmt: skip
+
+        assert len(flows()) == 1  # the hub asks both workers; one carries it
+        pids = worker_pids(proxy)
+        os.kill(pids["hub"], signal.SIGKILL)
+        proxy.wait_for(f"hub (pid {pids['hub']}) was killed by SIGKILL", timeout=5)
+        deadline = time.monotonic() + 5
+        while True:  # the new hub serves the API; the workers link to it again
+            try:
+                if len(flows()) == 1:
+                    break
+            except Exception:  # not up yet: refused, or no answer
+                pass
+            assert time.monotonic() < deadline, proxy.log()[-3000:]
+            time.sleep(0.2)
+        assert holder.poll() is None  # the flow itself never noticed
+        assert get_json(lab.gateway, "/proxies/pick")["now"] == "direct"
+    finally:
+        holder.kill()
+        holder.wait(5)

@@ -101,7 +101,6 @@ class Supervisor:
         self.hub_socket: socket.socket | None = None
         self.selector = selectors.DefaultSelector()
         self.signals: list[int] = []
-        self.stopping = False
         # children yet to reload, one at a time (the head is reloading): the others
         # keep relaying on a whole core meanwhile
         self.reload_queue: list[str] = []
