@@ -24,7 +24,7 @@ from .relay import relay, relay_stream, send_all
 from .route import FlowFacts
 from .runtime import Runtime
 from .sniff import NEED_MORE, STREAM_MAX_PEEK, Sniffed, sniff_stream
-from .sock import close_socket, set_reset_on_close
+from .sock import close_unwatched, set_reset_on_close
 from .tracking import TrackedFlow
 
 log = logging.getLogger("trio_tproxy.session")
@@ -130,7 +130,7 @@ async def handle_tcp(
         set_reset_on_close(conn)  # the client must not mistake a cut flow for a complete one
         raise
     finally:
-        close_socket(conn)
+        close_unwatched(conn)  # the flow's tasks (sniff, relay) have all ended
         if tracked is not None:
             rt.tracker.remove(tracked, outcome)
         if rt.config.log.access:
@@ -185,7 +185,7 @@ async def carry(flow: TcpFlow, outbound: object) -> None:
             set_reset_on_close(upstream.sock)
             raise
         finally:
-            close_socket(upstream.sock)
+            close_unwatched(upstream.sock)  # the relay's tasks have ended
     else:
         await relay_stream(flow.client, upstream.stream, ctx.timeouts, stats=stats, pool=ctx.pool)
     if upstream.outcome is not None and stats.outcome == "done":
