@@ -281,7 +281,7 @@ class Gateway:
                             await accepting.start(serve_api, bound.api, self._controller(cfg.api))
                         if self._companion is not None:
                             accepting.start_soon(self._companion.run, self)
-                        self._log_ready(bound, udp_services)
+                        self._log_ready(bound)
                         notifier.ready(f"{self.active_flows} active flow(s)")
                         if (every := notifier.watchdog_interval()) is not None:
                             accepting.start_soon(notifier.watchdog, every)
@@ -314,13 +314,8 @@ class Gateway:
             firewall.remove()  # after the drain: established flows needed the rules
             notifier.close()
 
-    def _log_ready(self, bound: Listeners, udp_services: list[UdpService]) -> None:
-        what = ", ".join([
-            *(f"{ib.tag} ({ib.TYPE}) on tcp {_where(ib)}" for ib, _ in bound.tcp),
-            *(f"{u.inbound.tag} ({u.inbound.TYPE}) on udp {_where(u.inbound)}"
-              for u in udp_services),
-            *(f"dns on udp+tcp {dns.where}" for dns in bound.dns),
-        ])  # fmt: skip
+    def _log_ready(self, bound: Listeners) -> None:
+        what = ", ".join(bound.describe())
         if self.part.leader:
             log.info("ready: %s", what)
         else:  # the supervisor says "ready:" once every part is
@@ -388,10 +383,6 @@ def warn_restart_only(new: Config, old: Config) -> None:
         log.warning("[api] changes take effect on restart; other changes applied")
     if new.process != old.process:
         log.warning("[process] changes take effect on restart; other changes applied")
-
-
-def _where(ib: Inbound) -> str:
-    return f"[{ib.listen}]:{ib.port}" if ":" in ib.listen else f"{ib.listen}:{ib.port}"
 
 
 def warn_not_yet_in_effect(cfg: Config) -> None:

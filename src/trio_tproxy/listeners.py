@@ -53,6 +53,15 @@ class Listeners:
             raise
         return bound
 
+    def describe(self) -> list[str]:
+        """What is served where, for the "ready:" line ("tproxy-in (tproxy) on tcp
+        [::]:12345", "dns on udp+tcp 10.0.0.1:53")."""
+        return [
+            *(f"{ib.tag} ({ib.TYPE}) on tcp {_where(ib)}" for ib, _ in self.tcp),
+            *(f"{ib.tag} ({ib.TYPE}) on udp {_where(ib)}" for ib, _ in self.udp),
+            *(f"dns on udp+tcp {dns.where}" for dns in self.dns),
+        ]
+
     def sockets(self) -> list[socket.socket]:
         """The inbounds' and the API's (dns.listen's are closed through their listener)."""
         return [
@@ -75,3 +84,6 @@ class Listeners:
             close_socket(sock)
         self.close_services()
 
+
+def _where(ib: Inbound) -> str:
+    return f"[{ib.listen}]:{ib.port}" if ":" in ib.listen else f"{ib.listen}:{ib.port}"

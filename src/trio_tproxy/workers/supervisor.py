@@ -180,12 +180,10 @@ class Supervisor:
         return self.hub_address + b"-" + name.encode()
 
     def _describe(self, cfg: Config) -> str:
+        """The workers' inbounds (each has the same) and the hub's services."""
         first = self.children[1].listeners if len(self.children) > 1 else Listeners()
-        hub = self.children[0].listeners
         return ", ".join([
-            *(f"{ib.tag} ({ib.TYPE}) on tcp {_where(ib.listen, ib.port)}" for ib, _ in first.tcp),
-            *(f"{ib.tag} ({ib.TYPE}) on udp {_where(ib.listen, ib.port)}" for ib, _ in first.udp),
-            *(f"dns on udp+tcp {dns.where}" for dns in hub.dns),
+            *first.describe(), *self.children[0].listeners.describe(),
             *([f"controller API on {cfg.api.listen}"] if cfg.api is not None else []),
         ])  # fmt: skip
 
@@ -526,6 +524,3 @@ def _kill(pid: int, signum: int) -> None:
         if exc.errno != errno.ESRCH:
             raise
 
-
-def _where(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
