@@ -16,6 +16,7 @@ import trio
 
 from ..config import HostPort
 from ..inbound.sockopt import SocketSetupError
+from ..logs import ROOT
 from .controller import Controller, GatewayView
 from .http import serve_connection
 from .loghub import LogHub
@@ -50,7 +51,7 @@ async def serve_api(
 ) -> None:
     """Serve until cancelled; installs the /logs handler for as long as it runs."""
     hub = LogHub()
-    root = logging.getLogger("trio_tproxy")
+    root = logging.getLogger(ROOT)
     root.addHandler(hub)
     controller.logs = hub
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))

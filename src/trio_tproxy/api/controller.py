@@ -17,6 +17,7 @@ from urllib.parse import unquote
 
 import attrs
 
+from ..logs import ROOT
 from ..runtime import Runtime
 from . import metrics, proxies, shapes
 from .feeds import connections_feed, logs_feed, memory_feed, traffic_feed
@@ -30,7 +31,7 @@ from .static import serve_file
 
 log = logging.getLogger("trio_tproxy.api")
 
-ROOT_LOGGER = "trio_tproxy"
+ROOT_LOGGER = ROOT
 CORS = [
     ("access-control-allow-origin", "*"),
     ("access-control-allow-methods", "GET, POST, PUT, PATCH, DELETE"),

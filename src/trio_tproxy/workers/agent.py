@@ -34,6 +34,7 @@ from ..addr import Endpoint
 from ..api.flows import LocalFlows
 from ..api.loghub import LogHub
 from ..inbound.sockopt import is_local_address
+from ..logs import ROOT
 from ..outbound.udp_socket import port_owner
 from ..runtime import Runtime
 from .link import Link, LinkError, Message
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("trio_tproxy.workers")
 
 RECONNECT = 0.2
-ROOT_LOGGER = "trio_tproxy"
 LOCAL_TTL = 5.0  # seconds an answer of "is this an address of the gateway?" is kept
 LOCAL_CACHE_SIZE = 4096
 MAILBOX_SIZE = 65536 + 256  # a datagram and its addresses
@@ -260,7 +260,7 @@ class WorkerAgent:
                 addresses = [ipaddress.ip_address(a) for a in message["addresses"]]
                 rt.dns.reverse.learn(str(message["name"]), addresses)
         elif op == "level":
-            logging.getLogger(ROOT_LOGGER).setLevel(int(message["level"]))
+            logging.getLogger(ROOT).setLevel(int(message["level"]))
         elif op == "logs":
             self._stop_forwarding()
             if message.get("level") is not None:
@@ -271,15 +271,14 @@ class WorkerAgent:
     async def _forward_logs(self, link: Link, level: float) -> None:
         """While a dashboard watches /logs: this worker's lines go to the hub."""
         hub = LogHub()
-        root = logging.getLogger(ROOT_LOGGER)
+        root = logging.getLogger(ROOT)
         root.addHandler(hub)
         self._forwarding = hub
         lines = hub.subscribe(level)
         with self._forward_scope:
             try:
                 async for kind, payload in lines:
-                    await link.send({"op": "log", "kind": kind, "payload": payload,
-                                     "levelno": _levelno(kind)})  # fmt: skip
+                    await link.send({"op": "log", "kind": kind, "payload": payload})
             finally:
                 root.removeHandler(hub)
 
@@ -287,10 +286,6 @@ class WorkerAgent:
         self._forward_scope.cancel()
         self._forward_scope = trio.CancelScope()
         if self._forwarding is not None:
-            logging.getLogger(ROOT_LOGGER).removeHandler(self._forwarding)
+            logging.getLogger(ROOT).removeHandler(self._forwarding)
             self._forwarding = None
 
-
-def _levelno(kind: str) -> int:
-    return {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-            "error": logging.ERROR}.get(kind, logging.INFO)  # fmt: skip

@@ -29,6 +29,8 @@ import trio
 from ..addr import IPAddress
 from ..api import metrics
 from ..api.flows import JsonObject, LocalFlows
+from ..api.loghub import LEVELS
+from ..logs import ROOT
 from ..runtime import Runtime
 from .link import Link, LinkError, Message
 
@@ -40,7 +42,6 @@ log = logging.getLogger("trio_tproxy.workers")
 ASK_TIMEOUT = 2.0
 WATCH_EVERY = 0.1  # the log level and the /logs subscribers, polled
 SEND_BACKLOG = 10_000  # notices waiting for a slow worker; past that the link is reset
-ROOT_LOGGER = "trio_tproxy"
 
 
 class WorkerLink:
@@ -160,7 +161,7 @@ class HubCompanion:
             log.debug("worker %s linked (pid %s)", name, hello.get("pid"))
             if (notice := self._group_notice()) is not None:
                 worker.notify(notice)
-            worker.notify({"op": "level", "level": logging.getLogger(ROOT_LOGGER).level})
+            worker.notify({"op": "level", "level": logging.getLogger(ROOT).level})
             if (level := _logs_level(gateway)) is not None:
                 worker.notify({"op": "logs", "level": level})
             try:
@@ -175,11 +176,11 @@ class HubCompanion:
 
     async def _watch(self, gateway: Gateway) -> None:
         """Pass on the log level (PATCH /configs) and the /logs subscription."""
-        level = logging.getLogger(ROOT_LOGGER).level
+        level = logging.getLogger(ROOT).level
         logs = _logs_level(gateway)
         while True:
             await trio.sleep(WATCH_EVERY)
-            now = logging.getLogger(ROOT_LOGGER).level
+            now = logging.getLogger(ROOT).level
             if now != level:
                 level = now
                 self._broadcast({"op": "level", "level": level})
@@ -249,8 +250,9 @@ def _logs_level(gateway: Gateway) -> float | None:
 def _publish(gateway: Gateway, line: Message) -> None:
     controller = gateway.controller
     if controller is not None and controller.logs is not None:
-        controller.logs.publish(int(line.get("levelno", logging.INFO)),
-                                (str(line.get("kind")), str(line.get("payload"))))  # fmt: skip
+        kind = str(line.get("kind"))  # mihomo's level name, as the worker's LogHub made it
+        payload = str(line.get("payload"))
+        controller.logs.publish(int(LEVELS.get(kind, logging.INFO)), (kind, payload))
 
 
 def _same_user(sock: trio.socket.SocketType) -> bool:
