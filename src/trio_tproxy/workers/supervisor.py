@@ -26,7 +26,6 @@ listening socket, and forks; the children share the runtime's pages copy-on-writ
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import gc
 import logging
@@ -40,7 +39,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
 import attrs
 
@@ -50,6 +48,7 @@ from ..limits import check_connection_budget, raise_nofile_limit
 from ..listeners import Listeners
 from ..notify import Notifier
 from ..runtime import Runtime, quiet_build
+from .child import STATUS, Child, Inheritance, child_main
 
 log = logging.getLogger("trio_tproxy.workers")
 
@@ -58,9 +57,7 @@ RELOAD_TIMEOUT = 120.0  # each child builds the new runtime (the rule cache make
 STOP_MARGIN = 10.0  # after policy.grace, before a child that will not stop is killed
 RESTART_BACKOFF = 1.0  # between restarts of a child that dies within FLAPPING of its start
 FLAPPING = 1.0
-STATUS_WORDS = {b"R": "ready", b"L": "reloaded", b"F": "failed"}
-CHILD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-PR_SET_PDEATHSIG = 1  # prctl(2)
+STATUS_WORDS = {code: word for word, code in STATUS.items()}
 
 
 def worker_count(setting: int | str) -> int:
@@ -71,21 +68,6 @@ def worker_count(setting: int | str) -> int:
         except OSError:
             return max(1, os.cpu_count() or 1)
     return int(setting)
-
-
-@attrs.define(eq=False)
-class Child:
-    """One slot: the hub or a worker, its sockets, and the process serving it now."""
-
-    name: str
-    listeners: Listeners
-    mailbox: socket.socket | None = None  # a worker's: the others pass it stray replies
-    pid: int = 0
-    status: int = -1  # read end of the child's status pipe
-    started: float = 0.0
-    ready: bool = False
-    quick_deaths: int = 0  # deaths within FLAPPING of the start, in a row
-    restart_at: float | None = None  # when a dead child is to be started again
 
 
 class Supervisor:
@@ -207,25 +189,34 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:  # the child: never returns
             os.close(status_r)
-            self._child_main(child, status_w)
+            child_main(child, self._inheritance(), status_w)
         os.close(status_w)
         os.set_blocking(status_r, False)
         child.pid, child.status, child.started, child.ready = pid, status_r, time.monotonic(), False
         child.restart_at = None
         self.selector.register(status_r, selectors.EVENT_READ, child)
 
-    def _child_main(self, child: Child, status_w: int) -> NoReturn:
-        code = 1
-        try:
-            code = run_child(self, child, status_w)
-        except BaseException:  # whatever happens, the child must not return into our stack
-            with contextlib.suppress(Exception):
-                log.exception("%s: failed", child.name)
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stderr.flush()
-                sys.stdout.flush()
-            os._exit(code)
+    def _inheritance(self) -> Inheritance:
+        assert self.hub_socket is not None
+        workers = [c for c in self.children if c.mailbox is not None]
+        return Inheritance(
+            config_path=self.config_path, runtime=self.runtime, parent=self.pid,
+            hub_socket=self.hub_socket, hub_address=self.hub_address,
+            mailboxes=tuple(self.mailbox_address(c.name) for c in workers), shed=self._shed,
+        )  # fmt: skip
+
+    def _shed(self, child: Child) -> None:
+        """In a fresh child: close what is the supervisor's and the other slots'."""
+        self.selector.close()
+        for fd in self.wake:
+            os.close(fd)
+        for other in self.children:
+            if other is not child:
+                other.listeners.close()
+                if other.mailbox is not None:
+                    other.mailbox.close()
+                if other.status >= 0:
+                    os.close(other.status)
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -435,75 +426,6 @@ class Supervisor:
         while any(c.pid for c in self.children):
             self.selector.select(0.05)
             self._reap()
-
-
-def run_child(sup: Supervisor, child: Child, status_w: int) -> int:
-    """In the forked child: shed what belongs to the others, then serve its part."""
-    signal.set_wakeup_fd(-1)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-        signal.signal(signum, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop listens for it
-    _follow_parent(sup.pid)
-    sup.selector.close()
-    for fd in sup.wake:
-        os.close(fd)
-    for other in sup.children:
-        if other is not child:
-            other.listeners.close()
-            if other.mailbox is not None:
-                other.mailbox.close()
-            if other.status >= 0:
-                os.close(other.status)
-    for name in CHILD_ENV:  # the supervisor speaks to systemd
-        os.environ.pop(name, None)
-    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
-        comm.write(f"trio-tproxy-{child.name}"[:15])
-
-    from ..app import Gateway, Part  # noqa: PLC0415
-    from ..logs import tag_logging  # noqa: PLC0415
-    from ..outbound.udp_socket import share_ports  # noqa: PLC0415
-    from .agent import WorkerAgent  # noqa: PLC0415
-    from .hub import HubCompanion  # noqa: PLC0415
-
-    tag_logging(child.name)
-    hub_socket = sup.hub_socket
-    assert hub_socket is not None
-    companion: WorkerAgent | HubCompanion
-    if child.name == "hub":
-        part = Part(name="hub", workers=sup.workers, inbounds=False, services=True, leader=False)
-        companion = HubCompanion(hub_socket)
-    else:
-        hub_socket.close()
-        part = Part(name=child.name, workers=sup.workers, inbounds=True, services=False,
-                    leader=False)  # fmt: skip
-        workers = [c for c in sup.children if c.mailbox is not None]
-        mailboxes = tuple(sup.mailbox_address(c.name) for c in workers)
-        index = workers.index(child)
-        share_ports(index, len(workers))  # before the first upstream socket is bound
-        companion = WorkerAgent(sup.hub_address, child.name, child.mailbox, mailboxes,
-                                index=index)  # fmt: skip
-
-    def report(word: str) -> None:
-        code = {"ready": b"R", "reloaded": b"L", "failed": b"F"}[word]
-        with contextlib.suppress(OSError):
-            os.write(status_w, code)
-
-    import trio  # noqa: PLC0415
-
-    gateway = Gateway(sup.config_path, sup.runtime, part=part, listeners=child.listeners,
-                      companion=companion, report=report)  # fmt: skip
-    trio.run(gateway.serve)
-    return 0
-
-
-def _follow_parent(parent: int) -> None:
-    """SIGTERM for this child when the supervisor dies (killed, out of memory): it
-    drains and exits instead of serving on unsupervised."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before the line above
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _how(status: int) -> str:
