@@ -147,3 +147,228 @@ async def test_a_broken_upstream_resets_the_client(tcp_pairs: Pairs) -> None:
         nursery.start_soon(reset_soon)
         stats = await relay(pc, pu, TIMEOUTS, BufferPool(4096))
     assert stats.outcome.startswith(("downlink error", "uplink error")), stats.outcome
+
+
+# -- a codec's flow (relay_engine.Codec): an upstream whose bytes are transformed ------
+
+
+class XorFrames:
+    """A toy cipher with a shadowsocks-like shape: each write becomes frames of a
+    2-byte length and the payload XOR-ed with KEY; a frame is opened only once whole,
+    so the codec's receives and its plaintext do not line up."""
+
+    KEY = 0x5A
+    MAX = 1000  # payload per frame: a 64 KiB chunk is many frames
+
+    def __init__(self, sock: socket.socket, answer_by: float = float("inf")) -> None:
+        self.sock = sock
+        self.answered = False
+        self._answer_by = answer_by
+        self._in = bytearray()
+        self._room = bytearray(4096)
+        self.rests = 0
+
+    @classmethod
+    def seal(cls, data: bytes) -> bytes:
+        out = bytearray()
+        for i in range(0, len(data), cls.MAX):
+            chunk = data[i : i + cls.MAX]
+            out += len(chunk).to_bytes(2, "big") + bytes(b ^ cls.KEY for b in chunk)
+        return bytes(out)
+
+    @classmethod
+    def open(cls, wire: bytes) -> bytes:
+        """All frames of ``wire``, opened (they must be whole)."""
+        plain, pos = bytearray(), 0
+        while pos < len(wire):
+            size = int.from_bytes(wire[pos : pos + 2], "big")
+            plain += bytes(b ^ cls.KEY for b in wire[pos + 2 : pos + 2 + size])
+            pos += 2 + size
+        return bytes(plain)
+
+    def wire_size(self, n: int) -> int:
+        return n + 2 * -(-n // self.MAX)
+
+    def encode_into(self, data: memoryview, out: memoryview) -> int:
+        wire = self.seal(bytes(data))
+        out[: len(wire)] = wire
+        return len(wire)
+
+    def inbox(self) -> memoryview:
+        return memoryview(self._room)
+
+    def decode(self, n: int) -> memoryview:
+        self._in += self._room[:n]
+        plain = bytearray()
+        while len(self._in) >= 2:
+            size = int.from_bytes(self._in[:2], "big")
+            if size > self.MAX:
+                raise OSError(0, "tampered frame")
+            if len(self._in) < 2 + size:
+                break
+            plain += bytes(b ^ self.KEY for b in self._in[2 : 2 + size])
+            del self._in[: 2 + size]
+        if plain:
+            self.answered = True
+        return memoryview(bytes(plain))
+
+    def at_eof(self) -> None:
+        if not self.answered:
+            raise OSError(0, "closed before any answer")
+
+    def read_failed(self, exc: OSError) -> OSError:
+        return exc
+
+    def rest(self) -> None:
+        self.rests += 1
+
+    def answer_by(self) -> float:
+        return self._answer_by
+
+    def unanswered(self) -> OSError | None:
+        return None if self.answered else OSError(0, "no answer in time")
+
+
+class CodecStream:
+    """A ByteStream offering the codec; its own methods (the pumps' way, once a flow
+    turned bulk) speak the same frames and count their calls."""
+
+    def __init__(self, codec: XorFrames) -> None:
+        self.codec = codec
+        self.closed: bool | None = None  # reset?
+        self.pumped = 0
+
+    async def engine_codec(self, client: socket.socket, count: Callable[[int], None]) -> XorFrames:
+        await trio.lowlevel.checkpoint()
+        return self.codec
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.pumped += 1
+        await send_all(self.codec.sock, XorFrames.seal(bytes(data)))
+
+    async def receive_some(self, max_bytes: int) -> memoryview:
+        self.pumped += 1
+        while True:
+            inbox = self.codec.inbox()
+            try:
+                n = self.codec.sock.recv_into(inbox)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.codec.sock)
+                continue
+            if n == 0:
+                return memoryview(b"")
+            if plain := self.codec.decode(n):
+                return plain
+
+    async def send_eof(self) -> None:
+        self.codec.sock.shutdown(socket.SHUT_WR)
+        await trio.lowlevel.checkpoint()
+
+    def close(self, *, reset: bool = False) -> None:
+        self.closed = reset
+        self.codec.sock.close()
+
+
+async def test_a_codec_flow_is_sealed_and_opened_by_the_engine(tcp_pairs: Pairs) -> None:
+    client, pc, pu, server = relay_setup(tcp_pairs)
+    stream = CodecStream(XorFrames(pu))
+    request, response = os.urandom(300_000), os.urandom(500_000)
+    got: dict[str, bytes] = {}
+
+    async def client_side() -> None:
+        await send_all(client, request)
+        client.shutdown(socket.SHUT_WR)
+        got["client"] = await recv_until_eof(client)
+
+    async def server_side() -> None:
+        got["server"] = await recv_until_eof(server)
+        wire = XorFrames.seal(response)
+        for i in range(0, len(wire), 777):  # odd pieces: frames split across receives
+            await send_all(server, wire[i : i + 777])
+        server.shutdown(socket.SHUT_WR)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client_side)
+        nursery.start_soon(server_side)
+        stats = await relay_module.relay_stream(pc, stream, TIMEOUTS,  # type: ignore[arg-type]
+                                                pool=BufferPool(65536))  # fmt: skip
+    assert XorFrames.open(got["server"]) == request  # sealed per receive, intact
+    assert got["client"] == response
+    assert (stats.up, stats.down, stats.outcome) == (len(request), len(response), "done")
+    assert stream.closed is False  # closed cleanly, not reset
+    assert stream.pumped > 0  # bulk: the stream's pumps took over from the engine
+    engine = RelayEngine.current(65536)
+    assert engine is not None and not engine._by_fd and not engine._masks
+
+
+async def test_a_short_codec_flow_is_carried_by_the_engine_alone(tcp_pairs: Pairs) -> None:
+    client, pc, pu, server = relay_setup(tcp_pairs)
+    stream = CodecStream(XorFrames(pu))
+    request = os.urandom(100_000)
+    got: dict[str, bytes] = {}
+
+    async def ends() -> None:
+        await send_all(client, request)
+        client.shutdown(socket.SHUT_WR)
+        got["server"] = await recv_until_eof(server)
+        await send_all(server, XorFrames.seal(b"ok"))
+        server.shutdown(socket.SHUT_WR)
+        got["client"] = await recv_until_eof(client)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ends)
+        await relay_module.relay_stream(pc, stream, TIMEOUTS)  # type: ignore[arg-type]
+    assert XorFrames.open(got["server"]) == request
+    assert got["server"] != XorFrames.seal(request)  # ... as the receives came, not whole
+    assert got["client"] == b"ok"
+    assert stream.pumped == 0  # no task of the flow moved a byte
+    assert stream.codec.rests > 0  # the waiting flow gave its buffers back
+
+
+@pytest.mark.parametrize(
+    ("server_does", "outcome"),
+    [
+        ("silence", "downlink error: no answer in time"),
+        ("garbage", "downlink error: tampered frame"),
+        ("close", "downlink error: closed before any answer"),
+    ],
+)
+async def test_a_codec_failure_resets_the_client_with_its_reason(
+    tcp_pairs: Pairs, server_does: str, outcome: str
+) -> None:
+    client, pc, pu, server = relay_setup(tcp_pairs)
+    stream = CodecStream(XorFrames(pu, answer_by=trio.current_time() + 0.3))
+    await send_all(client, b"hello")
+    if server_does == "garbage":
+        await send_all(server, b"\xff\xff" + b"x" * 10)
+    elif server_does == "close":
+        server.close()
+    with trio.fail_after(5):
+        stats = await relay_module.relay_stream(pc, stream, TIMEOUTS)  # type: ignore[arg-type]
+    pc.close()
+    assert stats.outcome == outcome
+    assert stream.closed is True  # reset
+    with pytest.raises(ConnectionResetError):
+        await recv_until_eof(client)
+
+
+async def test_an_answered_codec_flow_has_no_deadline(tcp_pairs: Pairs) -> None:
+    """The first answer lifts the deadline: a slow destination (a long poll) is left
+    alone once the server has spoken."""
+    client, pc, pu, server = relay_setup(tcp_pairs)
+    stream = CodecStream(XorFrames(pu, answer_by=trio.current_time() + 0.3))
+    await send_all(server, XorFrames.seal(b"first"))
+    got: dict[str, bytes] = {}
+
+    async def ends() -> None:
+        await trio.sleep(0.6)  # past the deadline, in silence
+        await send_all(server, XorFrames.seal(b" then more"))
+        server.shutdown(socket.SHUT_WR)
+        client.shutdown(socket.SHUT_WR)
+        got["client"] = await recv_until_eof(client)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ends)
+        stats = await relay_module.relay_stream(pc, stream, TIMEOUTS)  # type: ignore[arg-type]
+    assert stats.outcome == "done"
+    assert got["client"] == b"first then more"

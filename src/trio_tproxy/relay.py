@@ -34,7 +34,7 @@ import attrs
 import trio
 
 from .idle import Activity
-from .relay_engine import Handoff, RelayEngine
+from .relay_engine import Codec, Handoff, RelayEngine
 from .sock import set_reset_on_close
 from .splice import PipePool, SpliceUnsupported, splice_until_eof
 
@@ -272,7 +272,12 @@ class _Relay:
 
 
 class ByteStream(Protocol):
-    """An upstream with its own framing (outbound/interface.py's ByteStream)."""
+    """An upstream with its own framing (outbound/interface.py's ByteStream).
+
+    One that can be carried by the relay engine also has ``async engine_codec(client,
+    count_up) -> relay_engine.Codec``: it may send what must go first (a request held
+    back, with what the client has sent, counted); once asked, its other methods are not
+    used, only ``close``."""
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
 
@@ -304,7 +309,17 @@ async def relay_stream(
     finished: set[str] = set()
     broken = True
     activity: Activity | None = None
+    handoff: Handoff | None = None
     try:
+        opener = getattr(upstream, "engine_codec", None)
+        engine = RelayEngine.current(pool.size) if opener is not None else None
+        if engine is not None and opener is not None:  # short flows cost less there
+            handoff = await _start_in_engine(client, opener, engine, timeouts, stats)
+            if handoff is None:  # it ended there
+                broken = stats.outcome != "done"
+                return stats
+            finished.update(name for name, done in (("uplink", handoff.up_done),
+                                                    ("downlink", handoff.down_done)) if done)
         async with trio.open_nursery() as nursery:
             scope = nursery.cancel_scope
 
@@ -312,7 +327,11 @@ async def relay_stream(
                 stats.outcome = "idle timeout" if not finished else "half-closed timeout"
                 scope.cancel()
 
-            activity = Activity(timeouts.idle, expire)
+            if handoff is None:
+                activity = Activity(timeouts.idle, expire)
+            else:  # the engine's clock goes on, now cancelling these pumps
+                activity = handoff.activity
+                activity.on_expire = expire
 
             def fail(name: str, exc: BaseException) -> None:
                 if stats.outcome == "done":
@@ -363,11 +382,33 @@ async def relay_stream(
                     return
                 done("downlink", timeouts.uplink_only)
 
-            nursery.start_soon(downlink)
-            await uplink()  # in this task: two tasks a flow (see relay)
+            if handoff is None or not handoff.down_done:
+                nursery.start_soon(downlink)
+            if handoff is None or not handoff.up_done:
+                await uplink()  # in this task: two tasks a flow (see relay)
         broken = stats.outcome != "done"
     finally:
         if activity is not None:
             activity.end()
         upstream.close(reset=broken)
     return stats
+
+
+async def _start_in_engine(
+    client: socket.socket,
+    opener: Callable[[socket.socket, Callable[[int], None]], Awaitable[Codec]],
+    engine: RelayEngine, timeouts: RelayTimeouts, stats: RelayStats,
+) -> Handoff | None:  # fmt: skip
+    """:func:`relay_stream`'s start in the relay engine, the upstream's framing as a
+    codec: None once the flow ended there, else its state when it turned bulk."""
+    try:
+        codec = await opener(client, stats.add_up)
+    except OSError as exc:
+        stats.outcome = f"uplink error: {exc.strerror or exc}"
+        set_reset_on_close(client)
+        return None
+    return await engine.carry(
+        client, codec.sock, idle=timeouts.idle, uplink_only=timeouts.uplink_only,
+        downlink_only=timeouts.downlink_only, stats=stats, count_up=stats.add_up,
+        count_down=stats.add_down, splice_after=SPLICE_AFTER, codec=codec,
+    )  # fmt: skip

@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import socket
+from collections.abc import Callable
 
 import trio
 
@@ -35,7 +37,7 @@ from ..dial import DialError, ip_literal, open_tcp_host
 from ..inbound.sockopt import set_mark
 from ..relay import BufferPool, send_all
 from ..resolver import Resolver, SystemResolver
-from ..sock import addr_to_sockaddr, close_socket, family_of, set_reset_on_close
+from ..sock import addr_to_sockaddr, close_socket, close_unwatched, family_of, set_reset_on_close
 from . import shadowsocks_decoder as decoder
 from . import shadowsocks_proto as proto
 from .base import Destination, StreamUpstream, UdpRequest
@@ -109,6 +111,20 @@ class ShadowsocksOutbound:
             head += enc.encrypt(initial[room:])
         return head
 
+    async def _connect(self, deadline: float, timeout: float) -> socket.socket:  # noqa: ASYNC109
+        """The server's connection. A connect to an IP has its own timeout: no cancel
+        scope per flow for it; a name's lookup counts against the handshake too."""
+        try:
+            if self.ip is not None:
+                return await open_tcp_host(self.ip, self.port, resolver=self.resolver,
+                                           mark=self.mark, timeout=timeout)  # fmt: skip
+            with trio.move_on_at(deadline):
+                return await open_tcp_host(self.host, self.port, resolver=self.resolver,
+                                           mark=self.mark, timeout=timeout)  # fmt: skip
+        except DialError as exc:
+            raise DialError(exc.errno, f"{self.name}: {exc}") from exc
+        raise handshake_timeout(self.name, timeout)
+
     async def open_stream(
         self,
         destination: Destination,
@@ -129,27 +145,21 @@ class ShadowsocksOutbound:
         except ValueError as exc:  # a name over 255 bytes
             raise DialError(errno.EINVAL, f"{self.name}: cannot request it: {exc}") from exc
         deadline = trio.current_time() + timeout
-        sock: socket.socket | None = None
-        with trio.move_on_at(deadline) as scope:
+        sock = await self._connect(deadline, timeout)
+        if first:
             try:
-                sock = await open_tcp_host(
-                    self.ip or self.host, self.port, resolver=self.resolver, mark=self.mark,
-                    timeout=timeout,
-                )  # fmt: skip
-            except DialError as exc:
-                raise DialError(exc.errno, f"{self.name}: {exc}") from exc
-            try:
-                if first:
-                    await send_all(sock, first)
+                sent = sock.send(first)
+                if sent < len(first):
+                    with trio.move_on_at(deadline) as scope:
+                        await send_all(sock, memoryview(first)[sent:])
+                    if scope.cancelled_caught:
+                        raise handshake_timeout(self.name, timeout)
             except OSError as exc:
                 close_socket(sock)
+                if isinstance(exc, DialError):
+                    raise
                 reason = f"{self.name}: sending the request failed: {exc}"
                 raise DialError(exc.errno or errno.EIO, reason) from exc
-        if scope.cancelled_caught:
-            if sock is not None:
-                close_socket(sock)
-            raise handshake_timeout(self.name, timeout)
-        assert sock is not None
         if self.v2022:
             dec: decoder.Decryptor = decoder.ResponseDecoder(self.method, self.key, enc.salt)
         else:
@@ -207,6 +217,7 @@ class ShadowsocksStream:
         self._answered = False
         self._target = target
         self._request_sent: trio.Event | None = None  # set once a read sent it alone
+        self._engine = False  # carried by the relay engine (engine_codec)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._target is not None:
@@ -297,7 +308,84 @@ class ShadowsocksStream:
     def close(self, *, reset: bool = False) -> None:
         if reset:
             set_reset_on_close(self._sock)
-        close_socket(self._sock)
+        if self._engine:  # relay_stream's: it closes once its tasks have ended
+            close_unwatched(self._sock)
+        else:
+            close_socket(self._sock)
+
+    async def engine_codec(self, client: socket.socket, count: Callable[[int], None],
+                           ) -> ShadowsocksCodec:  # fmt: skip
+        """The stream as the relay engine carries it. A request still held back goes
+        now: with what the client has sent meanwhile (``count``-ed), else alone (a
+        server-first protocol waits for the server)."""
+        self._engine = True
+        if self._target is not None:
+            target, self._target = self._target, None
+            first = b""
+            with contextlib.suppress(BlockingIOError):
+                first = client.recv(proto.MAX_PAYLOAD)  # EOF: b"", the engine sees it again
+            await send_all(self._sock, self._ob.first_write(self._enc, *target, first))
+            count(len(first))
+        return ShadowsocksCodec(self)
 
 
-__all__ = ["ShadowsocksOutbound", "ShadowsocksStream"]
+class ShadowsocksCodec:
+    """One flow's connection to the server as the relay engine drives it
+    (relay_engine.Codec): :class:`ShadowsocksStream`'s own cipher state and
+    first-answer rules, without tasks; the stream's pumps take over once it is bulk."""
+
+    __slots__ = ("_dec", "_enc", "_ob", "_stream", "sock")
+
+    def __init__(self, stream: ShadowsocksStream) -> None:
+        self._stream = stream
+        self._ob, self.sock = stream._ob, stream._sock
+        self._enc, self._dec = stream._enc, stream._dec
+
+    def wire_size(self, n: int) -> int:
+        return self._enc.wire_size(n)
+
+    def encode_into(self, data: memoryview, out: memoryview) -> int:
+        return self._enc.encrypt_into(data, out)
+
+    def inbox(self) -> memoryview:
+        return self._dec.buffer()
+
+    def decode(self, n: int) -> memoryview:
+        try:
+            plain = self._dec.received(n)
+        except proto.ShadowsocksError as exc:
+            raise self._ob.failed(str(exc)) from None
+        if plain and not self._stream._answered:
+            self._stream._answered = True
+            self._ob.prove()
+        return plain
+
+    def at_eof(self) -> None:
+        if not self._stream._answered:
+            raise self._ob.failed("the server closed the connection without answering "
+                                  "(wrong password or method?)")  # fmt: skip
+
+    def read_failed(self, exc: OSError) -> OSError:
+        if self._stream._answered:
+            return exc
+        return self._ob.failed(f"{exc.strerror or exc} before any answer "
+                               "(wrong password or method?)")  # fmt: skip
+
+    def rest(self) -> None:
+        self._dec.release()
+
+    def answer_by(self) -> float:
+        if self._stream._answered or self._ob.proven():
+            return math.inf
+        return self._stream._deadline
+
+    def unanswered(self) -> OSError | None:
+        if self._stream._answered or self._ob.proven():
+            return None
+        return self._ob.failed(
+            f"no answer within {self._stream._timeout:g}s of the request (policy.handshake)"
+            " - wrong password or method? (servers stay silent then)"
+        )
+
+
+__all__ = ["ShadowsocksCodec", "ShadowsocksOutbound", "ShadowsocksStream"]
