@@ -1,6 +1,9 @@
 """The encrypted outbounds: trio-tproxy against v2ray, both in front of the same servers.
 
-One lab (client -- gateway -- server namespaces). In the server namespace: ss-server
+A lab (client -- gateway -- server namespaces), fresh for every contender in every run
+(TIME_WAIT left by one contender's ``ab`` would slow the next one's: v2ray's
+connections/s fell from 5,420 to 2,178 over three runs in one lab). In the server
+namespace: ss-server
 (shadowsocks-libev, aes-128-gcm), trojan-gfw (TLS with a test CA), iperf3 and nginx. The
 gateway diverts LAN TCP with TPROXY either to trio-tproxy or to v2ray (Debian's
 ``v2ray``: dokodemo-door + sockopt.tproxy, a ``shadowsocks`` or ``trojan`` outbound with
@@ -16,6 +19,7 @@ bottleneck for both contenders: read the CPU-per-Gbit column for what the gatewa
 
     python bench/bench_encrypted.py [--runs 3] [--seconds 5] [--requests 2000] [--concurrency 16]
                                      [--workers 2]  (also trio-tproxy with N worker processes)
+                                     [--trio before=/path/to/old/src]  (one more contender)
 
 Needs root; touches only the namespaces it creates. Not collected by pytest.
 """
@@ -23,13 +27,14 @@ Needs root; touches only the namespaces it creates. Not collected by pytest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +111,16 @@ def start(
         if name.startswith("trio-w"):  # trio-w2: [process] workers = 2
             extra += f"[process]\nworkers = {int(name.removeprefix('trio-w'))}\n"
         config = trio_tproxy_config('"tcp"', trio_outbound(protocol, server, ca), extra)
-        proxy = ProxyProcess(lab.gateway, config, name=f"bench-{protocol}")
+        saved = os.environ.get("PYTHONPATH")
+        if name in SOURCES:  # --trio NAME=SRC: that tree's code
+            os.environ["PYTHONPATH"] = SOURCES[name]
+        try:
+            proxy = ProxyProcess(lab.gateway, config, name=f"bench-{protocol}")
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
         proxy.wait_ready()
 
         def stop_trio() -> None:
@@ -145,6 +159,18 @@ def start_servers(lab: Lab, root: Path) -> Path:
 
 
 Key = tuple[str, str, bool]  # protocol, contender, reverse
+SOURCES: dict[str, str] = {}  # --trio NAME=SRC: contender trio-NAME -> its source tree
+
+
+@contextlib.contextmanager
+def fresh_lab() -> Iterator[tuple[Lab, Path]]:
+    """New namespaces with the servers and the TPROXY diversion; the test CA's path."""
+    with Lab.create(prefix="bench") as lab, tempfile.TemporaryDirectory() as root:
+        ca = start_servers(lab, Path(root))
+        plan = DiversionPlan(tproxy_port=PORT, tproxy_udp=False, bypass_v4=(), bypass_v6=(),
+                             proxy_marks=MARK, lan_interfaces=(lab.gateway.lan_if,))  # fmt: skip
+        lab.gateway.install_tproxy(plan)
+        yield lab, ca
 
 
 def main() -> int:
@@ -156,6 +182,9 @@ def main() -> int:
     parser.add_argument("--protocols", default="shadowsocks,trojan")
     parser.add_argument("--workers", type=int, default=0,
                         help="also run trio-tproxy with [process] workers = N (as trio-wN)")
+    parser.add_argument("--trio", action="append", default=[], metavar="NAME=SRC",
+                        help="also run trio-tproxy from the source tree SRC as trio-NAME "
+                             "(e.g. the code before a change)")  # fmt: skip
     args = parser.parse_args()
     reason = requirements_met()
     tools = ("ss-server", "trojan", "iperf3", "ab", "v2ray", "openssl")
@@ -165,18 +194,18 @@ def main() -> int:
         return 1
     protocols = args.protocols.split(",")
     names = ("trio-tproxy", "v2ray") + ((f"trio-w{args.workers}",) if args.workers > 1 else ())
+    for spec in args.trio:
+        name, _, src = spec.partition("=")
+        SOURCES[f"trio-{name}"] = str(Path(src).resolve())
+        names += (f"trio-{name}",)
     tput: dict[Key, list[float]] = {}
     cpu: dict[Key, list[float]] = {}
     cps: dict[tuple[str, str], list[float]] = {}
     failed: dict[tuple[str, str], int] = {}
-    with Lab.create(prefix="bench") as lab, tempfile.TemporaryDirectory() as root:
-        ca = start_servers(lab, Path(root))
-        plan = DiversionPlan(tproxy_port=PORT, tproxy_udp=False, bypass_v4=(), bypass_v6=(),
-                             proxy_marks=MARK, lan_interfaces=(lab.gateway.lan_if,))  # fmt: skip
-        lab.gateway.install_tproxy(plan)
-        for run in range(args.runs):
-            for protocol in protocols:
-                for name in names:  # interleaved: noise hits both contenders alike
+    for run in range(args.runs):
+        for protocol in protocols:
+            for name in names:  # interleaved: noise hits both contenders alike
+                with fresh_lab() as (lab, ca):
                     pids, stop = start(name, protocol, lab, ca)
                     try:
                         for reverse in (False, True):
@@ -194,8 +223,7 @@ def main() -> int:
                         failed[(protocol, name)] = failed.get((protocol, name), 0) + errors
                     finally:
                         stop()
-                    time.sleep(0.3)
-            print(f"run {run + 1}/{args.runs} done", flush=True)
+        print(f"run {run + 1}/{args.runs} done", flush=True)
     report(args, protocols, tput, cpu, cps)
     print("failed requests (ab), all runs:", {f"{p}/{n}": v for (p, n), v in failed.items()})
     return 0
@@ -207,22 +235,24 @@ def report(
 ) -> None:  # fmt: skip
     print(f"\nmedian of {args.runs} interleaved runs (shared 2-core machine: compare ratios)")
     print(f"iperf3 1 stream {args.seconds}s: Gbit/s, and gateway CPU seconds per Gbit moved")
-    print(f"{'outbound':>12} {'dir':>5} {'trio Gb/s':>10} {'v2ray Gb/s':>11} {'ratio':>6} "
-          f"{'trio cpu/Gb':>12} {'v2ray cpu/Gb':>13} {'ratio':>6}")  # fmt: skip
+    print(f"{'outbound':>12} {'dir':>5} {'trio':>12} {'trio Gb/s':>10} {'v2ray Gb/s':>11} "
+          f"{'ratio':>6} {'trio cpu/Gb':>12} {'v2ray cpu/Gb':>13} {'ratio':>6}")  # fmt: skip
+    trios = sorted({n for (_, n, _) in tput} - {"v2ray"})
     for protocol in protocols:
         for reverse in (False, True):
-            t = statistics.median(tput[(protocol, "trio-tproxy", reverse)])
             v = statistics.median(tput[(protocol, "v2ray", reverse)])
-            tc = statistics.median(cpu[(protocol, "trio-tproxy", reverse)])
             vc = statistics.median(cpu[(protocol, "v2ray", reverse)])
-            print(f"{protocol:>12} {'down' if reverse else 'up':>5} {t:10.2f} {v:11.2f} "
-                  f"{t / v:6.2f} {tc:12.3f} {vc:13.3f} {tc / vc:6.2f}")  # fmt: skip
+            for name in trios:
+                t = statistics.median(tput[(protocol, name, reverse)])
+                tc = statistics.median(cpu[(protocol, name, reverse)])
+                print(f"{protocol:>12} {'down' if reverse else 'up':>5} {name:>12} {t:10.2f} "
+                      f"{v:11.2f} {t / v:6.2f} {tc:12.3f} {vc:13.3f} {tc / vc:6.2f}")  # fmt: skip
     print(f"connections/s (ab -n {args.requests} -c {args.concurrency})")
     for protocol in protocols:
         t = statistics.median(cps[(protocol, "trio-tproxy")])
         v = statistics.median(cps[(protocol, "v2ray")])
         print(f"{protocol:>12} trio {t:8.0f}  v2ray {v:8.0f}  ratio {t / v:5.2f}")
-        for name in sorted({n for (p, n) in cps if p == protocol and n.startswith("trio-w")}):
+        for name in sorted({n for (p, n) in cps if p == protocol} - {"trio-tproxy", "v2ray"}):
             w = statistics.median(cps[(protocol, name)])
             print(f"{protocol:>12} {name} {w:8.0f}  v2ray {v:8.0f}  ratio {w / v:5.2f}")
     print("all runs:", {f"{p}/{n}": [round(x) for x in xs] for (p, n), xs in cps.items()})
