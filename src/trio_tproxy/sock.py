@@ -46,6 +46,68 @@ def family_of(ip: IPAddress) -> int:
     return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
 
+# A bulk receiver that cannot splice (a cipher's socket) wakes once this much is in...
+BULK_LOWAT: Final = 65536
+# ... or after this long with what is there (so a flow's tail is not held back more).
+BULK_LINGER: Final = 0.001
+BULK_AFTER: Final = 256 * 1024  # bytes received (since a pause) before that starts
+
+
+class BulkReceive:
+    """Fewer wake-ups for a receiver of bulk data: with SO_RCVLOWAT the kernel wakes it
+    once :data:`BULK_LOWAT` bytes are in, not at every segment the sender writes, and
+    a wait lasts at most :data:`BULK_LINGER`, after which what is there is read
+    anyway. A lingering wait that then finds nothing means the sender paused: the
+    socket wakes at every byte again (so an exchange that follows a bulk one is held
+    back once, by at most the linger), until :data:`BULK_AFTER` more bytes came.
+
+    A shadowsocks download through ss-server costs the gateway half the CPU per Gbit
+    with it (bench_encrypted): the server writes a cipher chunk at a time.
+
+    The mark is only set while the receive buffer holds four times it, so the kernel
+    never has to grow the buffer for it (which would clamp the TCP window to it)."""
+
+    __slots__ = ("_lingered", "_on", "_since", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._on = False
+        self._lingered = False
+        self._since = 0  # bytes received since the mark went off
+
+    async def wait(self) -> None:
+        """Until the socket is readable (or the linger passed)."""
+        if not self._on:
+            await trio.lowlevel.wait_readable(self._sock)
+            return
+        with trio.move_on_after(BULK_LINGER) as scope:
+            await trio.lowlevel.wait_readable(self._sock)
+        self._lingered = scope.cancelled_caught
+
+    def received(self, n: int) -> None:
+        """After each receive: ``n`` bytes came (0: none were there)."""
+        if self._on:
+            if not n and self._lingered:  # paused
+                self._set(1)
+                self._on = False
+                self._since = 0
+        else:
+            self._since += n
+            if self._since >= BULK_AFTER:
+                self._since = 0
+                self._on = self._set(BULK_LOWAT)
+        self._lingered = False
+
+    def _set(self, lowat: int) -> bool:
+        try:
+            if lowat > 1 and self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < 4 * lowat:
+                return False
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+        except OSError:
+            return False
+        return True
+
+
 def close_socket(sock: socket.socket) -> None:
     """Close a socket that trio may be waiting on (wakes any waiter with an error);
     outside trio (the supervisor of worker processes) nothing can be waiting."""

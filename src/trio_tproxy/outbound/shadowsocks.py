@@ -5,7 +5,8 @@ request header (the SOCKS-style address: the sniffed domain when there is one, e
 the IP) and the client's first bytes, so the flow costs no extra round trip (when
 sniffing did not read them, the request waits for the client's first write). The
 connection is a :class:`~trio_tproxy.upstreams.StreamUpstream`: bytes are encrypted and
-decrypted in userspace (shadowsocks_proto.py, shadowsocks_decoder.py: sans-IO) by the
+decrypted in userspace (shadowsocks_proto.py, shadowsocks_decoder.py: sans-IO), by the
+relay engine's pass while the flow is short (:class:`ShadowsocksCodec`), then by the
 relay's two pumps.
 
 A Shadowsocks server never says "wrong key": ss-server holds such a connection open
@@ -37,7 +38,14 @@ from ..dial import DialError, ip_literal, open_tcp_host
 from ..inbound.sockopt import set_mark
 from ..relay import BufferPool, send_all
 from ..resolver import Resolver, SystemResolver
-from ..sock import addr_to_sockaddr, close_socket, close_unwatched, family_of, set_reset_on_close
+from ..sock import (
+    BulkReceive,
+    addr_to_sockaddr,
+    close_socket,
+    close_unwatched,
+    family_of,
+    set_reset_on_close,
+)
 from . import shadowsocks_decoder as decoder
 from . import shadowsocks_proto as proto
 from .base import Destination, StreamUpstream, UdpRequest
@@ -218,6 +226,7 @@ class ShadowsocksStream:
         self._target = target
         self._request_sent: trio.Event | None = None  # set once a read sent it alone
         self._engine = False  # carried by the relay engine (engine_codec)
+        self._bulk = BulkReceive(sock)  # a download's wake-ups, once it is bulk
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._target is not None:
@@ -258,6 +267,7 @@ class ShadowsocksStream:
                 n = sock.recv_into(dec.buffer())
             except BlockingIOError:
                 dec.release()  # an idle flow holds no buffers
+                self._bulk.received(0)
                 await self._wait_readable()
                 continue
             except OSError as exc:
@@ -271,6 +281,7 @@ class ShadowsocksStream:
                     raise self._ob.failed("the server closed the connection without "
                                           "answering (wrong password or method?)")  # fmt: skip
                 return memoryview(b"")
+            self._bulk.received(n)
             try:
                 plain = dec.received(n)
             except proto.ShadowsocksError as exc:
@@ -285,7 +296,7 @@ class ShadowsocksStream:
     async def _wait_readable(self) -> None:
         """Until the first answer, while the key is unproven, within the handshake."""
         if self._answered or self._ob.proven():
-            await trio.lowlevel.wait_readable(self._sock)
+            await self._bulk.wait()
             return
         with trio.move_on_at(self._deadline):
             await trio.lowlevel.wait_readable(self._sock)
