@@ -96,7 +96,8 @@ class IdleClock:
 
     def push(self, activity: Activity, deadline: float) -> None:
         heapq.heappush(self._heap, (deadline, next(self._order), activity))
-        self._sleep.deadline = min(self._sleep.deadline, deadline)  # wake earlier if need be
+        if deadline < self._sleep.deadline:  # wake earlier (a set costs trio ~1 us)
+            self._sleep.deadline = deadline
 
     def ended(self) -> None:
         self._live -= 1
