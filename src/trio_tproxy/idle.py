@@ -96,7 +96,8 @@ class IdleClock:
 
     def push(self, activity: Activity, deadline: float) -> None:
         heapq.heappush(self._heap, (deadline, next(self._order), activity))
-        if deadline < self._sleep.deadline:  # wake earlier (a set costs trio ~1 us)
+        # wake earlier if need be; only then, as setting a trio deadline costs ~1.2 us
+        if deadline < self._sleep.deadline:  # noqa: PLR1730 (min() would always set it)
             self._sleep.deadline = deadline
 
     def ended(self) -> None:
