@@ -372,3 +372,32 @@ async def test_an_answered_codec_flow_has_no_deadline(tcp_pairs: Pairs) -> None:
         stats = await relay_module.relay_stream(pc, stream, TIMEOUTS)  # type: ignore[arg-type]
     assert stats.outcome == "done"
     assert got["client"] == b"first then more"
+
+
+async def test_a_codec_flow_survives_the_engine_buffer_growing(tcp_pairs: Pairs) -> None:
+    """A reload with a larger policy.buffer_size grows the engine's receive buffer
+    while codec flows are in it: their chunks then seal into a larger wire buffer."""
+    client, pc, pu, server = relay_setup(tcp_pairs)
+    stream = CodecStream(XorFrames(pu))
+    got: dict[str, bytes] = {}
+    request = os.urandom(150_000)  # under the handoff: the engine carries it all
+
+    async def ends() -> None:
+        await send_all(client, b"small first")
+        await trio.sleep(0.1)  # in the engine, sealed with the small buffers
+        assert RelayEngine.current(262144) is not None  # a reload's larger buffers
+        await send_all(client, request)
+        client.shutdown(socket.SHUT_WR)
+        got["server"] = await recv_until_eof(server)
+        await send_all(server, XorFrames.seal(b"ok"))
+        server.shutdown(socket.SHUT_WR)
+        got["client"] = await recv_until_eof(client)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ends)
+            stats = await relay_module.relay_stream(pc, stream, TIMEOUTS,  # type: ignore[arg-type]
+                                                    pool=BufferPool(16384))  # fmt: skip
+    assert stats.outcome == "done"
+    assert XorFrames.open(got["server"]) == b"small first" + request
+    assert got["client"] == b"ok"

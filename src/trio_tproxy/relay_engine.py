@@ -193,8 +193,6 @@ class RelayEngine:
         down = _Side("downlink", upstream, client, uplink_only, count_down)
         if codec is not None:
             up.encode = down.decode = codec
-            if len(self._wire) < codec.wire_size(len(self._buffer)):
-                self._wire = memoryview(bytearray(codec.wire_size(len(self._buffer))))
         flow = _Flow(up, down, stats, splice_after)
 
         def expire() -> None:
@@ -231,6 +229,8 @@ class RelayEngine:
             with trio.CancelScope(deadline=deadline) as flow.answer:
                 await flow.woken.wait()
             flow.answer = None
+            if not flow.ended:  # an answer already in (the same tick as the deadline)
+                self._on_event(flow, flow.down.src, IN)
             if flow.woken.is_set():
                 return
             failure = codec.unanswered()
@@ -301,6 +301,8 @@ class RelayEngine:
         side.moved += n
         out = self._view
         if side.encode is not None:
+            if len(self._wire) < side.encode.wire_size(n):  # the buffer grew (a reload)
+                self._wire = memoryview(bytearray(side.encode.wire_size(len(self._buffer))))
             try:
                 n = side.encode.encode_into(out[:n], self._wire)
             except OSError as exc:
@@ -369,6 +371,7 @@ class RelayEngine:
             if flow.splice is not None and side.moved >= flow.splice:
                 self._maybe_hand_off(flow)
                 return
+        codec.rest()  # the burst is used up: the next event brings the rest, if any
 
     def _flush(self, flow: _Flow, side: _Side) -> None:
         pending = side.pending
@@ -395,8 +398,11 @@ class RelayEngine:
         try:
             side.dst.shutdown(socket.SHUT_WR)
         except OSError as exc:
-            self._fail(flow, side, exc)
-            return
+            if side.encode is None:
+                self._fail(flow, side, exc)
+                return
+            # a codec's server (its stream's send_eof): the half-close is best effort,
+            # the other direction goes on until the server ends it
         side.done = True
         flow.finished += 1
         if flow.finished == 2:

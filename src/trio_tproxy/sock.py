@@ -57,9 +57,10 @@ class BulkReceive:
     """Fewer wake-ups for a receiver of bulk data: with SO_RCVLOWAT the kernel wakes it
     once :data:`BULK_LOWAT` bytes are in, not at every segment the sender writes, and
     a wait lasts at most :data:`BULK_LINGER`, after which what is there is read
-    anyway. A lingering wait that then finds nothing means the sender paused: the
-    socket wakes at every byte again (so an exchange that follows a bulk one is held
-    back once, by at most the linger), until :data:`BULK_AFTER` more bytes came.
+    anyway. A wait that had to linger and then finds under half a mark means the
+    sender paused or slowed: the socket wakes at every byte again (so an exchange that
+    follows a bulk one is held back once, by at most the linger), until
+    :data:`BULK_AFTER` more bytes came.
 
     A shadowsocks download through ss-server costs the gateway half the CPU per Gbit
     with it (bench_encrypted): the server writes a cipher chunk at a time.
@@ -87,8 +88,9 @@ class BulkReceive:
     def received(self, n: int) -> None:
         """After each receive: ``n`` bytes came (0: none were there)."""
         if self._on:
-            if not n and self._lingered:  # paused
-                self._set(1)
+            # a wait that had to linger and found under half a mark: the sender paused
+            # or slowed to a trickle, where waiting gains nothing and delays each piece
+            if self._lingered and n < BULK_LOWAT // 2 and self._set(1):
                 self._on = False
                 self._since = 0
         else:

@@ -10,13 +10,14 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
+from trio_tproxy import relay
 from trio_tproxy.config import ShadowsocksOutbound as ShadowsocksConfig
 from trio_tproxy.config.values import HostPort
 from trio_tproxy.dial import DialError
@@ -439,3 +440,117 @@ async def test_dns_servers_can_be_reached_through_shadowsocks(echo: EchoServers,
                 got += await stream.receive_some()
         assert got == query
         await stream.aclose()
+
+
+# -- through relay_stream: the relay engine carries the flow (relay_engine.Codec) ------
+
+
+async def fake_server(method: str, key: bytes, answer: bytes | None, *,
+                      nursery: trio.Nursery) -> tuple[int, list[bytes]]:  # fmt: skip
+    """A shadowsocks server on loopback: records the request's plaintext, answers
+    ``answer`` (None: stays silent, as ss-server does for a wrong key), then closes once
+    the client has."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    requests: list[bytes] = []
+
+    async def serve() -> None:
+        server = await listeners[0].accept()
+        if answer is None:  # as ss-server with a request it cannot open: silence
+            await trio.sleep_forever()
+        dec = Decryptor(method, key)
+        plain = b""
+        while not plain:
+            plain += dec.feed(await server.receive_some(65536))
+        requests.append(plain)
+        await server.send_all(proto.Encryptor(method, key).encrypt(answer))
+        while await server.receive_some(65536):
+            pass
+        await server.aclose()
+
+    nursery.start_soon(serve)
+    return listeners[0].socket.getsockname()[1], requests
+
+
+async def carry(stream: ShadowsocksStream, client_end: socket.socket,
+                timeout: float = 5.0) -> relay.RelayStats:  # noqa: ASYNC109 # fmt: skip
+    with trio.fail_after(timeout):
+        return await relay.relay_stream(client_end, stream, relay.RelayTimeouts(idle=30),
+                                        pool=relay.BufferPool(65536))  # fmt: skip
+
+
+@pytest.fixture
+def no_pumps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short flow is the engine's alone: the stream's own methods are not used."""
+
+    async def pump(*args: object) -> None:
+        raise AssertionError("a pump ran")
+
+    for name in ("send_all", "receive_some", "send_eof"):
+        monkeypatch.setattr(ShadowsocksStream, name, pump)
+
+
+@pytest.mark.usefixtures("no_pumps")
+async def test_a_short_flow_is_sealed_and_opened_in_the_relay_engine(
+    tcp_pairs: Callable[[], tuple[socket.socket, socket.socket]], nursery: trio.Nursery,
+) -> None:  # fmt: skip
+    method, key = "aes-128-gcm", proto.master_key("aes-128-gcm", "pw")
+    port, requests = await fake_server(method, key, b"HTTP/1.1 200 OK\r\n\r\nhi", nursery=nursery)
+    client, proxy_end = tcp_pairs()
+    stream = await open_stream(outbound(method, "pw", port), 80, initial=b"GET / HTTP/1.1\r\n")
+    client.sendall(b"\r\n")
+    client.shutdown(socket.SHUT_WR)
+    stats = await carry(stream, proxy_end)
+    assert stats.outcome == "done"
+    assert requests == [encode_address(LOCALHOST, 80) + b"GET / HTTP/1.1\r\n"]
+    client.setblocking(True)
+    assert client.recv(100) == b"HTTP/1.1 200 OK\r\n\r\nhi"
+    assert not stream._dec.holds_buffers  # the finished flow gave its buffers back
+
+
+@pytest.mark.usefixtures("no_pumps")
+async def test_a_wrong_key_in_the_engine_fails_within_the_handshake_timeout(
+    tcp_pairs: Callable[[], tuple[socket.socket, socket.socket]], nursery: trio.Nursery,
+) -> None:  # fmt: skip
+    method = "aes-128-gcm"
+    port, _ = await fake_server(method, proto.master_key(method, "right"), None,
+                                nursery=nursery)  # fmt: skip
+    client, proxy_end = tcp_pairs()
+    stream = await open_stream(outbound(method, "wrong", port), 80, initial=b"GET /",
+                               timeout=0.5)  # fmt: skip
+    start = time.monotonic()
+    stats = await carry(stream, proxy_end)
+    assert 0.3 < time.monotonic() - start < 1.5
+    assert stats.outcome.startswith("downlink error: shadowsocks ss: no answer within 0.5s")
+    assert "wrong password or method" in stats.outcome
+    proxy_end.close()
+    client.setblocking(True)
+    with pytest.raises(ConnectionResetError):
+        client.recv(100)
+
+
+@pytest.mark.usefixtures("no_pumps")
+async def test_a_server_first_protocol_gets_the_request_alone_in_the_engine(
+    tcp_pairs: Callable[[], tuple[socket.socket, socket.socket]], nursery: trio.Nursery,
+) -> None:  # fmt: skip
+    """Not sniffed, and the client waits for the server (SMTP): the request goes alone
+    when the engine takes the flow, and the banner comes back."""
+    method, key = "aes-128-gcm", proto.master_key("aes-128-gcm", "pw")
+    port, requests = await fake_server(method, key, b"220 ready\r\n", nursery=nursery)
+    client, proxy_end = tcp_pairs()
+    stream = await open_stream(outbound(method, "pw", port), 25)
+
+    async def smtp_client() -> None:
+        while True:
+            try:
+                banner = client.recv(100)
+                break
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(client)
+        assert banner == b"220 ready\r\n"
+        client.shutdown(socket.SHUT_WR)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(smtp_client)
+        stats = await carry(stream, proxy_end)
+    assert stats.outcome == "done"
+    assert requests == [encode_address(LOCALHOST, 25)]

@@ -168,6 +168,9 @@ class ShadowsocksOutbound:
                     raise
                 reason = f"{self.name}: sending the request failed: {exc}"
                 raise DialError(exc.errno or errno.EIO, reason) from exc
+            except BaseException:  # cancelled meanwhile
+                close_socket(sock)
+                raise
         if self.v2022:
             dec: decoder.Decryptor = decoder.ResponseDecoder(self.method, self.key, enc.salt)
         else:
