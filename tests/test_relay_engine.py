@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -39,9 +39,15 @@ def spy_pumps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
 
 async def exchange(
-    tcp_pairs: Pairs, request: bytes, response: bytes, pool: BufferPool,
-    server_reads: Callable[[socket.socket], object] | None = None,
+    tcp_pairs: Pairs, request: bytes, response: bytes, pool: BufferPool, *,
+    carry: Callable[[socket.socket, socket.socket], Awaitable[relay_module.RelayStats]]
+    | None = None,
+    seal: Callable[[bytes], bytes] = bytes,
+    piece: int | None = None,
 ) -> tuple[bytes, bytes, relay_module.RelayStats]:  # fmt: skip
+    """The client sends ``request`` and EOF, the server answers ``response`` (as
+    ``seal`` puts it on the wire, in writes of ``piece`` bytes) and EOF; the flow is
+    relayed by ``carry(proxy's client end, proxy's upstream end)`` (relay by default)."""
     client, pc, pu, server = relay_setup(tcp_pairs)
     got: dict[str, bytes] = {}
 
@@ -52,13 +58,19 @@ async def exchange(
 
     async def server_side() -> None:
         got["server"] = await recv_until_eof(server)
-        await send_all(server, response)
+        wire = seal(response)
+        step = piece or len(wire) or 1
+        for i in range(0, len(wire), step):
+            await send_all(server, wire[i : i + step])
         server.shutdown(socket.SHUT_WR)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client_side)
         nursery.start_soon(server_side)
-        stats = await relay(pc, pu, TIMEOUTS, pool)
+        if carry is None:
+            stats = await relay(pc, pu, TIMEOUTS, pool)
+        else:
+            stats = await carry(pc, pu)
     return got["server"], got["client"], stats
 
 
@@ -270,30 +282,21 @@ class CodecStream:
 
 
 async def test_a_codec_flow_is_sealed_and_opened_by_the_engine(tcp_pairs: Pairs) -> None:
-    client, pc, pu, server = relay_setup(tcp_pairs)
-    stream = CodecStream(XorFrames(pu))
     request, response = os.urandom(300_000), os.urandom(500_000)
-    got: dict[str, bytes] = {}
+    streams: list[CodecStream] = []
 
-    async def client_side() -> None:
-        await send_all(client, request)
-        client.shutdown(socket.SHUT_WR)
-        got["client"] = await recv_until_eof(client)
+    async def carry(pc: socket.socket, pu: socket.socket) -> relay_module.RelayStats:
+        streams.append(CodecStream(XorFrames(pu)))
+        return await relay_module.relay_stream(pc, streams[0], TIMEOUTS,  # type: ignore[arg-type]
+                                               pool=BufferPool(65536))  # fmt: skip
 
-    async def server_side() -> None:
-        got["server"] = await recv_until_eof(server)
-        wire = XorFrames.seal(response)
-        for i in range(0, len(wire), 777):  # odd pieces: frames split across receives
-            await send_all(server, wire[i : i + 777])
-        server.shutdown(socket.SHUT_WR)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(client_side)
-        nursery.start_soon(server_side)
-        stats = await relay_module.relay_stream(pc, stream, TIMEOUTS,  # type: ignore[arg-type]
-                                                pool=BufferPool(65536))  # fmt: skip
-    assert XorFrames.open(got["server"]) == request  # sealed per receive, intact
-    assert got["client"] == response
+    # odd pieces: the server's frames are split across receives
+    server_got, client_got, stats = await exchange(
+        tcp_pairs, request, response, BufferPool(65536), carry=carry, seal=XorFrames.seal,
+        piece=777)
+    stream = streams[0]
+    assert XorFrames.open(server_got) == request  # sealed per receive, intact
+    assert client_got == response
     assert (stats.up, stats.down, stats.outcome) == (len(request), len(response), "done")
     assert stream.closed is False  # closed cleanly, not reset
     assert stream.pumped > 0  # bulk: the stream's pumps took over from the engine
@@ -302,27 +305,20 @@ async def test_a_codec_flow_is_sealed_and_opened_by_the_engine(tcp_pairs: Pairs)
 
 
 async def test_a_short_codec_flow_is_carried_by_the_engine_alone(tcp_pairs: Pairs) -> None:
-    client, pc, pu, server = relay_setup(tcp_pairs)
-    stream = CodecStream(XorFrames(pu))
     request = os.urandom(100_000)
-    got: dict[str, bytes] = {}
+    streams: list[CodecStream] = []
 
-    async def ends() -> None:
-        await send_all(client, request)
-        client.shutdown(socket.SHUT_WR)
-        got["server"] = await recv_until_eof(server)
-        await send_all(server, XorFrames.seal(b"ok"))
-        server.shutdown(socket.SHUT_WR)
-        got["client"] = await recv_until_eof(client)
+    async def carry(pc: socket.socket, pu: socket.socket) -> relay_module.RelayStats:
+        streams.append(CodecStream(XorFrames(pu)))
+        return await relay_module.relay_stream(pc, streams[0], TIMEOUTS)  # type: ignore[arg-type]
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ends)
-        await relay_module.relay_stream(pc, stream, TIMEOUTS)  # type: ignore[arg-type]
-    assert XorFrames.open(got["server"]) == request
-    assert got["server"] != XorFrames.seal(request)  # ... as the receives came, not whole
-    assert got["client"] == b"ok"
-    assert stream.pumped == 0  # no task of the flow moved a byte
-    assert stream.codec.rests > 0  # the waiting flow gave its buffers back
+    server_got, client_got, _ = await exchange(tcp_pairs, request, b"ok", BufferPool(16384),
+                                               carry=carry, seal=XorFrames.seal)  # fmt: skip
+    assert XorFrames.open(server_got) == request
+    assert server_got != XorFrames.seal(request)  # ... as the receives came, not whole
+    assert client_got == b"ok"
+    assert streams[0].pumped == 0  # no task of the flow moved a byte
+    assert streams[0].codec.rests > 0  # the waiting flow gave its buffers back
 
 
 @pytest.mark.parametrize(
