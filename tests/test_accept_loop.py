@@ -100,8 +100,10 @@ async def test_a_burst_is_accepted_in_batches(tcp_pairs: Pairs) -> None:
         await trio.testing.wait_all_tasks_blocked()
         flows.cancel_scope.cancel()
     assert len(seen_by_others) == 3 * ACCEPT_BATCH
-    # the first flows ran once a batch was accepted, before the rest of the burst
-    assert seen_by_others[0] == ACCEPT_BATCH
+    # the first flows ran once a batch was accepted, before the rest of the burst: in
+    # the next scheduler batch, which trio runs in reverse half of the time (the accept
+    # loop's next batch first, then the flows): so after one batch or two, never three
+    assert seen_by_others[0] in (ACCEPT_BATCH, 2 * ACCEPT_BATCH)
 
 
 def test_accepted_sockets_inherit_tcp_nodelay() -> None:
