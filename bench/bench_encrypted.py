@@ -201,6 +201,7 @@ def main() -> int:
     tput: dict[Key, list[float]] = {}
     cpu: dict[Key, list[float]] = {}
     cps: dict[tuple[str, str], list[float]] = {}
+    conn_cpu: dict[tuple[str, str], list[float]] = {}  # gateway CPU us per connection
     failed: dict[tuple[str, str], int] = {}
     for run in range(args.runs):
         for protocol in protocols:
@@ -217,21 +218,25 @@ def main() -> int:
                             cpu.setdefault((protocol, name, reverse), []).append(
                                 used / (gbits * args.seconds))
                         small = f"http://{lab.server.ip4}:{WEB_PORT}/small.txt"
+                        before = cpu_seconds(pids)
                         rate, errors = connections_per_second(lab, small, args.requests,
                                                               args.concurrency)  # fmt: skip
                         cps.setdefault((protocol, name), []).append(rate)
+                        conn_cpu.setdefault((protocol, name), []).append(
+                            (cpu_seconds(pids) - before) / args.requests * 1e6)
                         failed[(protocol, name)] = failed.get((protocol, name), 0) + errors
                     finally:
                         stop()
         print(f"run {run + 1}/{args.runs} done", flush=True)
-    report(args, protocols, tput, cpu, cps)
+    report(args, protocols, tput=tput, cpu=cpu, cps=cps, conn_cpu=conn_cpu)
     print("failed requests (ab), all runs:", {f"{p}/{n}": v for (p, n), v in failed.items()})
     return 0
 
 
 def report(
-    args: argparse.Namespace, protocols: list[str], tput: dict[Key, list[float]],
+    args: argparse.Namespace, protocols: list[str], *, tput: dict[Key, list[float]],
     cpu: dict[Key, list[float]], cps: dict[tuple[str, str], list[float]],
+    conn_cpu: dict[tuple[str, str], list[float]],
 ) -> None:  # fmt: skip
     print(f"\nmedian of {args.runs} interleaved runs (shared 2-core machine: compare ratios)")
     print(f"iperf3 1 stream {args.seconds}s: Gbit/s, and gateway CPU seconds per Gbit moved")
@@ -247,14 +252,18 @@ def report(
                 tc = statistics.median(cpu[(protocol, name, reverse)])
                 print(f"{protocol:>12} {'down' if reverse else 'up':>5} {name:>12} {t:10.2f} "
                       f"{v:11.2f} {t / v:6.2f} {tc:12.3f} {vc:13.3f} {tc / vc:6.2f}")  # fmt: skip
-    print(f"connections/s (ab -n {args.requests} -c {args.concurrency})")
+    print(f"connections/s (ab -n {args.requests} -c {args.concurrency}), and the gateway's "
+          "CPU per connection (us; the servers, nginx and ab share the machine's cores, so "
+          "this is what sets the rate)")  # fmt: skip
     for protocol in protocols:
-        t = statistics.median(cps[(protocol, "trio-tproxy")])
         v = statistics.median(cps[(protocol, "v2ray")])
-        print(f"{protocol:>12} trio {t:8.0f}  v2ray {v:8.0f}  ratio {t / v:5.2f}")
-        for name in sorted({n for (p, n) in cps if p == protocol} - {"trio-tproxy", "v2ray"}):
-            w = statistics.median(cps[(protocol, name)])
-            print(f"{protocol:>12} {name} {w:8.0f}  v2ray {v:8.0f}  ratio {w / v:5.2f}")
+        vc = statistics.median(conn_cpu[(protocol, "v2ray")])
+        others = sorted({n for (p, n) in cps if p == protocol} - {"trio-tproxy", "v2ray"})
+        for name in ["trio-tproxy", *others]:
+            t = statistics.median(cps[(protocol, name)])
+            tc = statistics.median(conn_cpu[(protocol, name)])
+            print(f"{protocol:>12} {name:>12} {t:8.0f}  v2ray {v:8.0f}  ratio {t / v:5.2f}   "
+                  f"CPU {tc:6.0f} us  v2ray {vc:6.0f} us  ratio {tc / vc:5.2f}")  # fmt: skip
     print("all runs:", {f"{p}/{n}": [round(x) for x in xs] for (p, n), xs in cps.items()})
 
 
