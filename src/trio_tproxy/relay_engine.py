@@ -128,8 +128,8 @@ class _Side:
 
 
 class _Flow:
-    __slots__ = ("activity", "answer", "down", "ended", "finished", "handoff", "splice",
-                 "stats", "up", "woken")  # fmt: skip
+    __slots__ = ("activity", "down", "ended", "finished", "handoff", "splice", "stats", "up",
+                 "woken")  # fmt: skip
 
     def __init__(self, up: _Side, down: _Side, stats: Counts, splice: int | None) -> None:
         self.up, self.down, self.stats, self.splice = up, down, stats, splice
@@ -138,7 +138,6 @@ class _Flow:
         self.handoff = False
         self.woken = trio.Event()
         self.activity: Activity | None = None
-        self.answer: trio.CancelScope | None = None  # the wait for a codec's first answer
 
     def expire(self) -> None:  # the idle clock's callback; the engine completes the flow
         self.stats.outcome = "idle timeout" if not self.finished else "half-closed timeout"
@@ -219,25 +218,18 @@ class RelayEngine:
         return None
 
     async def _wait_answered(self, flow: _Flow, codec: Codec) -> None:
-        """The flow's end; but a codec's first answer must come by its deadline (the
-        engine lifts it when the answer came)."""
+        """The flow's end; but a codec's first answer must come by its deadline."""
         deadline = codec.answer_by()
-        if deadline == math.inf:  # a proven key: no cancel scope needed
-            await flow.woken.wait()
-            return
-        while True:
-            with trio.CancelScope(deadline=deadline) as flow.answer:
+        if deadline < math.inf:  # an unproven key (a proven one needs no cancel scope)
+            with trio.move_on_at(deadline):
                 await flow.woken.wait()
-            flow.answer = None
-            if not flow.ended:  # an answer already in (the same tick as the deadline)
-                self._on_event(flow, flow.down.src, IN)
-            if flow.woken.is_set():
                 return
-            failure = codec.unanswered()
+            self._on_event(flow, flow.down.src, IN)  # an answer in by now (the same tick)
+            failure = None if flow.ended else codec.unanswered()
             if failure is not None:
                 self._fail(flow, flow.down, failure)
                 return
-            deadline = math.inf
+        await flow.woken.wait()
 
     # -- the engine's task --------------------------------------------------------------
 
@@ -295,10 +287,7 @@ class RelayEngine:
             side.eof = True
             self._pass_eof(flow, side)
             return
-        side.count(n)
-        assert flow.activity is not None
-        flow.activity.last = self.now  # touch(), without a clock read per chunk
-        side.moved += n
+        self._took(flow, side, n)
         out = self._view
         if side.encode is not None:
             if len(self._wire) < side.encode.wire_size(n):  # the buffer grew (a reload)
@@ -309,17 +298,32 @@ class RelayEngine:
                 self._fail(flow, side, exc)
                 return
             out = self._wire
+        self._send_on(flow, side, out[:n])
+
+    def _took(self, flow: _Flow, side: _Side, n: int) -> None:
+        """``n`` bytes of the client's (plaintext) came in on ``side``."""
+        side.count(n)
+        assert flow.activity is not None
+        flow.activity.last = self.now  # touch(), without a clock read per chunk
+        side.moved += n
+
+    def _send_on(self, flow: _Flow, side: _Side, data: memoryview) -> bool:
+        """``data`` to ``side.dst``, what it does not take held aside. True when all of
+        it went and the direction stays here (not failed, held, nor handed off)."""
         try:
-            sent = side.dst.send(out[:n])
+            sent = side.dst.send(data)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
             self._fail(flow, side, exc)
-            return
-        if sent < n:
-            side.pending = bytes(out[sent:n])
-        elif flow.splice is not None and side.moved >= flow.splice:
+            return False
+        if sent < len(data):
+            side.pending = bytes(data[sent:])
+            return False
+        if flow.splice is not None and side.moved >= flow.splice:
             self._maybe_hand_off(flow)
+            return False
+        return True
 
     def _pump_decoded(self, flow: _Flow, side: _Side, codec: Codec) -> None:
         """Receives from a codec's socket until it is drained (at most
@@ -332,8 +336,7 @@ class RelayEngine:
                 try:
                     n = side.src.recv_into(inbox)
                 except BlockingIOError:
-                    codec.rest()  # the flow waits: it holds no buffers meanwhile
-                    return
+                    break
                 except OSError as exc:
                     raise codec.read_failed(exc) from exc
                 if n == 0:
@@ -349,29 +352,12 @@ class RelayEngine:
                 return
             if not plain:
                 continue
-            if flow.answer is not None:  # the first answer: no deadline any more
-                flow.answer.deadline = math.inf
-            m = len(plain)
-            side.count(m)
-            assert flow.activity is not None
-            flow.activity.last = self.now
-            side.moved += m
-            try:
-                sent = side.dst.send(plain)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                codec.rest()
-                self._fail(flow, side, exc)
-                return
-            if sent < m:  # the client is slower: wait for it
-                side.pending = bytes(plain[sent:])
-                codec.rest()
-                return
-            if flow.splice is not None and side.moved >= flow.splice:
-                self._maybe_hand_off(flow)
-                return
-        codec.rest()  # the burst is used up: the next event brings the rest, if any
+            self._took(flow, side, len(plain))
+            if not self._send_on(flow, side, plain):  # failed, the client is slower, or bulk
+                break
+        # drained, held aside, handed off, or the burst used up (the next event brings
+        # the rest): a waiting flow holds no codec buffers
+        codec.rest()
 
     def _flush(self, flow: _Flow, side: _Side) -> None:
         pending = side.pending
