@@ -6,16 +6,15 @@ the IP) and the client's first bytes, so the flow costs no extra round trip (whe
 sniffing did not read them, the request waits for the client's first write). The
 connection is a :class:`~trio_tproxy.upstreams.StreamUpstream`: bytes are encrypted and
 decrypted in userspace (shadowsocks_proto.py, shadowsocks_decoder.py: sans-IO), by the
-relay engine's pass while the flow is short (:class:`ShadowsocksCodec`), then by the
-relay's two pumps.
+relay engine's pass while the flow is short, then by the relay's two pumps
+(shadowsocks_stream.py).
 
 A Shadowsocks server never says "wrong key": ss-server holds such a connection open
 in silence, others close it. So until a response has once decrypted with our key, a
 flow whose server has not answered within ``policy.handshake`` of its request is cut
 and logged as a likely wrong password or method; once the key is proven (a valid
 response in the last :data:`PROVEN_FOR` seconds) slow destinations (long polls) are
-left alone. A response that fails authentication, a replayed or stale 2022 header, or a
-close before any answer all reset the flow with one line naming the outbound.
+left alone. This module keeps that key state; the stream applies it.
 
 UDP (``network`` includes "udp"): one socket per client session, connected to the
 server (shadowsocks_udp.py).
@@ -23,12 +22,9 @@ server (shadowsocks_udp.py).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
-import math
 import socket
-from collections.abc import Callable
 
 import trio
 
@@ -36,19 +32,13 @@ from ..addr import IPAddress
 from ..config import ShadowsocksOutbound as ShadowsocksConfig
 from ..dial import DialError, ip_literal, open_tcp_host
 from ..inbound.sockopt import set_mark
-from ..relay import BufferPool, send_all
+from ..relay import send_all
 from ..resolver import Resolver, SystemResolver
-from ..sock import (
-    BulkReceive,
-    addr_to_sockaddr,
-    close_socket,
-    close_unwatched,
-    family_of,
-    set_reset_on_close,
-)
+from ..sock import addr_to_sockaddr, close_socket, family_of
 from . import shadowsocks_decoder as decoder
 from . import shadowsocks_proto as proto
 from .base import Destination, StreamUpstream, UdpRequest
+from .shadowsocks_stream import ShadowsocksStream
 from .shadowsocks_udp import ShadowsocksUdpLink
 from .socks_proto import Host, encode_address
 from .tunnel import handshake_timeout
@@ -58,10 +48,6 @@ log = logging.getLogger("trio_tproxy.outbound.shadowsocks")
 # A key counts as proven for this long after a response decrypted with it.
 PROVEN_FOR = 600.0
 WARN_EVERY = 60.0  # seconds between two warnings about the same outbound's key
-# The upload's wire buffers: a relay chunk (policy.buffer_size, 64 KiB by default) with
-# its chunk overhead and a salt; a larger write is sealed into bytes of its own.
-WIRE_SIZE = 65536 + 8 * (2 + 2 * proto.TAG_LEN) + 32
-_wires = BufferPool(WIRE_SIZE, keep=8)
 
 
 class ShadowsocksOutbound:
@@ -148,8 +134,11 @@ class ShadowsocksOutbound:
             # Nothing from the client yet (sniffing off, a server-first port): the
             # request waits for its first bytes, to go in one write and one segment
             # with them (see ShadowsocksStream); else it goes now, with them.
-            first = self.first_write(enc, *target, initial) if initial else b""
-            encode_address(*target)
+            if initial:
+                first = self.first_write(enc, *target, initial)
+            else:
+                first = b""
+                encode_address(*target)  # requestable? (checked now, not at the first read)
         except ValueError as exc:  # a name over 255 bytes
             raise DialError(errno.EINVAL, f"{self.name}: cannot request it: {exc}") from exc
         deadline = trio.current_time() + timeout
@@ -206,200 +195,4 @@ class ShadowsocksOutbound:
         return ShadowsocksUdpLink(self, sock, request.buffer)
 
 
-class ShadowsocksStream:
-    """One flow's connection to the server, as the relay's ByteStream.
-
-    ``target``, when given, has not been requested yet: the request goes in one write
-    with the client's first bytes, or alone at the first read. The relay's uplink reads
-    the client before its downlink first reads here, so a client that spoke first has
-    its bytes sent with the request; one that waits for the server waits no longer."""
-
-    def __init__(  # noqa: PLR0917
-        self, outbound: ShadowsocksOutbound, sock: socket.socket, enc: proto.Encryptor,
-        dec: decoder.Decryptor, deadline: float, timeout: float,
-        target: tuple[Host, int] | None = None,
-    ) -> None:  # fmt: skip
-        self._ob = outbound
-        self._sock = sock
-        self._enc = enc
-        self._dec = dec
-        self._deadline = deadline  # for the first answer, while the key is unproven
-        self._timeout = timeout
-        self._answered = False
-        self._target = target
-        self._request_sent: trio.Event | None = None  # set once a read sent it alone
-        self._engine = False  # carried by the relay engine (engine_codec)
-        self._bulk = BulkReceive(sock)  # a download's wake-ups, once it is bulk
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._target is not None:
-            target, self._target = self._target, None
-            wire = self._ob.first_write(self._enc, *target, bytes(data))
-        else:
-            if self._request_sent is not None:  # a read is sending the request: after it
-                await self._request_sent.wait()
-                self._request_sent = None
-            if self._enc.wire_size(len(data)) <= WIRE_SIZE:  # the relay's chunks: sealed
-                buf = _wires.acquire()  # straight into a buffer of the free list
-                try:
-                    n = self._enc.encrypt_into(data, memoryview(buf))
-                    await send_all(self._sock, memoryview(buf)[:n])
-                finally:
-                    _wires.release(buf)
-                return
-            wire = self._enc.encrypt(data)
-        await send_all(self._sock, wire)
-
-    async def _send_request(self, target: tuple[Host, int]) -> None:
-        self._request_sent = sent = trio.Event()
-        try:
-            await send_all(self._sock, self._ob.first_write(self._enc, *target, b""))
-        finally:
-            sent.set()
-
-    async def receive_some(self, max_bytes: int) -> memoryview:
-        """Plaintext of the whole chunks in, as a view valid until the next call: the
-        kernel copies into the decryptor's buffer and the cipher out of it, nothing
-        else does (``max_bytes`` is not a bound: a chunk comes whole)."""
-        dec, sock = self._dec, self._sock
-        if self._target is not None:  # the client has not spoken: the server needs it
-            target, self._target = self._target, None
-            await self._send_request(target)
-        while True:
-            try:
-                n = sock.recv_into(dec.buffer())
-            except BlockingIOError:
-                dec.release()  # an idle flow holds no buffers
-                self._bulk.received(0)
-                await self._wait_readable()
-                continue
-            except OSError as exc:
-                if not self._answered:
-                    raise self._ob.failed(f"{exc.strerror or exc} before any answer "
-                                          "(wrong password or method?)") from exc  # fmt: skip
-                raise
-            if not n:
-                dec.release()
-                if not self._answered:
-                    raise self._ob.failed("the server closed the connection without "
-                                          "answering (wrong password or method?)")  # fmt: skip
-                return memoryview(b"")
-            self._bulk.received(n)
-            try:
-                plain = dec.received(n)
-            except proto.ShadowsocksError as exc:
-                dec.release()
-                raise self._ob.failed(str(exc)) from None
-            if plain:
-                if not self._answered:
-                    self._answered = True
-                    self._ob.prove()
-                return plain
-
-    async def _wait_readable(self) -> None:
-        """Until the first answer, while the key is unproven, within the handshake."""
-        if self._answered or self._ob.proven():
-            await self._bulk.wait()
-            return
-        with trio.move_on_at(self._deadline):
-            await trio.lowlevel.wait_readable(self._sock)
-            return
-        raise self._ob.failed(
-            f"no answer within {self._timeout:g}s of the request (policy.handshake)"
-            " - wrong password or method? (servers stay silent then)"
-        )
-
-    async def send_eof(self) -> None:
-        if self._target is not None:  # the client said nothing at all: still requested
-            target, self._target = self._target, None
-            await self._send_request(target)
-        elif self._request_sent is not None:  # a read is sending the request
-            await self._request_sent.wait()
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_WR)
-        await trio.lowlevel.checkpoint()
-
-    def close(self, *, reset: bool = False) -> None:
-        if reset:
-            set_reset_on_close(self._sock)
-        if self._engine:  # relay_stream's: it closes once its tasks have ended
-            close_unwatched(self._sock)
-        else:
-            close_socket(self._sock)
-
-    async def engine_codec(self, client: socket.socket, count: Callable[[int], None],
-                           ) -> ShadowsocksCodec:  # fmt: skip
-        """The stream as the relay engine carries it. A request still held back goes
-        now: with what the client has sent meanwhile (``count``-ed), else alone (a
-        server-first protocol waits for the server)."""
-        self._engine = True
-        if self._target is not None:
-            target, self._target = self._target, None
-            first = b""
-            with contextlib.suppress(BlockingIOError):
-                first = client.recv(proto.MAX_PAYLOAD)  # EOF: b"", the engine sees it again
-            await send_all(self._sock, self._ob.first_write(self._enc, *target, first))
-            count(len(first))
-        return ShadowsocksCodec(self)
-
-
-class ShadowsocksCodec:
-    """One flow's connection to the server as the relay engine drives it
-    (relay_engine.Codec): :class:`ShadowsocksStream`'s own cipher state and
-    first-answer rules, without tasks; the stream's pumps take over once it is bulk."""
-
-    __slots__ = ("_dec", "_enc", "_ob", "_stream", "sock")
-
-    def __init__(self, stream: ShadowsocksStream) -> None:
-        self._stream = stream
-        self._ob, self.sock = stream._ob, stream._sock
-        self._enc, self._dec = stream._enc, stream._dec
-
-    def wire_size(self, n: int) -> int:
-        return self._enc.wire_size(n)
-
-    def encode_into(self, data: memoryview, out: memoryview) -> int:
-        return self._enc.encrypt_into(data, out)
-
-    def inbox(self) -> memoryview:
-        return self._dec.buffer()
-
-    def decode(self, n: int) -> memoryview:
-        try:
-            plain = self._dec.received(n)
-        except proto.ShadowsocksError as exc:
-            raise self._ob.failed(str(exc)) from None
-        if plain and not self._stream._answered:
-            self._stream._answered = True
-            self._ob.prove()
-        return plain
-
-    def at_eof(self) -> None:
-        if not self._stream._answered:
-            raise self._ob.failed("the server closed the connection without answering "
-                                  "(wrong password or method?)")  # fmt: skip
-
-    def read_failed(self, exc: OSError) -> OSError:
-        if self._stream._answered:
-            return exc
-        return self._ob.failed(f"{exc.strerror or exc} before any answer "
-                               "(wrong password or method?)")  # fmt: skip
-
-    def rest(self) -> None:
-        self._dec.release()
-
-    def answer_by(self) -> float:
-        if self._stream._answered or self._ob.proven():
-            return math.inf
-        return self._stream._deadline
-
-    def unanswered(self) -> OSError | None:
-        if self._stream._answered or self._ob.proven():
-            return None
-        return self._ob.failed(
-            f"no answer within {self._stream._timeout:g}s of the request (policy.handshake)"
-            " - wrong password or method? (servers stay silent then)"
-        )
-
-
-__all__ = ["ShadowsocksCodec", "ShadowsocksOutbound", "ShadowsocksStream"]
+__all__ = ["ShadowsocksOutbound", "ShadowsocksStream"]
