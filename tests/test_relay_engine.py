@@ -15,6 +15,7 @@ import trio
 from trio_tproxy import relay as relay_module
 from trio_tproxy.relay import SPLICE_AFTER, BufferPool, RelayTimeouts, relay, send_all
 from trio_tproxy.relay_engine import ENABLED, RelayEngine
+from trio_tproxy.relay_stream import relay_stream
 from trio_tproxy.splice import PipePool
 
 from .test_relay import Pairs, recv_until_eof, relay_setup
@@ -287,7 +288,7 @@ async def test_a_codec_flow_is_sealed_and_opened_by_the_engine(tcp_pairs: Pairs)
 
     async def carry(pc: socket.socket, pu: socket.socket) -> relay_module.RelayStats:
         streams.append(CodecStream(XorFrames(pu)))
-        return await relay_module.relay_stream(pc, streams[0], TIMEOUTS,  # type: ignore[arg-type]
+        return await relay_stream(pc, streams[0], TIMEOUTS,  # type: ignore[arg-type]
                                                pool=BufferPool(65536))  # fmt: skip
 
     # odd pieces: the server's frames are split across receives
@@ -310,7 +311,7 @@ async def test_a_short_codec_flow_is_carried_by_the_engine_alone(tcp_pairs: Pair
 
     async def carry(pc: socket.socket, pu: socket.socket) -> relay_module.RelayStats:
         streams.append(CodecStream(XorFrames(pu)))
-        return await relay_module.relay_stream(pc, streams[0], TIMEOUTS)  # type: ignore[arg-type]
+        return await relay_stream(pc, streams[0], TIMEOUTS)  # type: ignore[arg-type]
 
     server_got, client_got, _ = await exchange(tcp_pairs, request, b"ok", BufferPool(16384),
                                                carry=carry, seal=XorFrames.seal)  # fmt: skip
@@ -340,7 +341,7 @@ async def test_a_codec_failure_resets_the_client_with_its_reason(
     elif server_does == "close":
         server.close()
     with trio.fail_after(5):
-        stats = await relay_module.relay_stream(pc, stream, TIMEOUTS)  # type: ignore[arg-type]
+        stats = await relay_stream(pc, stream, TIMEOUTS)  # type: ignore[arg-type]
     pc.close()
     assert stats.outcome == outcome
     assert stream.closed is True  # reset
@@ -365,7 +366,7 @@ async def test_an_answered_codec_flow_has_no_deadline(tcp_pairs: Pairs) -> None:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ends)
-        stats = await relay_module.relay_stream(pc, stream, TIMEOUTS)  # type: ignore[arg-type]
+        stats = await relay_stream(pc, stream, TIMEOUTS)  # type: ignore[arg-type]
     assert stats.outcome == "done"
     assert got["client"] == b"first then more"
 
@@ -392,7 +393,7 @@ async def test_a_codec_flow_survives_the_engine_buffer_growing(tcp_pairs: Pairs)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ends)
-            stats = await relay_module.relay_stream(pc, stream, TIMEOUTS,  # type: ignore[arg-type]
+            stats = await relay_stream(pc, stream, TIMEOUTS,  # type: ignore[arg-type]
                                                     pool=BufferPool(16384))  # fmt: skip
     assert stats.outcome == "done"
     assert XorFrames.open(got["server"]) == b"small first" + request

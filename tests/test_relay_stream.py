@@ -7,7 +7,8 @@ import socket
 
 import trio
 
-from trio_tproxy.relay import RelayTimeouts, relay_stream
+from trio_tproxy.relay import RelayTimeouts
+from trio_tproxy.relay_stream import relay_stream
 
 
 class XorStream:

@@ -20,7 +20,8 @@ from .config import Inbound
 from .inbound.sockopt import is_local_address
 from .outbound import DialError, TcpFlow
 from .outbound.base import FlowRefused, LocalAnswer, SocketUpstream, stream_capable
-from .relay import relay, relay_stream, send_all
+from .relay import relay, send_all
+from .relay_stream import relay_stream
 from .route import FlowFacts
 from .runtime import Runtime
 from .sniff import NEED_MORE, STREAM_MAX_PEEK, Sniffed, sniff_stream

@@ -56,7 +56,12 @@ class FlowRefused(Exception):
 
 
 class ByteStream(Protocol):
-    """An upstream byte stream with its own framing (ciphers, TLS, local answers)."""
+    """An upstream byte stream with its own framing (ciphers, TLS, local answers).
+
+    One that the relay engine can carry also has ``async engine_codec(client,
+    count_up) -> relay_engine.Codec``: it may send what must go first (a request held
+    back, with what the client has sent, counted); once asked, its other methods are not
+    used, only ``close`` (relay_stream.py)."""
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send everything or raise OSError."""

@@ -26,6 +26,7 @@ from trio_tproxy.outbound import shadowsocks_proto as proto
 from trio_tproxy.outbound.shadowsocks import ShadowsocksOutbound, ShadowsocksStream
 from trio_tproxy.outbound.shadowsocks_decoder import Decryptor, RequestDecoder
 from trio_tproxy.outbound.socks_proto import encode_address
+from trio_tproxy.relay_stream import relay_stream
 from trio_tproxy.upstreams import Destination, StreamUpstream, UdpRequest
 
 from .upstream_servers import (
@@ -474,7 +475,7 @@ async def fake_server(method: str, key: bytes, answer: bytes | None, *,
 async def carry(stream: ShadowsocksStream, client_end: socket.socket,
                 timeout: float = 5.0) -> relay.RelayStats:  # noqa: ASYNC109 # fmt: skip
     with trio.fail_after(timeout):
-        return await relay.relay_stream(client_end, stream, relay.RelayTimeouts(idle=30),
+        return await relay_stream(client_end, stream, relay.RelayTimeouts(idle=30),
                                         pool=relay.BufferPool(65536))  # fmt: skip
 
 
