@@ -30,6 +30,7 @@ from trio_tproxy.upstreams import Destination, StreamUpstream, UdpRequest
 from .upstream_servers import (
     EchoServers,
     HttpDecoy,
+    OneAtATimeServer,
     free_port,
     make_tls_certificate,
     needs_sing_box,
@@ -169,7 +170,7 @@ async def test_a_refused_session_gets_a_full_verified_handshake(
         await echo_once(ob, echo)
 
 
-class RecordingTrojanServer:
+class RecordingTrojanServer(OneAtATimeServer):
     """A TLS server that records its first read of each connection (one TLS record:
     what the client sent in one write) and answers ``reply``, then each of ``more`` in
     a record of its own once ``go`` is set."""
@@ -181,35 +182,22 @@ class RecordingTrojanServer:
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(cert, key)
         self.ctx.num_tickets = tickets
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.reply, self.more = reply, more
         self.go, self.sent = threading.Event(), threading.Event()
         self.first_reads: list[bytes] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()  # serving from here on
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                with self.ctx.wrap_socket(conn, server_side=True) as tls:
-                    tls.settimeout(5)
-                    self.first_reads.append(tls.recv(65536))
-                    tls.sendall(self.reply)
-                    if self.more:
-                        self.go.wait(5)
-                        for record in self.more:
-                            tls.sendall(record)
-                        self.sent.set()
-                    tls.recv(1)  # until the client closes
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.sock.close()
+    def handle(self, conn: socket.socket) -> None:
+        with self.ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.settimeout(5)
+            self.first_reads.append(tls.recv(65536))
+            tls.sendall(self.reply)
+            if self.more:
+                self.go.wait(5)
+                for record in self.more:
+                    tls.sendall(record)
+                self.sent.set()
+            tls.recv(1)  # until the client closes
 
 
 async def test_the_request_goes_with_the_clients_first_bytes(tmp_path: Path) -> None:

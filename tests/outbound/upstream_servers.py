@@ -6,6 +6,7 @@ fixture that started it."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -170,9 +171,9 @@ class EchoServers:
         self.udp.close()
 
 
-class HttpDecoy:
-    """What a Trojan server falls back to: answers anything with an HTTP 400, like
-    nginx, and closes."""
+class OneAtATimeServer:
+    """A TCP server on 127.0.0.1 serving its connections one after the other in a
+    thread: :meth:`handle` each (an OSError ends that connection only)."""
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -185,14 +186,22 @@ class HttpDecoy:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            with conn:
-                conn.settimeout(5)
-                try:
-                    conn.recv(4096)
-                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
-                                 b"Connection: close\r\n\r\n")  # fmt: skip
-                except OSError:
-                    pass
+            with conn, contextlib.suppress(OSError):
+                self.handle(conn)
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self.sock.close()
+
+
+class HttpDecoy(OneAtATimeServer):
+    """What a Trojan server falls back to: answers anything with an HTTP 400, like
+    nginx, and closes."""
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                     b"Connection: close\r\n\r\n")  # fmt: skip
