@@ -74,7 +74,7 @@ class BulkReceive:
         self._sock = sock
         self._on = False
         self._lingered = False
-        self._since = 0  # bytes received since the mark went off
+        self._since = 0  # bytes received while the mark is off
 
     async def wait(self) -> None:
         """Until the socket is readable (or the linger passed)."""
@@ -91,8 +91,7 @@ class BulkReceive:
             # a wait that had to linger and found under half a mark: the sender paused
             # or slowed to a trickle, where waiting gains nothing and delays each piece
             if self._lingered and n < BULK_LOWAT // 2 and self._set(1):
-                self._on = False
-                self._since = 0
+                self._on = False  # (_since is 0: it counts only while the mark is off)
         else:
             self._since += n
             if self._since >= BULK_AFTER:
