@@ -22,8 +22,10 @@ import trio.testing
 from trio_tproxy.config import TrojanOutbound as TrojanConfig
 from trio_tproxy.config.values import HostPort
 from trio_tproxy.dial import DialError
-from trio_tproxy.outbound import trojan_proto
+from trio_tproxy.outbound import tls_native, trojan_proto
+from trio_tproxy.outbound import trojan as trojan_module
 from trio_tproxy.outbound.tls_client import MAX_MISSES, SessionCache
+from trio_tproxy.outbound.tls_native import NativeSession, native_sessions
 from trio_tproxy.outbound.trojan import TrojanOutbound, TrojanStream, looks_like_decoy
 from trio_tproxy.upstreams import Destination, StreamUpstream, UdpRequest
 
@@ -131,13 +133,65 @@ async def echo_once(ob: TrojanOutbound, echo: EchoServers) -> bool:
 
 
 @needs_trojan
-async def test_the_next_connection_resumes_the_tls_session(trojan: tuple[int, Path],
-                                                           echo: EchoServers) -> None:  # fmt: skip
+@pytest.mark.parametrize("sessions", ["by reference", "copied by CPython"])
+async def test_the_next_connection_resumes_the_tls_session(
+    trojan: tuple[int, Path], echo: EchoServers, sessions: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    if sessions == "copied by CPython":  # where tls_native cannot be used
+        monkeypatch.setattr(trojan_module, "native_sessions", lambda: None)
     port, ca = trojan
     ob = outbound(port, sni="tj.test", ca=str(ca))
+    assert (ob.sessions.native is None) is (sessions == "copied by CPython")
     assert [await echo_once(ob, echo) for _ in range(4)] == [False, True, True, True]
     # another outbound (here: another SNI for the same server) has sessions of its own
     assert await echo_once(outbound(port, ca=str(ca)), echo) is False
+
+
+@needs_trojan
+async def test_one_session_is_shared_by_reference_and_survives_abrupt_closes(
+    trojan: tuple[int, Path], echo: EchoServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resumption without CPython's DER copies (tls_native): every connection is
+    offered the one session by reference, never through wrap_socket's ``session``;
+    connections closed without a close_notify, and reset ones, leave it resumable
+    (OpenSSL marks a session bad when its connection is freed so, unless spared)."""
+    assert native_sessions() is not None  # CPython on its system OpenSSL, as here
+    given: list[object] = []
+    wrap_socket = ssl.SSLContext.wrap_socket
+
+    def recording(self: ssl.SSLContext, *args: object, **kw: object) -> ssl.SSLSocket:
+        given.append(kw.get("session"))
+        return wrap_socket(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl.SSLContext, "wrap_socket", recording)
+    port, ca = trojan
+    ob = outbound(port, sni="tj.test", ca=str(ca))
+    assert await echo_once(ob, echo) is False
+    shared = ob.sessions.offer()
+    assert isinstance(shared, NativeSession)
+    for reset in (False, True, False, True):
+        stream = await open_stream(ob, echo.tcp_port, b"\x16\x03\x01hi")
+        with trio.fail_after(5):
+            assert await stream.receive_some(65536) == b"\x16\x03\x01hi"
+        assert stream._tls.sock.session_reused
+        stream.close(reset=reset)
+    assert ob.sessions.offer() is shared
+    assert given == [None] * 5
+
+
+def test_native_sessions_are_found_only_where_they_are_safe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert tls_native._load() is not None
+    monkeypatch.setattr(tls_native, "_libssl_path", lambda: None)  # none, or two
+    assert tls_native._load() is None
+    monkeypatch.undo()
+    monkeypatch.setattr(tls_native, "KNOWN_LAYOUT", ((3, 0), (3, 8)))  # another layout
+    assert tls_native._load() is None
+    monkeypatch.undo()
+    monkeypatch.setattr(tls_native, "ENABLED", False)  # TRIO_TPROXY_NATIVE_SESSIONS=off
+    assert tls_native._load() is None
 
 
 @needs_trojan

@@ -6,6 +6,7 @@ speaks TLS to a proxy server may use them.
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 
@@ -13,6 +14,7 @@ import trio
 
 from ..relay import BufferPool
 from ..sock import close_socket, set_reset_on_close
+from .tls_native import NativeSession, NativeSessions
 
 # SessionCache: after this many connections in a row that did not resume, resumption
 # is not tried again for RESUME_RETRY seconds.
@@ -34,30 +36,52 @@ class SessionCache:
     connection so that it resumes: an abbreviated handshake, no certificate for the
     server to send nor for us to decode and verify, no signature for it to make.
 
-    One cache per outbound: a session is never offered to another server or name, and
-    it comes from a connection that passed this outbound's verification (the context's
-    CA and host name check); a server that refuses it gets a full, verified handshake.
+    One cache per outbound (one context): a session is never offered to another server
+    or name, and it comes from a connection that passed this outbound's verification
+    (the context's CA and host name check); a server that refuses it gets a full,
+    verified handshake.
 
     The session is reused, as Go's crypto/tls client cache does (v2ray's
     ``enableSessionResumption``, off by default in 4.34), rather than one ticket per
-    connection as RFC 8446 C.4 suggests: CPython copies a session through DER, the
-    server's certificate included, both when it is read from a connection and when it
-    is given to one, and that decoding is most of an OpenSSL 3.0 handshake. A fresh
-    ticket per connection cost more client CPU than a full handshake (loopback against
-    trojan-gfw, the best of 8 rounds of 200 connections: full 622, a ticket each 707,
-    reused 532 us per connection). It is replaced when a connection did not resume
-    with it (refused or expired: that connection did a full handshake) and once it is
-    past half its lifetime. For the same reason a server that does not resume (it
-    refuses, or gives no ticket) MAX_MISSES times in a row is not asked again for
-    RESUME_RETRY seconds: trying would cost more than it saves."""
+    connection as RFC 8446 C.4 suggests. It is offered and read by reference
+    (tls_native: OpenSSL's own calls); where that is not available, through CPython's
+    ``session``, which copies it through DER, the server's certificate included, both
+    when it is read from a connection and when it is given to one, and that decoding is
+    most of an OpenSSL 3.0 handshake: there a fresh ticket per connection cost more
+    client CPU than a full handshake (loopback against trojan-gfw, the best of 8 rounds
+    of 200 connections: full 622, a ticket each 707, reused 532 us per connection). It
+    is replaced when a connection did not resume with it (refused or expired: that
+    connection did a full handshake) and once it is past half its lifetime. A server
+    that does not resume (it refuses, or gives no ticket) MAX_MISSES times in a row is
+    not asked again for RESUME_RETRY seconds: trying would cost more than it saves."""
 
-    def __init__(self) -> None:
-        self._session: ssl.SSLSession | None = None
+    def __init__(self, native: NativeSessions | None = None) -> None:
+        self.native = native  # None: through CPython's copies
+        self._session: ssl.SSLSession | NativeSession | None = None
         self._misses = 0  # connections in a row that neither resumed nor gave a session
         self._paused_until = 0.0  # time.monotonic()
 
-    def offer(self) -> ssl.SSLSession | None:
+    def offer(self) -> ssl.SSLSession | NativeSession | None:
         return self._session
+
+    def wrap(self, context: ssl.SSLContext, raw: socket.socket,
+             server_hostname: str | None) -> tuple[ssl.SSLSocket, bool]:  # fmt: skip
+        """``raw`` as a TLS client connection (handshake not begun) offered the session
+        if there is one; whether it was."""
+        session = self._session
+        if self.native is None or not isinstance(session, NativeSession):
+            sock = context.wrap_socket(raw, server_hostname=server_hostname,
+                                       do_handshake_on_connect=False,
+                                       session=session)  # type: ignore[arg-type]  # fmt: skip
+            return sock, session is not None
+        sock = context.wrap_socket(raw, server_hostname=server_hostname,
+                                   do_handshake_on_connect=False)  # fmt: skip
+        return sock, self.native.offer(sock, session)
+
+    def spare(self, sock: ssl.SSLSocket) -> None:
+        """A connection is about to be freed: it must not spoil a shared session."""
+        if self.native is not None:
+            self.native.spare(sock)
 
     def _fresh(self) -> bool:
         session = self._session
@@ -80,7 +104,8 @@ class SessionCache:
             return
         elif offered:
             self._misses += 1  # refused, or expired at the server
-        session = sock.session  # a DER copy: only when one is wanted
+        # only when one is wanted: CPython's is a DER copy
+        session = self.native.session_of(sock) if self.native is not None else sock.session
         if session is not None and (session.has_ticket
                                     or (sock.version() != "TLSv1.3" and session.id)):  # fmt: skip
             self._session = session
@@ -102,6 +127,7 @@ class TlsSocket:
     def __init__(self, sock: ssl.SSLSocket, sessions: SessionCache | None = None, *,
                  offered: bool = False) -> None:  # fmt: skip
         self.sock = sock
+        self._cache = sessions  # the connection is spared for it at close
         self._sessions = sessions  # told of this connection at its first bytes
         self._offered = offered  # whether it was offered a session to resume
         self._held: bytearray | None = None  # the buffer of the last receive_batch
@@ -185,6 +211,8 @@ class TlsSocket:
         self._held = None  # not back to the free list: a caller may still hold the view
         if reset:
             set_reset_on_close(self.sock)
+        if self._cache is not None:
+            self._cache.spare(self.sock)
         close_socket(self.sock)
 
 

@@ -42,6 +42,7 @@ from . import trojan_proto as proto
 from .base import DatagramSink, Destination, StreamUpstream, UdpRequest
 from .socks_proto import Host
 from .tls_client import SessionCache, TlsSocket
+from .tls_native import native_sessions
 from .tunnel import handshake_timeout
 from .udp_map import ReplyMap, datagram_host
 
@@ -91,7 +92,7 @@ class TrojanOutbound:
         self.insecure = cfg.insecure
         self.password_hash = proto.password_hash(cfg.password)
         self.context = tls_context(cfg)
-        self.sessions = SessionCache()
+        self.sessions = SessionCache(native_sessions())
         self.resolver: Resolver = resolver or SystemResolver()
         self.name = f"trojan {self.tag}"
 
@@ -106,11 +107,8 @@ class TrojanOutbound:
             except DialError as exc:
                 raise DialError(exc.errno, f"{self.name}: {exc}") from exc
             try:
-                session = self.sessions.offer()
-                wrapped = self.context.wrap_socket(raw, server_hostname=self.server_hostname,
-                                                   do_handshake_on_connect=False,
-                                                   session=session)  # fmt: skip
-                tls = TlsSocket(wrapped, self.sessions, offered=session is not None)
+                wrapped, offered = self.sessions.wrap(self.context, raw, self.server_hostname)
+                tls = TlsSocket(wrapped, self.sessions, offered=offered)
                 raw = None  # the SSLSocket owns the descriptor now
                 await tls.handshake()
                 if request:

@@ -1,0 +1,187 @@
+"""Client TLS sessions handed to connections the way OpenSSL's own clients do it: one
+session object offered by reference (``SSL_set_session``), read by reference
+(``SSL_get1_session``), through ctypes on the ``ssl`` module's own objects.
+
+Why: CPython copies a session through DER every time one is given to a connection
+(Modules/_ssl.c, ``PySSL_set_session`` -> ``_ssl_session_dup``: i2d, then d2i with the
+server's certificate decoded again) and every time one is read. Under OpenSSL 3.0 that
+copy costs ~120 us, a third of a resumed handshake's client CPU (a loopback TLS 1.3
+server, 400 connections each: full handshake 704-726 us, resumed through
+``session=`` 590, resumed by reference 384-386 us of client CPU per connection). nginx
+(``proxy_ssl_session_reuse``) and curl share one session among connections like this.
+
+The copy exists because OpenSSL marks a session not resumable when a connection that
+used it is freed without a close_notify (``ssl_clear_bad_session``); a shared session
+would be spoilt by the first reset. :meth:`NativeSessions.spare` marks a connection as
+shut down before it is freed, as those clients do; a session spoilt anyway (a connection
+freed elsewhere) is not resumed, and SessionCache replaces it with the next one.
+
+Reaching the ``SSL *`` inside an ``ssl.SSLSocket`` needs CPython's object layout
+(``PySSLSocket``: the object header, the socket's weakref, then ``SSL *ssl``, unchanged
+from 3.6 to 3.14) and the very libssl the ``_ssl`` module uses. :func:`native_sessions`
+gives None - CPython's copies then, as before - unless all of this holds: CPython 3.9 to
+3.14, exactly one libssl mapped into the process and already loaded, its version
+``ssl``'s, and a probe connection whose ``SSL *`` points at its context's ``SSL_CTX``
+and carries its server name. ``TRIO_TPROXY_NATIVE_SESSIONS=off`` turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import platform
+import ssl
+import sys
+from typing import Any, Final
+
+log = logging.getLogger("trio_tproxy.outbound.tls")
+
+ENABLED: Final = os.environ.get("TRIO_TPROXY_NATIVE_SESSIONS", "on") != "off"
+# SSL_set_shutdown: as if close_notify had gone both ways (no bytes are sent)
+SSL_SENT_SHUTDOWN: Final = 1
+SSL_RECEIVED_SHUTDOWN: Final = 2
+PTR: Final = ctypes.sizeof(ctypes.c_void_p)
+HEAD: Final = object.__basicsize__  # PyObject_HEAD
+SSL_AT: Final = HEAD + PTR  # PySSLSocket: header, Socket (weakref), SSL *ssl
+CTX_AT: Final = HEAD  # PySSLContext: header, SSL_CTX *ctx
+KNOWN_LAYOUT: Final = ((3, 9), (3, 14))  # the CPython versions whose layout this reads
+
+
+def _pointer_at(obj: object, offset: int) -> int:
+    return ctypes.c_void_p.from_address(id(obj) + offset).value or 0
+
+
+def _libssl_path() -> str | None:
+    """The one libssl mapped into this process (the ``_ssl`` module's), if one."""
+    try:
+        with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+            paths = {line.split(None, 5)[-1].strip() for line in maps if "/libssl.so" in line}
+    except OSError:
+        return None
+    paths = {path for path in paths if os.path.basename(path).startswith("libssl.so")}
+    return paths.pop() if len(paths) == 1 else None
+
+
+class NativeSession:
+    """A client session held by reference (one reference, freed with this object),
+    with the attributes SessionCache reads of an ``ssl.SSLSession``."""
+
+    __slots__ = ("_free", "has_ticket", "id", "pointer", "ticket_lifetime_hint", "time",
+                 "timeout")  # fmt: skip
+
+    def __init__(self, lib: Any, pointer: int) -> None:
+        self.pointer = pointer
+        self._free = lib.SSL_SESSION_free
+        self.time = int(lib.SSL_SESSION_get_time(pointer))
+        self.timeout = int(lib.SSL_SESSION_get_timeout(pointer))
+        self.ticket_lifetime_hint = int(lib.SSL_SESSION_get_ticket_lifetime_hint(pointer))
+        self.has_ticket = bool(lib.SSL_SESSION_has_ticket(pointer))
+        length = ctypes.c_uint(0)
+        id_pointer = lib.SSL_SESSION_get_id(pointer, ctypes.byref(length))
+        self.id = ctypes.string_at(id_pointer, length.value) if id_pointer else b""
+
+    def __del__(self) -> None:
+        self._free(self.pointer)
+
+
+class NativeSessions:
+    """libssl's session calls on ``ssl.SSLSocket`` objects (see the module's doc)."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+
+    @staticmethod
+    def _ssl(sock: ssl.SSLSocket) -> int:
+        sslobj = sock._sslobj  # type: ignore[attr-defined]  # the _ssl._SSLSocket
+        if sslobj is None:  # closed, or never connected
+            return 0
+        return _pointer_at(sslobj, SSL_AT)
+
+    def offer(self, sock: ssl.SSLSocket, session: NativeSession) -> bool:
+        """Before the handshake: resume ``session`` (which must come from a connection
+        of the same context). False if the connection cannot take it."""
+        pointer = self._ssl(sock)
+        return bool(pointer) and self._lib.SSL_set_session(pointer, session.pointer) == 1
+
+    def session_of(self, sock: ssl.SSLSocket) -> NativeSession | None:
+        """The connection's session (a reference of our own), if it has one."""
+        pointer = self._ssl(sock)
+        session = self._lib.SSL_get1_session(pointer) if pointer else None
+        return NativeSession(self._lib, session) if session else None
+
+    def spare(self, sock: ssl.SSLSocket) -> None:
+        """Before the connection is freed: keep its session resumable for the others."""
+        pointer = self._ssl(sock)
+        if pointer:
+            self._lib.SSL_set_shutdown(pointer, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN)
+
+
+def _bind(path: str) -> Any:
+    lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)  # OSError unless it is loaded already
+    void_p, c_int, c_long = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+    signatures: dict[str, tuple[list[Any], Any]] = {
+        "OpenSSL_version_num": ([], ctypes.c_ulong),
+        "SSL_get_SSL_CTX": ([void_p], void_p),
+        "SSL_get_servername": ([void_p, c_int], ctypes.c_char_p),
+        "SSL_set_session": ([void_p, void_p], c_int),
+        "SSL_get1_session": ([void_p], void_p),
+        "SSL_set_shutdown": ([void_p, c_int], None),
+        "SSL_SESSION_free": ([void_p], None),
+        "SSL_SESSION_get_time": ([void_p], c_long),
+        "SSL_SESSION_get_timeout": ([void_p], c_long),
+        "SSL_SESSION_get_ticket_lifetime_hint": ([void_p], ctypes.c_ulong),
+        "SSL_SESSION_has_ticket": ([void_p], c_int),
+        "SSL_SESSION_get_id": ([void_p, ctypes.POINTER(ctypes.c_uint)], void_p),
+    }
+    for name, (args, result) in signatures.items():
+        function = getattr(lib, name)  # AttributeError if this libssl lacks one
+        function.argtypes, function.restype = args, result
+    return lib
+
+
+def _probe(lib: Any) -> bool:
+    """A connection object of a fresh context: its ``SSL *`` as read must be one of
+    that context, with the server name it was given."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    name = "probe.trio-tproxy.invalid"
+    bio = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname=name)
+    sslobj = bio._sslobj  # type: ignore[attr-defined]  # the _ssl._SSLSocket
+    pointer, ctx = _pointer_at(sslobj, SSL_AT), _pointer_at(context, CTX_AT)
+    if not pointer or not ctx or type(sslobj).__basicsize__ < SSL_AT + PTR:
+        return False
+    return bool(lib.SSL_get_SSL_CTX(pointer) == ctx
+                and lib.SSL_get_servername(pointer, 0) == name.encode())  # fmt: skip
+
+
+_loaded: list[NativeSessions | None] = []
+
+
+def native_sessions() -> NativeSessions | None:
+    """The process's NativeSessions, or None where they cannot be used safely (then
+    CPython's copies, as before); found once."""
+    if not _loaded:
+        _loaded.append(_load())
+    return _loaded[0]
+
+
+def _load() -> NativeSessions | None:
+    if not ENABLED:
+        return None
+    low, high = KNOWN_LAYOUT
+    if platform.python_implementation() != "CPython" or not low <= sys.version_info[:2] <= high:
+        return None
+    path = _libssl_path()
+    if path is None:
+        return None
+    try:
+        lib = _bind(path)
+        if lib.OpenSSL_version_num() != ssl.OPENSSL_VERSION_NUMBER or not _probe(lib):
+            return None
+    except (OSError, AttributeError, ValueError, ssl.SSLError) as exc:
+        log.debug("TLS sessions: CPython's copies (%s)", exc)
+        return None
+    return NativeSessions(lib)
+
+
+__all__ = ["NativeSession", "NativeSessions", "native_sessions"]
