@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from netlab.servers import make_certificate
 from trio_tproxy.outbound.tls_client import SessionCache
 from trio_tproxy.outbound.tls_native import native_sessions
 
@@ -38,19 +39,13 @@ NAME = "bench.trio-tproxy.test"
 
 
 def start_server(root: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
-    cert, key = root / "cert.pem", root / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-days", "1", "-subj", f"/CN={NAME}", "-addext", f"subjectAltName=DNS:{NAME}",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
+    cert = make_certificate(root, (NAME,))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
-        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert),
-         "-key", str(key), "-www", "-quiet", "-tls1_3"],
+        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert.path),
+         "-key", str(cert.key), "-www", "-quiet", "-tls1_3"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     for _ in range(100):  # bounded: 5 s
@@ -59,7 +54,7 @@ def start_server(root: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
         except OSError:
             time.sleep(0.05)
         else:
-            return server, port, cert
+            return server, port, cert.path
     server.kill()
     raise RuntimeError("openssl s_server did not start")
 
