@@ -1,6 +1,6 @@
 """A Trojan-style TLS client's CPU per connection: full handshakes, and resumed ones
-with the session handed over by CPython's copies or by reference (not collected by
-pytest; no root needed: loopback only).
+with the session handed over through CPython's copies or as OpenSSL's duplicate (not
+collected by pytest; no root needed: loopback only).
 
     python bench/bench_tls_resume.py [--connections 400] [--runs 3]
 
@@ -13,7 +13,8 @@ request and reading the answer) per connection, for
 * ``copied``: tls_client.SessionCache without tls_native, so the session goes through
   ``wrap_socket(session=...)``, which CPython copies through DER (i2d, then d2i: the
   server's certificate decoded again) for each connection;
-* ``by reference``: SessionCache with tls_native (what the trojan outbound uses).
+* ``duplicate``: SessionCache with tls_native (what the trojan outbound uses): each
+  connection is offered a duplicate made by OpenSSL (SSL_SESSION_dup), no DER.
 
 Medians of ``--runs`` runs, the three interleaved.
 """
@@ -62,9 +63,9 @@ def start_server(root: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
 def connect(port: int, context: ssl.SSLContext, cache: SessionCache | None) -> bool:
     """One connection: handshake, a request, the whole answer; whether it resumed."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    offered = None
     if cache is None:
         sock = context.wrap_socket(raw, server_hostname=NAME)
-        offered = False
     else:
         sock, offered = cache.wrap(context, raw, NAME)
         sock.do_handshake()
@@ -77,8 +78,6 @@ def connect(port: int, context: ssl.SSLContext, cache: SessionCache | None) -> b
             pass
         return sock.session_reused
     finally:
-        if cache is not None:
-            cache.spare(sock)
         sock.close()
 
 
@@ -107,7 +106,7 @@ def main() -> int:
         try:
             context = ssl.create_default_context(cafile=str(cert))
             kinds = {"full": lambda: None, "copied": lambda: SessionCache(None),
-                     "by reference": lambda: SessionCache(native)}  # fmt: skip
+                     "duplicate": lambda: SessionCache(native)}  # fmt: skip
             cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
             for run in range(args.runs):
                 for kind, cache in kinds.items():

@@ -3,6 +3,7 @@ trojan inbound; TCP and UDP, certificate checks, the decoy site as a wrong passw
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -133,30 +134,35 @@ async def echo_once(ob: TrojanOutbound, echo: EchoServers) -> bool:
 
 
 @needs_trojan
-@pytest.mark.parametrize("sessions", ["by reference", "copied by CPython"])
+@pytest.mark.parametrize("sessions", ["tls_native", "session="])
 async def test_the_next_connection_resumes_the_tls_session(
     trojan: tuple[int, Path], echo: EchoServers, sessions: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    if sessions == "copied by CPython":  # where tls_native cannot be used
+    if sessions == "session=":  # where tls_native cannot be used
         monkeypatch.setattr(trojan_module, "native_sessions", lambda: None)
     port, ca = trojan
     ob = outbound(port, sni="tj.test", ca=str(ca))
-    assert (ob.sessions.native is None) is (sessions == "copied by CPython")
+    assert (ob.sessions.native is None) is (sessions == "session=")
     assert [await echo_once(ob, echo) for _ in range(4)] == [False, True, True, True]
     # another outbound (here: another SNI for the same server) has sessions of its own
     assert await echo_once(outbound(port, ca=str(ca)), echo) is False
 
 
+def needs_native_sessions() -> None:
+    if tls_native._libssl_path() is None:  # an OpenSSL linked into _ssl statically
+        pytest.skip("no libssl mapped into this Python: tls_native is not used")
+    assert native_sessions() is not None  # CPython 3.9-3.14 on a shared libssl, as here
+
+
 @needs_trojan
-async def test_one_session_is_shared_by_reference_and_survives_abrupt_closes(
+async def test_each_connection_resumes_a_duplicate_without_der_copies(
     trojan: tuple[int, Path], echo: EchoServers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Resumption without CPython's DER copies (tls_native): every connection is
-    offered the one session by reference, never through wrap_socket's ``session``;
-    connections closed without a close_notify, and reset ones, leave it resumable
-    (OpenSSL marks a session bad when its connection is freed so, unless spared)."""
-    assert native_sessions() is not None  # CPython on its system OpenSSL, as here
+    """tls_native: connections are offered duplicates of the one session kept, never
+    through wrap_socket's ``session`` (CPython's DER copies); however they end, plain
+    closes or resets, the session kept stays the same and resumable."""
+    needs_native_sessions()
     given: list[object] = []
     wrap_socket = ssl.SSLContext.wrap_socket
 
@@ -168,16 +174,73 @@ async def test_one_session_is_shared_by_reference_and_survives_abrupt_closes(
     port, ca = trojan
     ob = outbound(port, sni="tj.test", ca=str(ca))
     assert await echo_once(ob, echo) is False
-    shared = ob.sessions.offer()
-    assert isinstance(shared, NativeSession)
+    kept = ob.sessions.offer()
+    assert isinstance(kept, NativeSession)
     for reset in (False, True, False, True):
         stream = await open_stream(ob, echo.tcp_port, b"\x16\x03\x01hi")
         with trio.fail_after(5):
             assert await stream.receive_some(65536) == b"\x16\x03\x01hi"
         assert stream._tls.sock.session_reused
         stream.close(reset=reset)
-    assert ob.sessions.offer() is shared
+    assert ob.sessions.offer() is kept
     assert given == [None] * 5
+
+
+class AbruptTlsServer(OneAtATimeServer):
+    """TLS 1.2 (a resumed connection keeps the session it was offered: no new ticket
+    replaces it): answers, then ends the connection by ``ending``: a bare FIN, without
+    close_notify, or a record that does not decrypt (the client sends a fatal alert).
+    Either makes OpenSSL mark the client connection's session not resumable."""
+
+    def __init__(self, tmp: Path, ending: str) -> None:
+        cert, key = make_tls_certificate(tmp)
+        self.ca, self.ending = cert, ending
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        super().__init__()
+
+    def handle(self, conn: socket.socket) -> None:
+        tls = self.ctx.wrap_socket(conn, server_side=True)
+        tls.settimeout(5)
+        tls.recv(65536)
+        tls.sendall(b"220 ready\r\n")
+        time.sleep(0.05)  # the answer is read alone
+        if self.ending == "a bad record":  # application data that does not decrypt
+            socket.socket.sendall(tls, b"\x17\x03\x03\x00\x20" + os.urandom(32))
+            tls.settimeout(1)
+            with contextlib.suppress(OSError):
+                socket.socket.recv(tls, 4096)  # the client's alert, or its close
+        socket.socket.shutdown(tls, socket.SHUT_RDWR)  # no close_notify
+        tls.close()
+
+
+@pytest.mark.parametrize("ending", ["a bare FIN", "a bad record"])
+async def test_a_connection_that_ends_badly_does_not_spoil_the_session(
+    tmp_path: Path, ending: str
+) -> None:
+    """OpenSSL marks a connection's session not resumable when the connection meets an
+    unexpected EOF or a fatal alert, while it is open: the session kept is never one a
+    connection holds, so the next connection still resumes."""
+    needs_native_sessions()
+    server = AbruptTlsServer(tmp_path, ending)
+    try:
+        ob = outbound(server.port, sni="tj.test", ca=str(server.ca))
+        resumed = []
+        for _ in range(4):
+            with trio.fail_after(5):
+                stream = await open_stream(ob, 25, initial=b"")
+                assert await stream.receive_some(65536) == b"220 ready\r\n"
+                resumed.append(stream._tls.sock.session_reused)
+                if ending == "a bare FIN":
+                    assert await stream.receive_some(65536) == b""
+                else:
+                    with pytest.raises(OSError, match="BAD_RECORD_MAC"):
+                        await stream.receive_some(65536)
+            stream.close()
+        assert resumed == [False, True, True, True]
+    finally:
+        server.close()
 
 
 def test_native_sessions_are_found_only_where_they_are_safe(
@@ -345,8 +408,11 @@ class FakeSession:
 
 def keep(cache: SessionCache, session: FakeSession, *, reused: bool,
          offered: bool | None = None) -> FakeTls:  # fmt: skip
+    """The cache told of a connection that was offered its session (by default: if it
+    resumed) or none."""
     tls = FakeTls(session, reused)
-    cache.keep(tls, offered=reused if offered is None else offered)  # type: ignore[arg-type]
+    was_offered = reused if offered is None else offered
+    cache.keep(tls, offered=cache.offer() if was_offered else None)  # type: ignore[arg-type]
     return tls
 
 
@@ -393,6 +459,20 @@ def test_a_server_that_does_not_resume_is_not_asked_for_a_while(server: str) -> 
     assert cache.offer() is None
     later = keep(cache, FakeSession(time.time()), reused=False)
     assert later.reads == 0 and cache.offer() is None
+
+
+def test_flows_under_way_with_a_forgotten_session_count_one_miss() -> None:
+    """The server restarted: every flow under way was offered the session it forgot
+    and did a full handshake. The first replaces the session; the others were offered
+    one the cache no longer has, and resumption is not paused for them."""
+    cache = SessionCache()
+    keep(cache, FakeSession(time.time()), reused=False)
+    forgotten = cache.offer()
+    for _ in range(MAX_MISSES + 2):
+        tls = FakeTls(FakeSession(time.time()), reused=False)
+        cache.keep(tls, offered=forgotten)  # type: ignore[arg-type]
+    assert cache.offer() is not None and cache.offer() is not forgotten
+    assert cache._paused_until == 0 and cache._misses == 1
 
 
 @needs_trojan

@@ -43,20 +43,24 @@ class SessionCache:
 
     The session is reused, as Go's crypto/tls client cache does (v2ray's
     ``enableSessionResumption``, off by default in 4.34), rather than one ticket per
-    connection as RFC 8446 C.4 suggests. It is offered and read by reference
-    (tls_native: OpenSSL's own calls); where that is not available, through CPython's
-    ``session``, which copies it through DER, the server's certificate included, both
-    when it is read from a connection and when it is given to one, and that decoding is
-    most of an OpenSSL 3.0 handshake: there a fresh ticket per connection cost more
-    client CPU than a full handshake (loopback against trojan-gfw, the best of 8 rounds
-    of 200 connections: full 622, a ticket each 707, reused 532 us per connection). It
-    is replaced when a connection did not resume with it (refused or expired: that
-    connection did a full handshake) and once it is past half its lifetime. A server
-    that does not resume (it refuses, or gives no ticket) MAX_MISSES times in a row is
-    not asked again for RESUME_RETRY seconds: trying would cost more than it saves."""
+    connection as RFC 8446 C.4 suggests. With tls_native each connection is offered a
+    duplicate, made without DER; otherwise through ``session=``, which CPython before
+    3.12.7 / 3.13.1 copies through DER, the server's certificate included, both when it
+    is read from a connection and when it is given to one: that decoding is most of an
+    OpenSSL 3.0 handshake, and a fresh ticket per connection cost more client CPU than a
+    full handshake (loopback against trojan-gfw, the best of 8 rounds of 200
+    connections: full 622, a ticket each 707, reused 532 us per connection).
+
+    The session is replaced when a connection offered it did not resume (refused,
+    expired, or spoilt: that connection did a full handshake) and once it is past half
+    its lifetime. A server that does not resume (it refuses, or gives no ticket)
+    MAX_MISSES times in a row is not asked again for RESUME_RETRY seconds: trying would
+    cost more than it saves. Only a connection offered the current session counts: the
+    flows that were under way with one the server has forgotten (it restarted) are one
+    miss, not one each."""
 
     def __init__(self, native: NativeSessions | None = None) -> None:
-        self.native = native  # None: through CPython's copies
+        self.native = native  # None: through CPython's ``session``
         self._session: ssl.SSLSession | NativeSession | None = None
         self._misses = 0  # connections in a row that neither resumed nor gave a session
         self._paused_until = 0.0  # time.monotonic()
@@ -64,24 +68,19 @@ class SessionCache:
     def offer(self) -> ssl.SSLSession | NativeSession | None:
         return self._session
 
-    def wrap(self, context: ssl.SSLContext, raw: socket.socket,
-             server_hostname: str | None) -> tuple[ssl.SSLSocket, bool]:  # fmt: skip
+    def wrap(self, context: ssl.SSLContext, raw: socket.socket, server_hostname: str | None
+             ) -> tuple[ssl.SSLSocket, ssl.SSLSession | NativeSession | None]:  # fmt: skip
         """``raw`` as a TLS client connection (handshake not begun) offered the session
-        if there is one; whether it was."""
+        if there is one; the session it was offered (for :meth:`keep`), or None."""
         session = self._session
-        if self.native is None or not isinstance(session, NativeSession):
+        if not isinstance(session, NativeSession) or self.native is None:
             sock = context.wrap_socket(raw, server_hostname=server_hostname,
                                        do_handshake_on_connect=False,
                                        session=session)  # type: ignore[arg-type]  # fmt: skip
-            return sock, session is not None
+            return sock, session
         sock = context.wrap_socket(raw, server_hostname=server_hostname,
                                    do_handshake_on_connect=False)  # fmt: skip
-        return sock, self.native.offer(sock, session)
-
-    def spare(self, sock: ssl.SSLSocket) -> None:
-        """A connection is about to be freed: it must not spoil a shared session."""
-        if self.native is not None:
-            self.native.spare(sock)
+        return sock, session if self.native.offer(sock, session) else None
 
     def _fresh(self) -> bool:
         session = self._session
@@ -92,19 +91,21 @@ class SessionCache:
         lifetime = min(session.ticket_lifetime_hint or session.timeout, session.timeout)
         return time.time() <= session.time + lifetime / 2
 
-    def keep(self, sock: ssl.SSLSocket, *, offered: bool) -> None:
+    def keep(self, sock: ssl.SSLSocket, *, offered: object | None) -> None:
         """Called at a connection's first bytes from the server (a TLS 1.3 ticket comes
         after the handshake, ahead of the server's data, so by then it has one);
-        ``offered``: whether the connection was offered our session."""
+        ``offered``: the session the connection was offered (:meth:`wrap`), or None."""
         if sock.session_reused:
             self._misses = 0
             if self._fresh():
                 return
         elif time.monotonic() < self._paused_until:
             return
-        elif offered:
-            self._misses += 1  # refused, or expired at the server
-        # only when one is wanted: CPython's is a DER copy
+        elif offered is not None:
+            if offered is not self._session:
+                return  # one the cache replaced already (or dropped): counted then
+            self._misses += 1  # refused, expired at the server, or spoilt
+        # only when one is wanted: CPython's is a DER copy (before 3.12.7 / 3.13.1)
         session = self.native.session_of(sock) if self.native is not None else sock.session
         if session is not None and (session.has_ticket
                                     or (sock.version() != "TLSv1.3" and session.id)):  # fmt: skip
@@ -125,11 +126,10 @@ class TlsSocket:
     may send while another receives (the relay's two pumps)."""
 
     def __init__(self, sock: ssl.SSLSocket, sessions: SessionCache | None = None, *,
-                 offered: bool = False) -> None:  # fmt: skip
+                 offered: object | None = None) -> None:  # fmt: skip
         self.sock = sock
-        self._cache = sessions  # the connection is spared for it at close
         self._sessions = sessions  # told of this connection at its first bytes
-        self._offered = offered  # whether it was offered a session to resume
+        self._offered = offered  # the session it was offered to resume, if one
         self._held: bytearray | None = None  # the buffer of the last receive_batch
 
     async def handshake(self) -> None:
@@ -211,8 +211,6 @@ class TlsSocket:
         self._held = None  # not back to the free list: a caller may still hold the view
         if reset:
             set_reset_on_close(self.sock)
-        if self._cache is not None:
-            self._cache.spare(self.sock)
         close_socket(self.sock)
 
 

@@ -1,32 +1,34 @@
-"""Client TLS sessions handed to connections the way OpenSSL's own clients do it: one
-session object offered by reference (``SSL_set_session``), read by reference
-(``SSL_get1_session``), through ctypes on the ``ssl`` module's own objects.
+"""Client TLS sessions handed to connections as OpenSSL's own clients do it, through
+ctypes on the ``ssl`` module's objects: the session kept is read once
+(``SSL_get1_session``) and each connection is offered a duplicate of it
+(``SSL_SESSION_dup``, ``SSL_set_session``), at ~1 us instead of a DER round trip.
 
-Why: CPython copies a session through DER every time one is given to a connection
-(Modules/_ssl.c, ``PySSL_set_session`` -> ``_ssl_session_dup``: i2d, then d2i with the
-server's certificate decoded again) and every time one is read. Under OpenSSL 3.0 that
-copy costs ~120 us, a third of a resumed handshake's client CPU (a loopback TLS 1.3
-server, 400 connections each: full handshake 704-726 us, resumed through
-``session=`` 590, resumed by reference 384-386 us of client CPU per connection). nginx
-(``proxy_ssl_session_reuse``) and curl share one session among connections like this.
-
-The copy exists because OpenSSL marks a session not resumable when a connection that
-used it is freed without a close_notify (``ssl_clear_bad_session``); a shared session
-would be spoilt by the first reset. :meth:`NativeSessions.spare` marks a connection as
-shut down before it is freed, as those clients do; a session spoilt anyway (a connection
-freed elsewhere) is not resumed, and SessionCache replaces it with the next one.
+Why: CPython before 3.12.7 and 3.13.1 copies a session through DER every time one is
+given to a connection (Modules/_ssl.c, ``PySSL_set_session`` -> ``_ssl_session_dup``:
+i2d, then d2i with the server's certificate decoded again) and every time one is read.
+Under OpenSSL 3.0 that copy costs ~120 us, a third of a resumed handshake's client CPU
+(bench/bench_tls_resume.py: full handshake 771, resumed through ``session=`` 674, with a
+duplicate 427 us of client CPU per connection). Later versions (gh-116810) hand the one
+session object to every connection instead; OpenSSL then spoils it for all of them when
+any one of them sends or gets a fatal alert or meets an unexpected EOF
+(``SSL_CTX_remove_session`` marks it not resumable while that connection is open). A
+duplicate per connection is cheap on every version and keeps such a spoil to that
+connection; the session kept is never attached to a connection at all.
 
 Reaching the ``SSL *`` inside an ``ssl.SSLSocket`` needs CPython's object layout
 (``PySSLSocket``: the object header, the socket's weakref, then ``SSL *ssl``, unchanged
 from 3.6 to 3.14) and the very libssl the ``_ssl`` module uses. :func:`native_sessions`
-gives None - CPython's copies then, as before - unless all of this holds: CPython 3.9 to
-3.14, exactly one libssl mapped into the process and already loaded, its version
-``ssl``'s, and a probe connection whose ``SSL *`` points at its context's ``SSL_CTX``
-and carries its server name. ``TRIO_TPROXY_NATIVE_SESSIONS=off`` turns it off.
+gives None - ``session=``, as before - unless all of this holds: CPython 3.9 to 3.14,
+exactly one libssl mapped into the process and already loaded, its version ``ssl``'s,
+and a probe connection whose ``SSL *`` points at its context's ``SSL_CTX``, carries its
+server name, and whose context has this libssl's ``TLS_client_method`` (an OpenSSL
+linked into ``_ssl`` statically would not). ``TRIO_TPROXY_NATIVE_SESSIONS=off`` turns it
+off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -38,9 +40,6 @@ from typing import Any, Final
 log = logging.getLogger("trio_tproxy.outbound.tls")
 
 ENABLED: Final = os.environ.get("TRIO_TPROXY_NATIVE_SESSIONS", "on") != "off"
-# SSL_set_shutdown: as if close_notify had gone both ways (no bytes are sent)
-SSL_SENT_SHUTDOWN: Final = 1
-SSL_RECEIVED_SHUTDOWN: Final = 2
 PTR: Final = ctypes.sizeof(ctypes.c_void_p)
 HEAD: Final = object.__basicsize__  # PyObject_HEAD
 SSL_AT: Final = HEAD + PTR  # PySSLSocket: header, Socket (weakref), SSL *ssl
@@ -64,15 +63,16 @@ def _libssl_path() -> str | None:
 
 
 class NativeSession:
-    """A client session held by reference (one reference, freed with this object),
-    with the attributes SessionCache reads of an ``ssl.SSLSession``."""
+    """A client session of our own (one reference, freed with this object), never
+    attached to a connection: each is offered a duplicate. Carries the attributes
+    SessionCache reads of an ``ssl.SSLSession``, and the context it belongs to."""
 
-    __slots__ = ("_free", "has_ticket", "id", "pointer", "ticket_lifetime_hint", "time",
-                 "timeout")  # fmt: skip
+    __slots__ = ("_free", "context", "has_ticket", "id", "pointer", "ticket_lifetime_hint",
+                 "time", "timeout")  # fmt: skip
 
-    def __init__(self, lib: Any, pointer: int) -> None:
-        self.pointer = pointer
-        self._free = lib.SSL_SESSION_free
+    def __init__(self, lib: Any, pointer: int, context: ssl.SSLContext) -> None:
+        self._free, self.pointer = lib.SSL_SESSION_free, pointer  # first: __del__ frees it
+        self.context = context  # held: a context at the same address is another one
         self.time = int(lib.SSL_SESSION_get_time(pointer))
         self.timeout = int(lib.SSL_SESSION_get_timeout(pointer))
         self.ticket_lifetime_hint = int(lib.SSL_SESSION_get_ticket_lifetime_hint(pointer))
@@ -82,7 +82,8 @@ class NativeSession:
         self.id = ctypes.string_at(id_pointer, length.value) if id_pointer else b""
 
     def __del__(self) -> None:
-        self._free(self.pointer)
+        with contextlib.suppress(AttributeError):  # an __init__ that failed early
+            self._free(self.pointer)
 
 
 class NativeSessions:
@@ -99,22 +100,31 @@ class NativeSessions:
         return _pointer_at(sslobj, SSL_AT)
 
     def offer(self, sock: ssl.SSLSocket, session: NativeSession) -> bool:
-        """Before the handshake: resume ``session`` (which must come from a connection
-        of the same context). False if the connection cannot take it."""
+        """Before the handshake: resume a duplicate of ``session``, if it belongs to
+        the connection's context (OpenSSL does not check). Whether it was offered."""
         pointer = self._ssl(sock)
-        return bool(pointer) and self._lib.SSL_set_session(pointer, session.pointer) == 1
+        if not pointer or sock.context is not session.context:
+            return False
+        duplicate = self._lib.SSL_SESSION_dup(session.pointer)
+        if not duplicate:
+            return False
+        try:  # SSL_set_session takes a reference of its own
+            return bool(self._lib.SSL_set_session(pointer, duplicate) == 1)
+        finally:
+            self._lib.SSL_SESSION_free(duplicate)
 
     def session_of(self, sock: ssl.SSLSocket) -> NativeSession | None:
-        """The connection's session (a reference of our own), if it has one."""
+        """A duplicate of the connection's session, if it has one (not the session
+        itself: what happens to the connection later must not touch ours)."""
         pointer = self._ssl(sock)
-        session = self._lib.SSL_get1_session(pointer) if pointer else None
-        return NativeSession(self._lib, session) if session else None
-
-    def spare(self, sock: ssl.SSLSocket) -> None:
-        """Before the connection is freed: keep its session resumable for the others."""
-        pointer = self._ssl(sock)
-        if pointer:
-            self._lib.SSL_set_shutdown(pointer, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN)
+        live = self._lib.SSL_get1_session(pointer) if pointer else None
+        if not live:
+            return None
+        try:
+            duplicate = self._lib.SSL_SESSION_dup(live)
+        finally:
+            self._lib.SSL_SESSION_free(live)
+        return NativeSession(self._lib, duplicate, sock.context) if duplicate else None
 
 
 def _bind(path: str) -> Any:
@@ -124,9 +134,11 @@ def _bind(path: str) -> Any:
         "OpenSSL_version_num": ([], ctypes.c_ulong),
         "SSL_get_SSL_CTX": ([void_p], void_p),
         "SSL_get_servername": ([void_p, c_int], ctypes.c_char_p),
+        "SSL_CTX_get_ssl_method": ([void_p], void_p),
+        "TLS_client_method": ([], void_p),
         "SSL_set_session": ([void_p, void_p], c_int),
         "SSL_get1_session": ([void_p], void_p),
-        "SSL_set_shutdown": ([void_p, c_int], None),
+        "SSL_SESSION_dup": ([void_p], void_p),
         "SSL_SESSION_free": ([void_p], None),
         "SSL_SESSION_get_time": ([void_p], c_long),
         "SSL_SESSION_get_timeout": ([void_p], c_long),
@@ -142,16 +154,19 @@ def _bind(path: str) -> Any:
 
 def _probe(lib: Any) -> bool:
     """A connection object of a fresh context: its ``SSL *`` as read must be one of
-    that context, with the server name it was given."""
+    that context, with the server name it was given, and the context one of this
+    libssl (its TLS_client_method)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     name = "probe.trio-tproxy.invalid"
     bio = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname=name)
     sslobj = bio._sslobj  # type: ignore[attr-defined]  # the _ssl._SSLSocket
-    pointer, ctx = _pointer_at(sslobj, SSL_AT), _pointer_at(context, CTX_AT)
-    if not pointer or not ctx or type(sslobj).__basicsize__ < SSL_AT + PTR:
+    if type(sslobj).__basicsize__ < SSL_AT + PTR or type(context).__basicsize__ < CTX_AT + PTR:
         return False
-    return bool(lib.SSL_get_SSL_CTX(pointer) == ctx
-                and lib.SSL_get_servername(pointer, 0) == name.encode())  # fmt: skip
+    pointer, ctx = _pointer_at(sslobj, SSL_AT), _pointer_at(context, CTX_AT)
+    if not pointer or not ctx or lib.SSL_get_SSL_CTX(pointer) != ctx:
+        return False
+    return bool(lib.SSL_get_servername(pointer, 0) == name.encode()
+                and lib.SSL_CTX_get_ssl_method(ctx) == lib.TLS_client_method())  # fmt: skip
 
 
 _loaded: list[NativeSessions | None] = []
@@ -159,7 +174,7 @@ _loaded: list[NativeSessions | None] = []
 
 def native_sessions() -> NativeSessions | None:
     """The process's NativeSessions, or None where they cannot be used safely (then
-    CPython's copies, as before); found once."""
+    ``session=``); found once."""
     if not _loaded:
         _loaded.append(_load())
     return _loaded[0]
@@ -179,7 +194,7 @@ def _load() -> NativeSessions | None:
         if lib.OpenSSL_version_num() != ssl.OPENSSL_VERSION_NUMBER or not _probe(lib):
             return None
     except (OSError, AttributeError, ValueError, ssl.SSLError) as exc:
-        log.debug("TLS sessions: CPython's copies (%s)", exc)
+        log.debug("TLS sessions through session=: %s", exc)
         return None
     return NativeSessions(lib)
 
