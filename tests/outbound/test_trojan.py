@@ -3,6 +3,7 @@ trojan inbound; TCP and UDP, certificate checks, the decoy site as a wrong passw
 
 from __future__ import annotations
 
+import _ssl
 import contextlib
 import ipaddress
 import json
@@ -10,6 +11,8 @@ import logging
 import os
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -149,10 +152,22 @@ async def test_the_next_connection_resumes_the_tls_session(
     assert await echo_once(outbound(port, ca=str(ca)), echo) is False
 
 
+def ssl_on_a_shared_libssl() -> bool:
+    """CPython 3.9-3.14 whose _ssl links the libssl mapped (as Debian's and pyenv's
+    do; not an OpenSSL linked into _ssl statically): where tls_native must work."""
+    low, high = tls_native.KNOWN_LAYOUT
+    path = tls_native._libssl_path()
+    if sys.implementation.name != "cpython" or not low <= sys.version_info[:2] <= high \
+            or path is None:  # fmt: skip
+        return False
+    ldd = subprocess.run(["ldd", _ssl.__file__], capture_output=True, text=True, check=False)
+    return os.path.basename(path) in ldd.stdout
+
+
 def needs_native_sessions() -> None:
-    if tls_native._libssl_path() is None:  # an OpenSSL linked into _ssl statically
-        pytest.skip("no libssl mapped into this Python: tls_native is not used")
-    assert native_sessions() is not None  # CPython 3.9-3.14 on a shared libssl, as here
+    if not ssl_on_a_shared_libssl():
+        pytest.skip("this Python's ssl is not on a shared libssl: tls_native is not used")
+    assert native_sessions() is not None
 
 
 @needs_trojan
@@ -215,14 +230,20 @@ class AbruptTlsServer(OneAtATimeServer):
         tls.close()
 
 
+@pytest.mark.parametrize("sessions", ["tls_native", "session="])
 @pytest.mark.parametrize("ending", ["a bare FIN", "a bad record"])
 async def test_a_connection_that_ends_badly_does_not_spoil_the_session(
-    tmp_path: Path, ending: str
+    tmp_path: Path, ending: str, sessions: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """OpenSSL marks a connection's session not resumable when the connection meets an
     unexpected EOF or a fatal alert, while it is open: the session kept is never one a
-    connection holds, so the next connection still resumes."""
-    needs_native_sessions()
+    connection holds (tls_native), and an EOF without close_notify counts as a close
+    (OP_IGNORE_UNEXPECTED_EOF: CPython 3.12.7+ shares one session in ``session=``),
+    so the next connection still resumes."""
+    if sessions == "tls_native":
+        needs_native_sessions()
+    else:
+        monkeypatch.setattr(trojan_module, "native_sessions", lambda: None)
     server = AbruptTlsServer(tmp_path, ending)
     try:
         ob = outbound(server.port, sni="tj.test", ca=str(server.ca))
@@ -246,7 +267,22 @@ async def test_a_connection_that_ends_badly_does_not_spoil_the_session(
 def test_native_sessions_are_found_only_where_they_are_safe(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    needs_native_sessions()
     assert tls_native._load() is not None
+
+    class OtherOpenSSL:  # the libssl mapped is not the one _ssl was linked with
+        def __init__(self, lib: object) -> None:
+            self._lib = lib
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._lib, name)
+
+        def TLS_client_method(self) -> int:  # OpenSSL's name
+            return 1
+
+    lib = tls_native._bind(tls_native._libssl_path() or "")
+    assert tls_native._probe(lib)
+    assert not tls_native._probe(OtherOpenSSL(lib))
     monkeypatch.setattr(tls_native, "_libssl_path", lambda: None)  # none, or two
     assert tls_native._load() is None
     monkeypatch.undo()
@@ -459,6 +495,22 @@ def test_a_server_that_does_not_resume_is_not_asked_for_a_while(server: str) -> 
     assert cache.offer() is None
     later = keep(cache, FakeSession(time.time()), reused=False)
     assert later.reads == 0 and cache.offer() is None
+
+
+def test_a_resumption_that_does_not_renew_the_session_is_not_read_again() -> None:
+    """Past half its lifetime the session is read again from a resumed connection; a
+    server that resumes without a new ticket (TLS 1.2 by id) gives the same one back:
+    it is kept, and not read again until a connection is refused."""
+    cache = SessionCache()
+    old = FakeSession(time.time() - 400)
+    keep(cache, old, reused=False)
+    same = keep(cache, FakeSession(old.time), reused=True)
+    assert same.reads == 1 and cache.offer() is old
+    later = keep(cache, FakeSession(old.time), reused=True)
+    assert later.reads == 0 and cache.offer() is old
+    new = FakeSession(time.time())
+    keep(cache, new, reused=False, offered=True)  # refused at last: a full handshake
+    assert cache.offer() is new
 
 
 def test_flows_under_way_with_a_forgotten_session_count_one_miss() -> None:

@@ -53,7 +53,8 @@ class SessionCache:
 
     The session is replaced when a connection offered it did not resume (refused,
     expired, or spoilt: that connection did a full handshake) and once it is past half
-    its lifetime. A server that does not resume (it refuses, or gives no ticket)
+    its lifetime, by a newer one from a resumed connection (a server that resumes
+    without a new ticket gives none: then it is kept until refused). A server that does not resume (it refuses, or gives no ticket)
     MAX_MISSES times in a row is not asked again for RESUME_RETRY seconds: trying would
     cost more than it saves. Only a connection offered the current session counts: the
     flows that were under way with one the server has forgotten (it restarted) are one
@@ -62,6 +63,7 @@ class SessionCache:
     def __init__(self, native: NativeSessions | None = None) -> None:
         self.native = native  # None: through CPython's ``session``
         self._session: ssl.SSLSession | NativeSession | None = None
+        self._renewed: object | None = None  # a session a resumption did not renew
         self._misses = 0  # connections in a row that neither resumed nor gave a session
         self._paused_until = 0.0  # time.monotonic()
 
@@ -97,8 +99,8 @@ class SessionCache:
         ``offered``: the session the connection was offered (:meth:`wrap`), or None."""
         if sock.session_reused:
             self._misses = 0
-            if self._fresh():
-                return
+            if self._fresh() or self._session is self._renewed:
+                return  # (a resumption that gave no newer session will not either)
         elif time.monotonic() < self._paused_until:
             return
         elif offered is not None:
@@ -107,8 +109,12 @@ class SessionCache:
             self._misses += 1  # refused, expired at the server, or spoilt
         # only when one is wanted: CPython's is a DER copy (before 3.12.7 / 3.13.1)
         session = self.native.session_of(sock) if self.native is not None else sock.session
-        if session is not None and (session.has_ticket
-                                    or (sock.version() != "TLSv1.3" and session.id)):  # fmt: skip
+        current = self._session
+        if sock.session_reused and current is not None and session is not None \
+                and session.time <= current.time:  # fmt: skip
+            self._renewed = current  # the same session (TLS 1.2 by id): keep it till refused
+        elif session is not None and (session.has_ticket
+                                      or (sock.version() != "TLSv1.3" and session.id)):  # fmt: skip
             self._session = session
         elif not sock.session_reused:
             self._misses += 1  # nothing to resume with

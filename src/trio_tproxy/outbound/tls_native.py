@@ -7,8 +7,8 @@ Why: CPython before 3.12.7 and 3.13.1 copies a session through DER every time on
 given to a connection (Modules/_ssl.c, ``PySSL_set_session`` -> ``_ssl_session_dup``:
 i2d, then d2i with the server's certificate decoded again) and every time one is read.
 Under OpenSSL 3.0 that copy costs ~120 us, a third of a resumed handshake's client CPU
-(bench/bench_tls_resume.py: full handshake 771, resumed through ``session=`` 674, with a
-duplicate 427 us of client CPU per connection). Later versions (gh-116810) hand the one
+(bench/bench_tls_resume.py: full handshake 769, resumed through ``session=`` 650, from a
+duplicate 410 us of client CPU per connection). Later versions (gh-116810) hand the one
 session object to every connection instead; OpenSSL then spoils it for all of them when
 any one of them sends or gets a fatal alert or meets an unexpected EOF
 (``SSL_CTX_remove_session`` marks it not resumable while that connection is open). A
@@ -65,14 +65,16 @@ def _libssl_path() -> str | None:
 class NativeSession:
     """A client session of our own (one reference, freed with this object), never
     attached to a connection: each is offered a duplicate. Carries the attributes
-    SessionCache reads of an ``ssl.SSLSession``, and the context it belongs to."""
+    SessionCache reads of an ``ssl.SSLSession``, and the context and server name it
+    belongs to."""
 
-    __slots__ = ("_free", "context", "has_ticket", "id", "pointer", "ticket_lifetime_hint",
-                 "time", "timeout")  # fmt: skip
+    __slots__ = ("_free", "context", "has_ticket", "id", "pointer", "server_hostname",
+                 "ticket_lifetime_hint", "time", "timeout")  # fmt: skip
 
-    def __init__(self, lib: Any, pointer: int, context: ssl.SSLContext) -> None:
+    def __init__(self, lib: Any, pointer: int, sock: ssl.SSLSocket) -> None:
         self._free, self.pointer = lib.SSL_SESSION_free, pointer  # first: __del__ frees it
-        self.context = context  # held: a context at the same address is another one
+        self.context = sock.context  # held: a context at the same address is another one
+        self.server_hostname = sock.server_hostname
         self.time = int(lib.SSL_SESSION_get_time(pointer))
         self.timeout = int(lib.SSL_SESSION_get_timeout(pointer))
         self.ticket_lifetime_hint = int(lib.SSL_SESSION_get_ticket_lifetime_hint(pointer))
@@ -101,9 +103,11 @@ class NativeSessions:
 
     def offer(self, sock: ssl.SSLSocket, session: NativeSession) -> bool:
         """Before the handshake: resume a duplicate of ``session``, if it belongs to
-        the connection's context (OpenSSL does not check). Whether it was offered."""
+        the connection's context and server name (OpenSSL checks neither). Whether it
+        was offered."""
         pointer = self._ssl(sock)
-        if not pointer or sock.context is not session.context:
+        if (not pointer or sock.context is not session.context
+                or sock.server_hostname != session.server_hostname):  # fmt: skip
             return False
         duplicate = self._lib.SSL_SESSION_dup(session.pointer)
         if not duplicate:
@@ -124,7 +128,7 @@ class NativeSessions:
             duplicate = self._lib.SSL_SESSION_dup(live)
         finally:
             self._lib.SSL_SESSION_free(live)
-        return NativeSession(self._lib, duplicate, sock.context) if duplicate else None
+        return NativeSession(self._lib, duplicate, sock) if duplicate else None
 
 
 def _bind(path: str) -> Any:

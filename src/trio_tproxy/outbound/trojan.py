@@ -59,6 +59,11 @@ def tls_context(cfg: TrojanConfig) -> ssl.SSLContext:
     """The outbound's TLS settings, built once (loading the system store costs ~ms).
     OSError / ssl.SSLError for an unreadable ``ca``: `check` reports it first."""
     ctx = ssl.create_default_context()
+    # A TLS EOF without close_notify ends the stream as a close_notify does (the relay
+    # never told them apart), and does not make OpenSSL spoil the connection's
+    # session: CPython from 3.12.7 / 3.13.1 hands every connection the one session
+    # object where tls_native is not used.
+    ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
     if cfg.ca:
         ctx.load_verify_locations(cafile=cfg.ca)
     if cfg.insecure:
