@@ -155,6 +155,7 @@ class RelayEngine:
         self._view = memoryview(self._buffer)
         self._wire = memoryview(bytearray(0))  # codecs seal into it (grown on demand)
         self.now = 0.0  # trio's clock at the start of the current pass
+        self._changed = False  # this event changed a side's held bytes or EOF
 
     @classmethod
     def current(cls, buffer_size: int) -> RelayEngine | None:
@@ -258,17 +259,16 @@ class RelayEngine:
     def _on_event(self, flow: _Flow, sock: socket.socket, mask: int) -> None:
         up, down = flow.up, flow.down
         reading, writing = (up, down) if sock is up.src else (down, up)
-        # what the registrations follow (see _update): unchanged by most passes, a
-        # chunk taken whole, and then the set is left alone (two _update calls cost
-        # more than this)
-        before = (up.pending is None, up.eof, down.pending is None, down.eof)
+        # What the registrations follow (see _update) is a side's held bytes and EOF;
+        # most passes take a chunk whole and change neither, and then the set is left
+        # alone: the places that change them say so in _changed.
+        self._changed = False
         if mask & (OUT | TROUBLE) and writing.pending is not None:
             self._flush(flow, writing)
         if not flow.ended and mask & (IN | TROUBLE) and not reading.eof \
                 and reading.pending is None:  # fmt: skip
             self._pump(flow, reading)
-        if not flow.ended and before != (up.pending is None, up.eof, down.pending is None,
-                                         down.eof):  # fmt: skip
+        if self._changed and not flow.ended:
             self._update(up.src, up, down)
             self._update(down.src, down, up)
 
@@ -284,7 +284,7 @@ class RelayEngine:
             self._fail(flow, side, exc)
             return
         if n == 0:
-            side.eof = True
+            side.eof = self._changed = True
             self._pass_eof(flow, side)
             return
         self._took(flow, side, n)
@@ -319,6 +319,7 @@ class RelayEngine:
             return False
         if sent < len(data):
             side.pending = bytes(data[sent:])
+            self._changed = True
             return False
         if flow.splice is not None and side.moved >= flow.splice:
             self._maybe_hand_off(flow)
@@ -342,7 +343,7 @@ class RelayEngine:
                 if n == 0:
                     codec.rest()
                     codec.at_eof()
-                    side.eof = True
+                    side.eof = self._changed = True
                     self._pass_eof(flow, side)
                     return
                 plain = codec.decode(n)
@@ -373,6 +374,7 @@ class RelayEngine:
             side.pending = pending[sent:]
             return
         side.pending = None
+        self._changed = True
         if side.eof:
             self._pass_eof(flow, side)
         elif flow.splice is not None and side.moved >= flow.splice:

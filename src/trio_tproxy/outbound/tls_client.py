@@ -54,11 +54,11 @@ class SessionCache:
     The session is replaced when a connection offered it did not resume (refused,
     expired, or spoilt: that connection did a full handshake) and once it is past half
     its lifetime, by a newer one from a resumed connection (a server that resumes
-    without a new ticket gives none: then it is kept until refused). A server that does not resume (it refuses, or gives no ticket)
-    MAX_MISSES times in a row is not asked again for RESUME_RETRY seconds: trying would
-    cost more than it saves. Only a connection offered the current session counts: the
-    flows that were under way with one the server has forgotten (it restarted) are one
-    miss, not one each."""
+    without a new ticket gives none: then it is kept until refused). A server that
+    does not resume (it refuses, or gives no ticket) MAX_MISSES times in a row is not
+    asked again for RESUME_RETRY seconds: trying would cost more than it saves. Only a
+    connection offered the current session counts: the flows that were under way with
+    one the server has forgotten (it restarted) are one miss, not one each."""
 
     def __init__(self, native: NativeSessions | None = None) -> None:
         self.native = native  # None: through CPython's ``session``
