@@ -111,37 +111,66 @@ class ShadowsocksStream:
                 await self._wait_readable()
                 continue
             except OSError as exc:
-                if not self._answered:
-                    raise self._ob.failed(f"{exc.strerror or exc} before any answer "
-                                          "(wrong password or method?)") from exc  # fmt: skip
-                raise
+                failure = self._read_failed(exc)
+                if failure is exc:
+                    raise
+                raise failure from exc
             if not n:
                 dec.release()
-                if not self._answered:
-                    raise self._ob.failed("the server closed the connection without "
-                                          "answering (wrong password or method?)")  # fmt: skip
+                self._at_eof()
                 return memoryview(b"")
             self._bulk.received(n)
             try:
-                plain = dec.received(n)
-            except proto.ShadowsocksError as exc:
+                plain = self._decode(n)
+            except OSError:
                 dec.release()
-                raise self._ob.failed(str(exc)) from None
+                raise
             if plain:
-                if not self._answered:
-                    self._answered = True
-                    self._ob.prove()
                 return plain
 
     async def _wait_readable(self) -> None:
         """Until the first answer, while the key is unproven, within the handshake."""
-        if self._answered or self._ob.proven():
+        deadline = self._answer_by()
+        if deadline == math.inf:
             await self._bulk.wait()
             return
-        with trio.move_on_at(self._deadline):
+        with trio.move_on_at(deadline):
             await trio.lowlevel.wait_readable(self._sock)
             return
-        raise self._ob.failed(
+        raise self._no_answer()
+
+    # -- the first-answer rules, for the pumps above and the engine's codec ------------
+
+    def _decode(self, n: int) -> memoryview:
+        """``n`` more bytes are in the decryptor: the plaintext now whole; the first
+        that decrypts proves the key."""
+        try:
+            plain = self._dec.received(n)
+        except proto.ShadowsocksError as exc:
+            raise self._ob.failed(str(exc)) from None
+        if plain and not self._answered:
+            self._answered = True
+            self._ob.prove()
+        return plain
+
+    def _at_eof(self) -> None:
+        if not self._answered:
+            raise self._ob.failed("the server closed the connection without answering "
+                                  "(wrong password or method?)")  # fmt: skip
+
+    def _read_failed(self, exc: OSError) -> OSError:
+        if self._answered:
+            return exc
+        return self._ob.failed(f"{exc.strerror or exc} before any answer "
+                               "(wrong password or method?)")  # fmt: skip
+
+    def _answer_by(self) -> float:
+        if self._answered or self._ob.proven():
+            return math.inf
+        return self._deadline
+
+    def _no_answer(self) -> DialError:
+        return self._ob.failed(
             f"no answer within {self._timeout:g}s of the request (policy.handshake)"
             " - wrong password or method? (servers stay silent then)"
         )
@@ -185,11 +214,10 @@ class ShadowsocksCodec:
     (relay_engine.Codec): :class:`ShadowsocksStream`'s own cipher state and
     first-answer rules, without tasks; the stream's pumps take over once it is bulk."""
 
-    __slots__ = ("_dec", "_enc", "_ob", "_stream", "sock")
+    __slots__ = ("_dec", "_enc", "_stream", "sock")
 
     def __init__(self, stream: ShadowsocksStream) -> None:
-        self._stream = stream
-        self._ob, self.sock = stream._ob, stream._sock
+        self._stream, self.sock = stream, stream._sock
         self._enc, self._dec = stream._enc, stream._dec
 
     def wire_size(self, n: int) -> int:
@@ -202,41 +230,24 @@ class ShadowsocksCodec:
         return self._dec.buffer()
 
     def decode(self, n: int) -> memoryview:
-        try:
-            plain = self._dec.received(n)
-        except proto.ShadowsocksError as exc:
-            raise self._ob.failed(str(exc)) from None
-        if plain and not self._stream._answered:
-            self._stream._answered = True
-            self._ob.prove()
-        return plain
+        return self._stream._decode(n)
 
     def at_eof(self) -> None:
-        if not self._stream._answered:
-            raise self._ob.failed("the server closed the connection without answering "
-                                  "(wrong password or method?)")  # fmt: skip
+        self._stream._at_eof()
 
     def read_failed(self, exc: OSError) -> OSError:
-        if self._stream._answered:
-            return exc
-        return self._ob.failed(f"{exc.strerror or exc} before any answer "
-                               "(wrong password or method?)")  # fmt: skip
+        return self._stream._read_failed(exc)
 
     def rest(self) -> None:
         self._dec.release()
 
     def answer_by(self) -> float:
-        if self._stream._answered or self._ob.proven():
-            return math.inf
-        return self._stream._deadline
+        return self._stream._answer_by()
 
     def unanswered(self) -> OSError | None:
-        if self._stream._answered or self._ob.proven():
+        if self.answer_by() == math.inf:  # answered, or proven by another flow meanwhile
             return None
-        return self._ob.failed(
-            f"no answer within {self._stream._timeout:g}s of the request (policy.handshake)"
-            " - wrong password or method? (servers stay silent then)"
-        )
+        return self._stream._no_answer()
 
 
 __all__ = ["ShadowsocksCodec", "ShadowsocksStream"]
