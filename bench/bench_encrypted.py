@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -111,16 +110,9 @@ def start(
         if name.startswith("trio-w"):  # trio-w2: [process] workers = 2
             extra += f"[process]\nworkers = {int(name.removeprefix('trio-w'))}\n"
         config = trio_tproxy_config('"tcp"', trio_outbound(protocol, server, ca), extra)
-        saved = os.environ.get("PYTHONPATH")
-        if name in SOURCES:  # --trio NAME=SRC: that tree's code
-            os.environ["PYTHONPATH"] = SOURCES[name]
-        try:
-            proxy = ProxyProcess(lab.gateway, config, name=f"bench-{protocol}")
-        finally:
-            if saved is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = saved
+        # --trio NAME=SRC: that tree's code
+        env = {"PYTHONPATH": SOURCES[name]} if name in SOURCES else None
+        proxy = ProxyProcess(lab.gateway, config, name=f"bench-{protocol}", env=env)
         proxy.wait_ready()
 
         def stop_trio() -> None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
 import re
 import shutil
 import statistics
@@ -205,19 +204,11 @@ class Contender:
             proc.wait(10)
 
     def _trio(self, lab: Lab) -> Iterator[Pids]:
-        saved = os.environ.get("PYTHONPATH")
-        if self.trio_src is not None:
-            os.environ["PYTHONPATH"] = self.trio_src
-        try:
-            config = trio_tproxy_config('["tcp", "udp"]')
-            if self.workers > 1:
-                config += f"\n[process]\nworkers = {self.workers}\n"
-            proxy = ProxyProcess(lab.gateway, config, name="bench")
-        finally:
-            if saved is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = saved
+        config = trio_tproxy_config('["tcp", "udp"]')
+        if self.workers > 1:
+            config += f"\n[process]\nworkers = {self.workers}\n"
+        env = {"PYTHONPATH": self.trio_src} if self.trio_src is not None else None
+        proxy = ProxyProcess(lab.gateway, config, name="bench", env=env)
         try:
             proxy.wait_ready()
             wait_listening(lab.gateway, PORT, udp=True)

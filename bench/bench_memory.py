@@ -87,19 +87,8 @@ Env = dict[str, str | None]  # variables for the proxy: None removes one
 
 def start(netns: Netns, text: str, src: str | None, env: Env) -> ProxyProcess:
     """The proxy in ``netns``, run from ``src`` (else this tree), ``env`` applied."""
-    saved = dict(os.environ)
-    if src is not None:
-        os.environ["PYTHONPATH"] = src
-    for name, value in env.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    try:
-        return ProxyProcess(netns, text, name="mem")
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    return ProxyProcess(netns, text, name="mem",
+                        env={**({"PYTHONPATH": src} if src is not None else {}), **env})
 
 
 def one_start(text: str, src: str | None, env: Env) -> tuple[dict[str, float], str]:

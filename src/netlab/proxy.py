@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from netlab.namespace import Netns
@@ -28,7 +29,10 @@ def with_test_workers(config_text: str) -> str:
 class ProxyProcess:
     """``trio-tproxy run CONFIG`` inside ``netns``; its stderr (the log) goes to a file."""
 
-    def __init__(self, netns: Netns, config_text: str, name: str = "proxy") -> None:
+    def __init__(self, netns: Netns, config_text: str, name: str = "proxy",
+                 env: Mapping[str, str | None] | None = None) -> None:  # fmt: skip
+        """``env``: variables for the proxy over this process's (None removes one),
+        e.g. PYTHONPATH to run another source tree."""
         self.netns = netns
         self.config_path = netns.workdir / f"{name}.toml"
         self.config_path.write_text(with_test_workers(config_text))
@@ -36,11 +40,16 @@ class ProxyProcess:
         self._log = self.log_path.open("w")
         # selector choices go to the lab's own state directory, never the host's
         # /var/lib/trio-tproxy (a test that wants another one sets STATE_DIRECTORY)
-        env = {"STATE_DIRECTORY": str(netns.workdir / "state"), **os.environ,
-               "PYTHONUNBUFFERED": "1"}  # fmt: skip
+        environment = {"STATE_DIRECTORY": str(netns.workdir / "state"), **os.environ,
+                       "PYTHONUNBUFFERED": "1"}  # fmt: skip
+        for key, value in (env or {}).items():
+            if value is None:
+                environment.pop(key, None)
+            else:
+                environment[key] = value
         self.process = netns.popen(
             [sys.executable, "-m", "trio_tproxy", "run", str(self.config_path)],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=Path.cwd(), env=env,
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=Path.cwd(), env=environment,
         )  # fmt: skip
 
     @property
