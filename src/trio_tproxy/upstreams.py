@@ -60,8 +60,9 @@ class ByteStream(Protocol):
 
     One that the relay engine can carry also has ``async engine_codec(client,
     count_up) -> relay_engine.Codec``: it may send what must go first (a request held
-    back, with what the client has sent, counted); once asked, its other methods are not
-    used, only ``close`` (relay_stream.py)."""
+    back, with what the client has sent, counted). While the engine carries the flow
+    the stream's own methods are not used; once the flow turns bulk they are again,
+    by relay_stream.py's pumps, on the same cipher state."""
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send everything or raise OSError."""

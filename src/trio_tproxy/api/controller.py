@@ -31,7 +31,6 @@ from .static import serve_file
 
 log = logging.getLogger("trio_tproxy.api")
 
-ROOT_LOGGER = ROOT
 CORS = [
     ("access-control-allow-origin", "*"),
     ("access-control-allow-methods", "GET, POST, PUT, PATCH, DELETE"),
@@ -150,7 +149,7 @@ class Controller:
         if mode is not None and str(mode).lower() != "rule":
             return message(400, "only the rule mode exists here")
         if level is not None:
-            logging.getLogger(ROOT_LOGGER).setLevel(LOG_LEVELS[level])
+            logging.getLogger(ROOT).setLevel(LOG_LEVELS[level])
             log.info("log level set to %s by the controller API", level)
         return NO_CONTENT
 
@@ -160,7 +159,7 @@ class Controller:
         for ib in cfg.inbounds:
             if not ports[ib.TYPE]:
                 ports[ib.TYPE] = ib.port
-        level = logging.getLogger(ROOT_LOGGER).getEffectiveLevel()
+        level = logging.getLogger(ROOT).getEffectiveLevel()
         shown = next((n for n, v in LOG_LEVELS.items() if v >= level), "silent")
         return {
             "port": 0, "socks-port": 0, "redir-port": ports["redirect"],
