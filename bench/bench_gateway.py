@@ -12,7 +12,10 @@ goes first), so machine noise hits them all alike; the table shows medians.
 * trio-tproxy: the tproxy inbound, the direct outbound with the mark (sniffing off, as
   the peers', access log off). ``--trio NAME=SRC`` adds trio-tproxy run from another
   source tree (its PYTHONPATH), e.g. the code before a change, as one more contender;
-* trio-w2: the same with ``[process] workers = 2`` (a supervisor, a hub, two workers).
+* trio-w2: the same with ``[process] workers = 2`` (a supervisor, a hub, two workers);
+* splice-bound (``tcp`` workload only): bench/splice_bound.py, a relay that does nothing
+  but splice(2) in two blocking threads per flow: the ceiling of any userspace relay,
+  which shows how much of the gap to kernel forwarding a proxy can close at all.
 
 Workloads, client -> server through the gateway:
 
@@ -65,6 +68,9 @@ from netlab.servers import start_http_server, start_iperf3_server, wait_listenin
 from trio_tproxy.firewall.plan import DiversionPlan
 
 WEB_PORT = 8080
+BOUND = "splice-bound"
+BOUND_SCRIPT = Path(__file__).with_name("splice_bound.py")
+BOUND_WORKLOADS = {"tcp"}  # the bound is a TCP relay: the rest is not its job
 HOLD_PORT = 9000  # the server that accepts the held idle flows and never reads
 FLOWS_TIMEOUT = 30.0  # s: every held flow must reach the server within this
 
@@ -194,6 +200,12 @@ class Contender:
             proc = start_v2ray(lab, v2ray_direct("tcp,udp"), udp=True)
         elif self.name == "sing-box":
             proc = start_sing_box(lab, sing_box_direct(), udp=True)
+        elif self.name == BOUND:
+            proc = lab.gateway.popen([sys.executable, str(BOUND_SCRIPT), str(PORT), str(MARK)],
+                                     stderr=subprocess.DEVNULL)  # fmt: skip
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"{BOUND_SCRIPT.name} did not start")
         else:
             yield from self._trio(lab)
             return
@@ -222,6 +234,8 @@ def measure(contender: Contender, args: argparse.Namespace, web_root: Path) -> d
     connections left in TIME_WAIT by one measurement must not slow the next one."""
     result: dict[str, float] = {}
     for workload in args.workloads.split(","):
+        if contender.name == BOUND and workload not in BOUND_WORKLOADS:
+            continue
         with Lab.create(prefix="bgw") as lab:
             start_http_server(lab.server, web_root, port=WEB_PORT)
             start_iperf3_server(lab.server, IPERF_PORT)
@@ -263,7 +277,7 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
         values = [r[key] for r in results[name] if key in r]
         return statistics.median(values) if values else float("nan")
 
-    refs = [n for n in ("v2ray", "sing-box") if n in names]
+    refs = [n for n in ("v2ray", "sing-box", BOUND) if n in names]
     trios = [n for n in names if n.startswith("trio")]
     ratio_cols = [(t, r) for t in trios for r in refs]
     if len(trios) > 1:  # the first trio contender against the others (new / old)
@@ -284,6 +298,8 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
             va, vb = values[a], values[b]
             cells.append("—" if math.isnan(va) or math.isnan(vb) or not vb else f"{va / vb:.2f}")
         print("| " + " | ".join(cells) + " |")
+    if BOUND in names:
+        bound_lines(med, names)
     if "trio-w2" in names and "trio-tproxy" in names:
         both, one = med("trio-w2", "pss"), med("trio-tproxy", "rss")
         print(f"\nmemory with 2 workers (PSS of all processes) / one process's RSS: "
@@ -306,6 +322,16 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
               "captures the diverted datagrams under this ruleset")
 
 
+def bound_lines(med: Callable[[str, str], float], names: list[str]) -> None:
+    """How close the ceiling of a userspace relay comes to the kernel and to v2ray."""
+    print(f"\n{BOUND}, the ceiling of any userspace relay here:")
+    for key, label in (("tcp1", "TCP 1 stream"), ("tcp4", "TCP 4 streams")):
+        bound = med(BOUND, key)
+        parts = [f"{bound / med(ref, key):.2f}x {ref}" for ref in ("kernel", "v2ray", "sing-box")
+                 if ref in names and med(ref, key) > 0]  # fmt: skip
+        print(f"  {label}: {bound:.1f} Gb/s = " + ", ".join(parts))
+
+
 def contenders(args: argparse.Namespace) -> list[Contender]:
     available: list[Contender] = [Contender("kernel")]
     if shutil.which("v2ray"):
@@ -314,6 +340,7 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
         available.append(Contender("sing-box"))
     available.append(Contender("trio-tproxy"))
     available.append(Contender("trio-w2", workers=2))
+    available.append(Contender(BOUND))
     for spec in args.trio:
         name, _, src = spec.partition("=")
         available.append(Contender(f"trio-{name}", str(Path(src).resolve())))

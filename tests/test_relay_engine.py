@@ -18,6 +18,7 @@ from trio_tproxy.relay_engine import ENABLED, RelayEngine
 from trio_tproxy.relay_stream import relay_stream
 from trio_tproxy.splice import PipePool
 
+from .outbound.fakes import recv_exactly
 from .test_relay import Pairs, recv_until_eof, relay_setup
 
 pytestmark = pytest.mark.skipif(not ENABLED, reason="TRIO_TPROXY_RELAY_ENGINE=off")
@@ -104,6 +105,39 @@ async def test_a_bulk_direction_goes_back_to_its_pump_for_splice(
     assert len(pumps) == 1 and pumps[0][0] == "downlink" and pumps[0][1] >= SPLICE_AFTER
     assert pipes.in_use == 0 and len(pipes._idle) == 1  # it spliced, and gave the pipe back
     pipes.close()
+
+
+async def test_a_long_request_response_flow_stays_in_the_engine(
+    tcp_pairs: Pairs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keep-alive connection carries far more than SPLICE_AFTER in small messages:
+    no receive ever fills the buffer, so it is not bulk and its pumps never run (a
+    splice pump would cost two splices and a wake-up per message)."""
+    pumps = spy_pumps(monkeypatch)
+    client, pc, pu, server = relay_setup(tcp_pairs)
+    request, response = b"GET /small HTTP/1.1\r\n\r\n", b"r" * 700
+    rounds = SPLICE_AFTER // len(response) + 100  # the downlink carries > SPLICE_AFTER
+    stats = None
+
+    async def proxy() -> None:
+        nonlocal stats
+        stats = await relay(pc, pu, TIMEOUTS, BufferPool(65536, pipes=PipePool(4)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(proxy)
+        for _ in range(rounds):  # one message at a time, as a client and its server do
+            await send_all(client, request)
+            assert await recv_exactly(server, len(request)) == request
+            await send_all(server, response)
+            assert await recv_exactly(client, len(response)) == response
+        client.shutdown(socket.SHUT_WR)
+        server.shutdown(socket.SHUT_WR)
+        assert await recv_until_eof(server) == b""
+        assert await recv_until_eof(client) == b""
+    assert stats is not None and stats.outcome == "done"
+    assert (stats.up, stats.down) == (rounds * len(request), rounds * len(response))
+    assert stats.down > SPLICE_AFTER
+    assert pumps == []  # the engine carried every message
 
 
 async def test_a_slow_reader_gets_every_byte_in_order(tcp_pairs: Pairs) -> None:

@@ -21,7 +21,8 @@ An upstream that transforms bytes (a cipher, TLS) is relay_stream.py's.
 The seam for the zero-copy path is :data:`Copier`: a function that moves one direction
 until EOF. ``copy_adaptive`` (the default) starts in userspace and moves a direction
 that has carried ``SPLICE_AFTER`` bytes to splice(2) (splice.py), without touching the
-timer, half-close or accounting logic; ``copy_userspace`` is the portable one.
+timer, half-close or accounting logic; ``copy_userspace`` is the portable one. (The
+engine hands a flow over only once a receive also filled its buffer: see there.)
 """
 
 from __future__ import annotations
@@ -194,8 +195,8 @@ async def relay(
         splice = SPLICE_AFTER if pool.pipes is not None and pool.pipes.supported else None
         handoff = await engine.carry(
             client, upstream, idle=timeouts.idle, uplink_only=timeouts.uplink_only,
-            downlink_only=timeouts.downlink_only, stats=stats, count_up=stats.add_up,
-            count_down=stats.add_down, splice_after=splice,
+            downlink_only=timeouts.downlink_only, stats=stats,
+            splice_after=splice,
         )  # fmt: skip
         if handoff is None:
             return stats

@@ -12,8 +12,11 @@ The semantics are the pumps' (relay.py): a half-close is passed on, v2ray's acti
 timer with ``uplink_only``/``downlink_only`` after one side finished, byte counters,
 the outcome strings ("uplink error: ...", "idle timeout", ...), both sockets reset when
 a side broke, cancellation (the API, the drain) ends the flow at once. A direction that
-has carried ``splice_after`` bytes is bulk: once nothing is held aside, the flow goes
-back to its task (:class:`Handoff`), whose pumps move bulk with splice(2).
+has carried ``splice_after`` bytes and whose receive then fills the buffer (more was
+waiting than one receive takes) is bulk: once nothing is held aside, the flow goes back
+to its task (:class:`Handoff`), whose pumps move bulk with splice(2). Request/response
+traffic on a long-lived connection stays here however much it carries: its receives
+are short, and a splice pump costs two splices and a wake-up per message.
 
 A socket is in the set only while it has something to wait for (its input is wanted,
 or output is held for it): epoll always reports a hung-up socket, so one left in the
@@ -36,7 +39,6 @@ import math
 import os
 import select
 import socket
-from collections.abc import Callable
 from typing import Final, Protocol
 
 import attrs
@@ -93,8 +95,10 @@ class Codec(Protocol):
 
 
 class Counts(Protocol):
-    """Where a flow's outcome is told (relay.RelayStats)."""
+    """Where a flow's bytes and outcome are told (relay.RelayStats)."""
 
+    up: int  # client -> server
+    down: int
     outcome: str
 
 
@@ -113,12 +117,13 @@ class Handoff:
 class _Side:
     """One direction of a flow: ``src`` -> ``dst``."""
 
-    __slots__ = ("count", "decode", "done", "dst", "encode", "eof", "moved", "name", "pending",
-                 "src", "then")  # fmt: skip
+    __slots__ = ("decode", "done", "dst", "encode", "eof", "moved", "name", "pending", "src",
+                 "then", "upward")  # fmt: skip
 
     def __init__(self, name: str, src: socket.socket, dst: socket.socket, then: float,
-                 count: Callable[[int], None]) -> None:  # fmt: skip
-        self.name, self.src, self.dst, self.then, self.count = name, src, dst, then, count
+                 upward: bool) -> None:  # fmt: skip
+        self.name, self.src, self.dst, self.then = name, src, dst, then
+        self.upward = upward  # counted in the flow's stats.up (else .down)
         self.encode: Codec | None = None  # seals what goes to dst
         self.decode: Codec | None = None  # opens what comes from src
         self.pending: bytes | None = None  # read, not yet taken by dst
@@ -182,15 +187,13 @@ class RelayEngine:
         uplink_only: float,
         downlink_only: float,
         stats: Counts,
-        count_up: Callable[[int], None],
-        count_down: Callable[[int], None],
         splice_after: int | None,
         codec: Codec | None = None,
     ) -> Handoff | None:
         """Relay until the flow ends (None) or turns bulk (its state, for the pumps).
         ``codec``: the upstream's framing (its socket is ``upstream``)."""
-        up = _Side("uplink", client, upstream, downlink_only, count_up)
-        down = _Side("downlink", upstream, client, uplink_only, count_down)
+        up = _Side("uplink", client, upstream, downlink_only, upward=True)
+        down = _Side("downlink", upstream, client, uplink_only, upward=False)
         if codec is not None:
             up.encode = down.decode = codec
         flow = _Flow(up, down, stats, splice_after)
@@ -288,6 +291,7 @@ class RelayEngine:
             self._pass_eof(flow, side)
             return
         self._took(flow, side, n)
+        full = n == len(self._buffer)
         out = self._view
         if side.encode is not None:
             if len(self._wire) < side.encode.wire_size(n):  # the buffer grew (a reload)
@@ -298,18 +302,22 @@ class RelayEngine:
                 self._fail(flow, side, exc)
                 return
             out = self._wire
-        self._send_on(flow, side, out[:n])
+        self._send_on(flow, side, out[:n], full)
 
     def _took(self, flow: _Flow, side: _Side, n: int) -> None:
         """``n`` bytes of the client's (plaintext) came in on ``side``."""
-        side.count(n)
+        if side.upward:  # the counters the API shows live
+            flow.stats.up += n
+        else:
+            flow.stats.down += n
         assert flow.activity is not None
         flow.activity.last = self.now  # touch(), without a clock read per chunk
         side.moved += n
 
-    def _send_on(self, flow: _Flow, side: _Side, data: memoryview) -> bool:
+    def _send_on(self, flow: _Flow, side: _Side, data: memoryview, full: bool) -> bool:
         """``data`` to ``side.dst``, what it does not take held aside. True when all of
-        it went and the direction stays here (not failed, held, nor handed off)."""
+        it went and the direction stays here (not failed, held, nor handed off).
+        ``full``: its receive filled the buffer (the source has bulk to give)."""
         try:
             sent = side.dst.send(data)
         except BlockingIOError:
@@ -321,7 +329,7 @@ class RelayEngine:
             side.pending = bytes(data[sent:])
             self._changed = True
             return False
-        if flow.splice is not None and side.moved >= flow.splice:
+        if full and flow.splice is not None and side.moved >= flow.splice:
             self._maybe_hand_off(flow)
             return False
         return True
@@ -354,7 +362,7 @@ class RelayEngine:
             if not plain:
                 continue
             self._took(flow, side, len(plain))
-            if not self._send_on(flow, side, plain):  # failed, the client is slower, or bulk
+            if not self._send_on(flow, side, plain, n == len(inbox)):  # failed, held, or bulk
                 break
         # drained, held aside, handed off, or the burst used up (the next event brings
         # the rest): a waiting flow holds no codec buffers
