@@ -340,7 +340,8 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
         available.append(Contender("sing-box"))
     available.append(Contender("trio-tproxy"))
     available.append(Contender("trio-w2", workers=2))
-    available.append(Contender(BOUND))
+    if BOUND_WORKLOADS & set(args.workloads.split(",")):
+        available.append(Contender(BOUND))
     for spec in args.trio:
         name, _, src = spec.partition("=")
         available.append(Contender(f"trio-{name}", str(Path(src).resolve())))

@@ -16,6 +16,7 @@ IPv4 TCP only; a flow that fails just ends. Not for use as a proxy.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -28,16 +29,20 @@ PIPE_SIZE = 1 << 20
 
 
 def pump(src: socket.socket, dst: socket.socket) -> None:
-    """``src`` to ``dst`` until EOF, then half-close ``dst``."""
+    """``src`` to ``dst`` until EOF, then half-close ``dst``; on an error both sockets
+    are shut down, which ends the other direction's blocked splice too."""
     r, w = os.pipe()
     try:
-        fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
-        while n := os.splice(src.fileno(), w, PIPE_SIZE, flags=os.SPLICE_F_MOVE):
-            while n:
-                n -= os.splice(r, dst.fileno(), n, flags=os.SPLICE_F_MOVE)
-        dst.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
+        size = fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)  # fails loudly (root has no cap)
+        try:
+            while n := os.splice(src.fileno(), w, size, flags=os.SPLICE_F_MOVE):
+                while n:
+                    n -= os.splice(r, dst.fileno(), n, flags=os.SPLICE_F_MOVE)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
     finally:
         os.close(r)
         os.close(w)
@@ -51,7 +56,7 @@ def flow(client: socket.socket, mark: int) -> None:
             upstream.connect(client.getsockname())
         except OSError:
             return
-        down = threading.Thread(target=pump, args=(upstream, client))
+        down = threading.Thread(target=pump, args=(upstream, client), daemon=True)
         down.start()
         pump(client, upstream)
         down.join()

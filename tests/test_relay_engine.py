@@ -123,21 +123,65 @@ async def test_a_long_request_response_flow_stays_in_the_engine(
         nonlocal stats
         stats = await relay(pc, pu, TIMEOUTS, BufferPool(65536, pipes=PipePool(4)))
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(proxy)
-        for _ in range(rounds):  # one message at a time, as a client and its server do
-            await send_all(client, request)
-            assert await recv_exactly(server, len(request)) == request
-            await send_all(server, response)
-            assert await recv_exactly(client, len(response)) == response
-        client.shutdown(socket.SHUT_WR)
-        server.shutdown(socket.SHUT_WR)
-        assert await recv_until_eof(server) == b""
-        assert await recv_until_eof(client) == b""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(proxy)
+            for _ in range(rounds):  # one message at a time, as a client and its server do
+                await send_all(client, request)
+                assert await recv_exactly(server, len(request)) == request
+                await send_all(server, response)
+                assert await recv_exactly(client, len(response)) == response
+            client.shutdown(socket.SHUT_WR)
+            server.shutdown(socket.SHUT_WR)
+            assert await recv_until_eof(server) == b""
+            assert await recv_until_eof(client) == b""
     assert stats is not None and stats.outcome == "done"
     assert (stats.up, stats.down) == (rounds * len(request), rounds * len(response))
     assert stats.down > SPLICE_AFTER
     assert pumps == []  # the engine carried every message
+
+
+async def test_a_download_slower_than_the_engine_still_goes_to_splice(
+    tcp_pairs: Pairs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paced download (a WAN link) never fills a receive, the engine being faster:
+    large receives all the same, so it is bulk once it carried SPLICE_AFTER."""
+    pumps = spy_pumps(monkeypatch)
+    client, pc, pu, server = relay_setup(tcp_pairs)
+    piece, pieces = os.urandom(16384), 64  # 1 MiB, a piece every 0.5 ms
+
+    async def server_side() -> None:
+        for _ in range(pieces):
+            await send_all(server, piece)
+            await trio.sleep(0.0005)
+        server.shutdown(socket.SHUT_WR)
+
+    async def client_side() -> None:
+        client.shutdown(socket.SHUT_WR)
+        assert await recv_until_eof(client) == piece * pieces
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server_side)
+            nursery.start_soon(client_side)
+            stats = await relay(pc, pu, TIMEOUTS, BufferPool(65536, pipes=PipePool(4)))
+    assert stats.outcome == "done" and stats.down == len(piece) * pieces
+    assert [name for name, _ in pumps] == ["downlink"]
+
+
+async def test_a_bulk_flow_goes_to_splice_after_the_engine_buffer_grew(
+    tcp_pairs: Pairs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload with a large policy.buffer_size grows the engine's buffer past what a
+    socket ever queues: a bulk download still goes to splice."""
+    pumps = spy_pumps(monkeypatch)
+    assert RelayEngine.current(4 << 20) is not None  # a reload's 4 MiB buffers
+    request, response = b"x" * 100, os.urandom(4_000_000)
+    with trio.fail_after(30):
+        _, client_got, stats = await exchange(
+            tcp_pairs, request, response, BufferPool(65536, pipes=PipePool(4)))
+    assert client_got == response and stats.outcome == "done"
+    assert [name for name, _ in pumps] == ["downlink"]
 
 
 async def test_a_slow_reader_gets_every_byte_in_order(tcp_pairs: Pairs) -> None:

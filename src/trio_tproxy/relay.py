@@ -22,7 +22,7 @@ The seam for the zero-copy path is :data:`Copier`: a function that moves one dir
 until EOF. ``copy_adaptive`` (the default) starts in userspace and moves a direction
 that has carried ``SPLICE_AFTER`` bytes to splice(2) (splice.py), without touching the
 timer, half-close or accounting logic; ``copy_userspace`` is the portable one. (The
-engine hands a flow over only once a receive also filled its buffer: see there.)
+engine hands a flow over only once its receives are large too: see there.)
 """
 
 from __future__ import annotations

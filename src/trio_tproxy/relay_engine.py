@@ -12,11 +12,11 @@ The semantics are the pumps' (relay.py): a half-close is passed on, v2ray's acti
 timer with ``uplink_only``/``downlink_only`` after one side finished, byte counters,
 the outcome strings ("uplink error: ...", "idle timeout", ...), both sockets reset when
 a side broke, cancellation (the API, the drain) ends the flow at once. A direction that
-has carried ``splice_after`` bytes and whose receive then fills the buffer (more was
-waiting than one receive takes) is bulk: once nothing is held aside, the flow goes back
-to its task (:class:`Handoff`), whose pumps move bulk with splice(2). Request/response
-traffic on a long-lived connection stays here however much it carries: its receives
-are short, and a splice pump costs two splices and a wake-up per message.
+has carried ``splice_after`` bytes in receives of :data:`BULK_MEAN` on average is bulk:
+once nothing is held aside, the flow goes back to its task (:class:`Handoff`), whose
+pumps move bulk with splice(2). Request/response traffic on a long-lived connection
+stays here however much it carries: its receives are small, and a splice pump costs two
+splices and a wake-up of its task per message.
 
 A socket is in the set only while it has something to wait for (its input is wanted,
 or output is held for it): epoll always reports a hung-up socket, so one left in the
@@ -54,6 +54,12 @@ OUT: Final = select.EPOLLOUT
 TROUBLE: Final = select.EPOLLERR | select.EPOLLHUP
 MAX_EVENTS: Final = 256  # per pass; the rest wait for the next one
 DECODE_BURST: Final = 8  # receives from one codec's socket per event at most (fairness)
+# A direction whose receives average this much (a running mean; a quarter of what one
+# receive can take, when that is less) is bulk once it carried splice_after: copying
+# it costs more than a pump's wake-up per chunk. Not "a receive filled the buffer":
+# that measures how far the engine lags the sender (a download slower than the engine
+# never fills one), and a reload can grow the buffer past what a socket ever queues.
+BULK_MEAN: Final = 8192
 # TRIO_TPROXY_RELAY_ENGINE=off: the per-flow pumps only (for before/after benchmarks)
 ENABLED: Final = os.environ.get("TRIO_TPROXY_RELAY_ENGINE", "on") != "off"
 
@@ -117,8 +123,8 @@ class Handoff:
 class _Side:
     """One direction of a flow: ``src`` -> ``dst``."""
 
-    __slots__ = ("decode", "done", "dst", "encode", "eof", "moved", "name", "pending", "src",
-                 "then", "upward")  # fmt: skip
+    __slots__ = ("decode", "done", "dst", "encode", "eof", "mean", "moved", "name", "pending",
+                 "src", "then", "upward")  # fmt: skip
 
     def __init__(self, name: str, src: socket.socket, dst: socket.socket, then: float,
                  upward: bool) -> None:  # fmt: skip
@@ -130,6 +136,7 @@ class _Side:
         self.eof = False  # src said EOF
         self.done = False  # ... and it was passed on (dst shut down for writing)
         self.moved = 0
+        self.mean = 0  # running mean of the receives' sizes (weight 1/8 for the newest)
 
 
 class _Flow:
@@ -291,7 +298,6 @@ class RelayEngine:
             self._pass_eof(flow, side)
             return
         self._took(flow, side, n)
-        full = n == len(self._buffer)
         out = self._view
         if side.encode is not None:
             if len(self._wire) < side.encode.wire_size(n):  # the buffer grew (a reload)
@@ -302,7 +308,7 @@ class RelayEngine:
                 self._fail(flow, side, exc)
                 return
             out = self._wire
-        self._send_on(flow, side, out[:n], full)
+        self._send_on(flow, side, out[:n], len(self._buffer))
 
     def _took(self, flow: _Flow, side: _Side, n: int) -> None:
         """``n`` bytes of the client's (plaintext) came in on ``side``."""
@@ -313,11 +319,12 @@ class RelayEngine:
         assert flow.activity is not None
         flow.activity.last = self.now  # touch(), without a clock read per chunk
         side.moved += n
+        side.mean = (side.mean * 7 + n) >> 3
 
-    def _send_on(self, flow: _Flow, side: _Side, data: memoryview, full: bool) -> bool:
+    def _send_on(self, flow: _Flow, side: _Side, data: memoryview, room: int) -> bool:
         """``data`` to ``side.dst``, what it does not take held aside. True when all of
         it went and the direction stays here (not failed, held, nor handed off).
-        ``full``: its receive filled the buffer (the source has bulk to give)."""
+        ``room``: how much the receive it came from could take."""
         try:
             sent = side.dst.send(data)
         except BlockingIOError:
@@ -329,7 +336,8 @@ class RelayEngine:
             side.pending = bytes(data[sent:])
             self._changed = True
             return False
-        if full and flow.splice is not None and side.moved >= flow.splice:
+        if flow.splice is not None and side.moved >= flow.splice \
+                and side.mean >= min(room >> 2, BULK_MEAN):  # fmt: skip
             self._maybe_hand_off(flow)
             return False
         return True
@@ -362,7 +370,7 @@ class RelayEngine:
             if not plain:
                 continue
             self._took(flow, side, len(plain))
-            if not self._send_on(flow, side, plain, n == len(inbox)):  # failed, held, or bulk
+            if not self._send_on(flow, side, plain, len(inbox)):  # failed, held, or bulk
                 break
         # drained, held aside, handed off, or the burst used up (the next event brings
         # the rest): a waiting flow holds no codec buffers
