@@ -393,6 +393,22 @@ def test_socks5_without_udp_is_reported() -> None:
     assert "UDP ASSOCIATE" in result.omissions[0].why
 
 
+@pytest.mark.parametrize(("proxy", "words"), [
+    ("{name: p, type: http, server: 192.0.2.1, port: 1, username: 'a:b', password: x}",
+     "cannot contain ':'"),
+    ("{name: p, type: socks5, server: 192.0.2.1, port: 1, username: '', password: x, "
+     "udp: true}", "1-255 bytes"),
+])  # fmt: skip
+def test_credentials_the_proxy_cannot_send_make_it_a_placeholder(proxy: str, words: str) -> None:
+    """Found by the importer fuzz test: the converted config must pass check, so a
+    proxy whose user check would reject is a placeholder, reported with the reason."""
+    text = f"tproxy-port: 1\nproxies:\n  - {proxy}\n"
+    result = convert_clash(text, name="x", geodata=repo_geodata())
+    assert_reported(result, [("$.proxies[0]", words)])
+    cfg = parse_config_text(result.toml)
+    assert cfg.outbound("p").TYPE == "block"
+
+
 def test_redir_port_equal_to_tproxy_port_is_reported() -> None:
     result = convert_clash("tproxy-port: 7893\nredir-port: 7893\n", name="x",
                            geodata=repo_geodata())  # fmt: skip

@@ -4,6 +4,7 @@ v2ray's on a table of flows; what has no equivalent is reported with its path.""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -411,6 +412,26 @@ def test_every_construct_without_an_equivalent_is_reported_with_its_path() -> No
     assert cfg.dns.cache is False
     assert cfg.policy.handshake.seconds == 4 and cfg.policy.buffer_size == 512 * 1024
     assert cfg.outbound("direct").domain_strategy == "use_ip"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("protocol", "user", "path", "words"), [
+    ("http", {"user": "a:b", "pass": "x"}, "user", "cannot contain ':'"),
+    ("socks", {"user": "", "pass": "x"}, "user", "1-255 bytes"),
+    ("socks", {"user": "u", "pass": "p" * 256}, "pass", "1-255 bytes"),
+])  # fmt: skip
+def test_credentials_the_proxy_cannot_send_make_it_a_placeholder(
+    protocol: str, user: dict[str, str], path: str, words: str
+) -> None:
+    """Found by the importer fuzz test: the converted config must pass check, so an
+    outbound whose user check would reject is a placeholder, reported at the field."""
+    from trio_tproxy.config import parse_config_text
+
+    server = {"address": "192.0.2.1", "port": 1, "users": [user]}
+    doc = json.dumps({"outbounds": [{"tag": "up", "protocol": protocol,
+                                     "settings": {"servers": [server]}}]})  # fmt: skip
+    result = convert_v2ray(doc, name="x.json", geodata=repo_geodata())
+    assert_reported(result, [(f"$.outbounds[0].settings.servers[0].users[0].{path}", words)])
+    assert parse_config_text(result.toml).outbound("up").TYPE == "block"
 
 
 def test_ext_names_are_kept_verbatim() -> None:

@@ -62,12 +62,35 @@ def wait_tcp(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) ->
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
+def udp_bound(port: int) -> bool:
+    """Whether a UDP socket is bound to 127.0.0.1:``port`` or the wildcard (from
+    /proc/net/udp: nothing is sent, so no datagram is lost to a server not yet there)."""
+    local = {f"0100007F:{port:04X}", f"00000000:{port:04X}"}
+    with open("/proc/net/udp") as table:
+        return any(line.split()[1] in local for line in list(table)[1:])
+
+
+def wait_udp(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not udp_bound(port):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing is bound to UDP 127.0.0.1:{port}")
+        time.sleep(0.05)
+
+
 @contextmanager
-def running(argv: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running(argv: list[str], port: int, log: Path, *, udp: bool = False,
+            ) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+    """``argv`` started, once it listens on TCP ``port`` (and UDP ``port``: a server
+    binds its UDP socket apart, maybe after the TCP one), until the block ends."""
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_tcp(port, proc)
+        if udp:
+            wait_udp(port, proc)
         yield proc
     finally:
         proc.kill()
@@ -78,7 +101,7 @@ def running(argv: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[
 def ss_server(method: str, password: str, tmp: Path) -> Iterator[int]:
     port = free_port()
     argv = ["ss-server", "-s", "127.0.0.1", "-p", str(port), "-k", password, "-m", method, "-u"]
-    with running(argv, port, tmp / f"ss-{port}.log"):
+    with running(argv, port, tmp / f"ss-{port}.log", udp=True):
         yield port
 
 
@@ -93,7 +116,8 @@ def sing_box(inbound: dict[str, object], tmp: Path) -> Iterator[int]:
     }))  # fmt: skip
     path = sing_box_path()
     assert path is not None
-    with running([path, "run", "-c", str(conf)], port, tmp / f"sing-box-{port}.log"):
+    udp = inbound["type"] == "shadowsocks" and inbound.get("network") != "tcp"
+    with running([path, "run", "-c", str(conf)], port, tmp / f"sing-box-{port}.log", udp=udp):
         yield port
 
 

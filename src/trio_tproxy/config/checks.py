@@ -176,15 +176,26 @@ def probe_url_problem(url: str) -> str | None:
     return None
 
 
+def credentials_problem(kind: str, username: str, password: str) -> tuple[str, str] | None:
+    """Why a ``kind`` ("socks", "http") proxy cannot send these credentials, and which
+    field: RFC 1929 gives each SOCKS5 field one length octet; RFC 7617 forbids ':' in an
+    HTTP Basic user (the importers check with it too)."""
+    if kind == "socks":
+        for key, value in (("username", username), ("password", password)):
+            if not 1 <= len(value.encode()) <= 255:
+                return key, f"SOCKS5 {key} must be 1-255 bytes (RFC 1929)"
+    if kind == "http" and ":" in username:
+        return "username", "an HTTP proxy username cannot contain ':'"
+    return None
+
+
 def _check_credentials(ob: object, path: str) -> Iterator[ConfigError]:
-    # RFC 1929 gives each field one length octet; RFC 7617 forbids ':' in a Basic user.
-    if isinstance(ob, SocksOutbound):
-        for key in ("username", "password"):
-            value = getattr(ob, key)
-            if value is not None and not 1 <= len(value.encode()) <= 255:
-                yield ConfigError(f"SOCKS5 {key} must be 1-255 bytes (RFC 1929)", f"{path}.{key}")
-    if isinstance(ob, HttpOutbound) and ob.username is not None and ":" in ob.username:
-        yield ConfigError("an HTTP proxy username cannot contain ':'", f"{path}.username")
+    if isinstance(ob, SocksOutbound | HttpOutbound) and ob.username is not None \
+            and ob.password is not None:  # fmt: skip
+        kind = "socks" if isinstance(ob, SocksOutbound) else "http"
+        problem = credentials_problem(kind, ob.username, ob.password)
+        if problem is not None:
+            yield ConfigError(problem[1], f"{path}.{problem[0]}")
 
 
 def _check_rules(cfg: Config) -> Iterator[ConfigError]:

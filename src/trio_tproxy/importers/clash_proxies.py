@@ -12,7 +12,7 @@ their meaning and nothing leaks out directly.
 
 from __future__ import annotations
 
-from ..config.checks import probe_url_problem, shadowsocks_key_problem
+from ..config.checks import credentials_problem, probe_url_problem, shadowsocks_key_problem
 from .clash_context import BUILTIN, ClashContext
 from .draft import entry_value, host_port, order_keys
 from .report import Node
@@ -140,7 +140,7 @@ def _socks(node: Node, table: Table) -> str | None:
         return "SOCKS5 over TLS has no equivalent"
     table.set("type", "socks")
     problem = _server(node, table)
-    _credentials(node, table)
+    problem = _credentials(node, table, "socks") or problem
     if node.flag("udp") is not True:  # mihomo's default: no UDP through a SOCKS5 proxy
         node.report.omit(node.path, "UDP flows routed here are relayed by UDP ASSOCIATE "
                          "(mihomo relays UDP only with udp: true)")  # fmt: skip
@@ -153,16 +153,22 @@ def _http(node: Node, table: Table) -> str | None:
         return "an HTTPS proxy (tls: true) has no equivalent"
     table.set("type", "http")
     problem = _server(node, table)
-    _credentials(node, table)
+    problem = _credentials(node, table, "http") or problem
     node.ignore("skip-cert-verify", "sni")
     return problem
 
 
-def _credentials(node: Node, table: Table) -> None:
+def _credentials(node: Node, table: Table, kind: str) -> str | None:
+    """The proxy's user and password; why they cannot be sent, if so (the proxy then
+    becomes a placeholder, as check would reject it)."""
     user, password = node.text("username"), node.text("password")
     if user is not None and password is not None:
+        problem = credentials_problem(kind, user, password)
+        if problem is not None:
+            return problem[1]
         table.set("username", user)
         table.set("password", password)
+    return None
 
 
 def _groups(ctx: ClashContext, root: Node) -> None:
