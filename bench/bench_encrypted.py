@@ -16,6 +16,8 @@ the same mark and the same server); sniffing off. Interleaved run by run, per pr
 
 On this 2-core box the single-threaded ss-server and trojan-gfw are often the
 bottleneck for both contenders: read the CPU-per-Gbit column for what the gateway costs.
+``--protocols direct`` is the floor under both: the same workloads with no upstream proxy
+(trio-tproxy's ``direct`` outbound, v2ray's ``freedom``), straight to the servers.
 
     python bench/bench_encrypted.py [--runs 3] [--seconds 5] [--requests 2000] [--concurrency 16]
                                      [--workers 2]  (also trio-tproxy with N worker processes)
@@ -64,6 +66,8 @@ SNI = "trojan.bench.test"
 
 
 def trio_outbound(protocol: str, server: str, ca: Path) -> str:
+    if protocol == "direct":
+        return f'tag = "direct"\ntype = "direct"\nmark = {MARK}'
     if protocol == "shadowsocks":
         return (f'tag = "ss"\ntype = "shadowsocks"\nserver = "{server}:{SS_PORT}"\n'
                 f'method = "{SS_METHOD}"\npassword = "{SS_PASSWORD}"\nmark = {MARK}')  # fmt: skip
@@ -74,6 +78,8 @@ def trio_outbound(protocol: str, server: str, ca: Path) -> str:
 
 def v2ray_outbound(protocol: str, server: str, ca: Path) -> dict[str, Any]:
     sockopt = {"sockopt": {"mark": MARK}}
+    if protocol == "direct":
+        return {"protocol": "freedom", "streamSettings": sockopt}
     if protocol == "shadowsocks":
         server_settings = {"address": server, "port": SS_PORT, "method": SS_METHOD,
                            "password": SS_PASSWORD}  # fmt: skip
@@ -171,7 +177,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--protocols", default="shadowsocks,trojan")
+    parser.add_argument("--protocols", default="shadowsocks,trojan",
+                        help="comma-separated: shadowsocks, trojan, direct (no upstream proxy)")
     parser.add_argument("--workers", type=int, default=0,
                         help="also run trio-tproxy with [process] workers = N (as trio-wN)")
     parser.add_argument("--trio", action="append", default=[], metavar="NAME=SRC",
