@@ -176,26 +176,26 @@ def probe_url_problem(url: str) -> str | None:
     return None
 
 
-def credentials_problem(kind: str, username: str, password: str) -> tuple[str, str] | None:
-    """Why a ``kind`` ("socks", "http") proxy cannot send these credentials, and which
-    field: RFC 1929 gives each SOCKS5 field one length octet; RFC 7617 forbids ':' in an
-    HTTP Basic user (the importers check with it too)."""
+def credentials_problems(kind: str, username: str, password: str) -> list[tuple[str, str]]:
+    """Why a ``kind`` ("socks", "http") proxy cannot send these credentials: (field,
+    reason) each. RFC 1929 gives each SOCKS5 field one length octet; RFC 7617 forbids ':'
+    in an HTTP Basic user. The importers check with it too."""
+    problems = []
     if kind == "socks":
         for key, value in (("username", username), ("password", password)):
             if not 1 <= len(value.encode()) <= 255:
-                return key, f"SOCKS5 {key} must be 1-255 bytes (RFC 1929)"
+                problems.append((key, f"SOCKS5 {key} must be 1-255 bytes (RFC 1929)"))
     if kind == "http" and ":" in username:
-        return "username", "an HTTP proxy username cannot contain ':'"
-    return None
+        problems.append(("username", "an HTTP proxy username cannot contain ':'"))
+    return problems
 
 
 def _check_credentials(ob: object, path: str) -> Iterator[ConfigError]:
     if isinstance(ob, SocksOutbound | HttpOutbound) and ob.username is not None \
             and ob.password is not None:  # fmt: skip
         kind = "socks" if isinstance(ob, SocksOutbound) else "http"
-        problem = credentials_problem(kind, ob.username, ob.password)
-        if problem is not None:
-            yield ConfigError(problem[1], f"{path}.{problem[0]}")
+        for key, why in credentials_problems(kind, ob.username, ob.password):
+            yield ConfigError(why, f"{path}.{key}")
 
 
 def _check_rules(cfg: Config) -> Iterator[ConfigError]:

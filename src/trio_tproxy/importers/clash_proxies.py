@@ -12,7 +12,7 @@ their meaning and nothing leaks out directly.
 
 from __future__ import annotations
 
-from ..config.checks import credentials_problem, probe_url_problem, shadowsocks_key_problem
+from ..config.checks import credentials_problems, probe_url_problem, shadowsocks_key_problem
 from .clash_context import BUILTIN, ClashContext
 from .draft import entry_value, host_port, order_keys
 from .report import Node
@@ -163,9 +163,9 @@ def _credentials(node: Node, table: Table, kind: str) -> str | None:
     becomes a placeholder, as check would reject it)."""
     user, password = node.text("username"), node.text("password")
     if user is not None and password is not None:
-        problem = credentials_problem(kind, user, password)
-        if problem is not None:
-            return problem[1]
+        problems = credentials_problems(kind, user, password)
+        if problems:  # the first makes it a placeholder
+            return problems[0][1]
         table.set("username", user)
         table.set("password", password)
     return None

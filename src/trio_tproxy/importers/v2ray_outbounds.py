@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config.checks import credentials_problem, shadowsocks_key_problem
+from ..config.checks import credentials_problems, shadowsocks_key_problem
 from .draft import host_port, order_keys, unique_tag
 from .report import Node
 from .toml_out import Table
@@ -211,10 +211,10 @@ def _proxy(kind: str) -> Callable[[V2rayContext, Node, Table], None]:
         if user is not None:
             name, password = user.text("user"), user.text("pass")
             if name is not None and password is not None:
-                problem = credentials_problem(kind, name, password)
-                if problem is not None:
-                    field = "user" if problem[0] == "username" else "pass"
-                    raise Unsupported(user.at(field), problem[1])
+                problems = credentials_problems(kind, name, password)
+                if problems:  # the first makes it a placeholder
+                    key, why = problems[0]
+                    raise Unsupported(user.at("user" if key == "username" else "pass"), why)
                 table.set("username", name)
                 table.set("password", password)
             user.ignore("level", "email")
