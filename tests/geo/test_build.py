@@ -77,6 +77,7 @@ def test_build_from_tor_format(tmp_path: Path) -> None:
         ("5,1,CN", "ends before it starts"),
         ("1,2,CHN", "bad country code"),
         ("4294967296,4294967297,CN", "out of range"),
+        ("\u00b9,2,CN", "does not appear to be"),  # "¹".isdigit(), but not a number
         ("1.2.3.4,::1,CN", "mixes IPv4 and IPv6"),
         ("10.0.0.1/8,CN", "has host bits set"),
         ("nonsense,CN", "does not appear to be"),

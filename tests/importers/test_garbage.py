@@ -9,7 +9,7 @@ import tomllib
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from trio_tproxy.config import ConfigErrors, parse_config_text
@@ -184,6 +184,8 @@ def test_v2ray_structures_convert_to_accepted_configs(doc: Any) -> None:
 
 @SETTINGS
 @given(v2ray_documents())
+@example({"outbounds": [{"protocol": "http", "tag": "a", "settings": {"servers": [  # found here
+    {"address": "dokodemo-door", "port": 1, "users": [{"user": "::1", "pass": "x"}]}]}}]})
 def test_v2ray_shaped_configs_convert_to_accepted_configs(doc: Any) -> None:
     check_v2ray(doc)
 
@@ -210,6 +212,8 @@ def test_clash_structures_convert_to_accepted_configs(doc: Any) -> None:
 
 @SETTINGS
 @given(clash_documents())
+@example({"tproxy-port": "\u00b9"})  # "¹".isdigit() is True, int("¹") raises (found here)
+@example({"tproxy-port": "\u0663"})  # an Arabic-Indic 3: int() takes it, no port of ours
 def test_clash_shaped_configs_convert_to_accepted_configs(doc: Any) -> None:
     check_clash(doc)
 

@@ -112,9 +112,10 @@ def _content_length(headers: dict[str, str]) -> int | None:
     if text is None:
         return None
     values = {v.strip() for v in text.split(",")}
-    if len(values) != 1 or not next(iter(values)).isdigit():
+    value = next(iter(values))
+    if len(values) != 1 or not (value.isascii() and value.isdigit()):  # not "¹": int() refuses
         raise HttpError(f"bad Content-Length {text[:40]!r}")
-    length = int(next(iter(values)))
+    length = int(value)
     if length > MAX_BODY:
         raise HttpError("body larger than a DNS message")
     return length

@@ -55,7 +55,7 @@ def ip_rules(text: str) -> list[IpRule]:
     rules = []
     for line in text.splitlines():
         head, sep, rest = line.partition(":")
-        if not sep or not head.strip().isdigit():
+        if not sep or not (head.strip().isascii() and head.strip().isdigit()):
             continue
         words = rest.split()
         fwmark = mask = None

@@ -87,7 +87,7 @@ def _fast_ipv6(text: str) -> int | None:
 
 
 def _parse_address(text: str) -> tuple[int, int]:
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         value = int(text)
         if value >= 1 << 32:
             raise ValueError(f"IPv4 integer {text} out of range")

@@ -135,7 +135,8 @@ class Node:
         item = self.take(key, *aliases)
         if item is None:
             return None
-        if isinstance(item, str) and item.strip().isdigit():
+        # ASCII digits only: str.isdigit() also takes "¹" and other digits int() refuses
+        if isinstance(item, str) and item.strip().isascii() and item.strip().isdigit():
             return int(item)
         if isinstance(item, int) and not isinstance(item, bool):
             return item
