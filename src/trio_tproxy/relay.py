@@ -195,8 +195,7 @@ async def relay(
         splice = SPLICE_AFTER if pool.pipes is not None and pool.pipes.supported else None
         handoff = await engine.carry(
             client, upstream, idle=timeouts.idle, uplink_only=timeouts.uplink_only,
-            downlink_only=timeouts.downlink_only, stats=stats,
-            splice_after=splice,
+            downlink_only=timeouts.downlink_only, stats=stats, splice_after=splice,
         )  # fmt: skip
         if handoff is None:
             return stats

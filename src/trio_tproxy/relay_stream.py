@@ -142,6 +142,6 @@ async def _start_in_engine(
         return None
     return await engine.carry(
         client, codec.sock, idle=timeouts.idle, uplink_only=timeouts.uplink_only,
-        downlink_only=timeouts.downlink_only, stats=stats,
-        splice_after=SPLICE_AFTER, codec=codec,
+        downlink_only=timeouts.downlink_only, stats=stats, splice_after=SPLICE_AFTER,
+        codec=codec,
     )  # fmt: skip

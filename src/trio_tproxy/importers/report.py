@@ -136,8 +136,9 @@ class Node:
         if item is None:
             return None
         # ASCII digits only: str.isdigit() also takes "¹" and other digits int() refuses
-        if isinstance(item, str) and item.strip().isascii() and item.strip().isdigit():
-            return int(item)
+        digits = item.strip() if isinstance(item, str) else ""
+        if digits.isascii() and digits.isdigit():
+            return int(digits)
         if isinstance(item, int) and not isinstance(item, bool):
             return item
         self.report.omit(self.at(key), f"expected a whole number, got {item!r}; ignored")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -173,15 +174,11 @@ def _probe(lib: Any) -> bool:
                 and lib.SSL_CTX_get_ssl_method(ctx) == lib.TLS_client_method())  # fmt: skip
 
 
-_loaded: list[NativeSessions | None] = []
-
-
+@functools.cache
 def native_sessions() -> NativeSessions | None:
     """The process's NativeSessions, or None where they cannot be used safely (then
     ``session=``); found once."""
-    if not _loaded:
-        _loaded.append(_load())
-    return _loaded[0]
+    return _load()
 
 
 def _load() -> NativeSessions | None:
